@@ -1,0 +1,24 @@
+"""smallmed: get the most out of a pretrained CNN on a small medical image dataset.
+
+Example:
+    >>> import smallmed
+    >>> ds = smallmed.load_dataset("pneumoniamnist")                                   # doctest: +SKIP
+    >>> model = smallmed.create_model("resnet18", ds.num_classes, in_chans=1, input_size=28)
+    >>> cfg = smallmed.TrainConfig(data="pneumoniamnist", epochs=10, out="runs/r18")
+    >>> metrics = smallmed.fit(cfg)                                                     # doctest: +SKIP
+"""
+
+from .config import TrainConfig
+from .data import load_dataset
+from .errors import SmallmedError
+from .metrics import classification_metrics, tpr_at_fpr
+from .models import create_model, list_models, load_weights
+from .train import evaluate, fit
+from .train.inference import evaluate_run, load_run, predict_images
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SmallmedError", "TrainConfig", "classification_metrics", "create_model", "evaluate", "evaluate_run",
+    "fit", "list_models", "load_dataset", "load_run", "load_weights", "predict_images", "tpr_at_fpr",
+]

@@ -1,0 +1,197 @@
+"""The ``smallmed`` command. Each subcommand is a few lines over a public function."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import sys
+import typing
+
+from . import __version__
+from .errors import SmallmedError
+
+log = logging.getLogger("smallmed")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--batch-size``), typed from the dataclass."""
+    from .config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(hint) is tuple:
+            p.add_argument(flag, type=float, nargs="+", default=None, metavar="X")
+        else:
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            p.add_argument(flag, type=base if base in (int, float) else str, default=None)
+
+
+def _train_config(a: argparse.Namespace):
+    from .config import TrainConfig, load_yaml, parse_set
+
+    base = load_yaml(a.config) if a.config else {}
+    flags = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name != "extra" and getattr(a, f.name, None) is not None}
+    return TrainConfig.from_dict({**base, **flags, **parse_set(a.set or [])}, source=a.config or "config")
+
+
+def cmd_train(a) -> int:
+    from .train import fit
+
+    if a.resume:
+        metrics = fit(None, resume=a.resume)  # type: ignore[arg-type]
+    else:
+        metrics = fit(_train_config(a))
+    if metrics:
+        t = metrics["test"]
+        print(f"test auc {t['auc']:.4f}  acc {t['acc']:.4f}  tpr@fpr {t['tpr_at_fpr']:.4f}  "
+              f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
+    return 0
+
+
+def cmd_evaluate(a) -> int:
+    from .train.inference import evaluate_run
+
+    m = evaluate_run(a.run_dir, data=a.data, split=a.split, data_dir=a.data_dir, device=a.device)
+    print(json.dumps(m, indent=2))
+    return 0
+
+
+def cmd_predict(a) -> int:
+    from .train.inference import predict_images
+
+    rows = predict_images(a.run_dir, a.images, device=a.device)
+    w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return 0
+
+
+def cmd_data_stats(a) -> int:
+    from .data import dataset_stats, load_dataset
+    from .data.stats import format_stats
+
+    st = dataset_stats(load_dataset(a.data, data_dir=a.data_dir, image_size=a.image_size))
+    print(json.dumps(st, indent=2) if a.json else format_stats(st))
+    return 0
+
+
+def cmd_data_fetch(a) -> int:
+    from .data import fetch
+
+    print(fetch(a.name, size=a.size, dest=a.dest, force=a.force))
+    return 0
+
+
+def cmd_models(a) -> int:
+    from .models import MODELS
+
+    for name in MODELS.names():
+        e = MODELS.get(name)
+        extra = f"  weights: {', '.join(e.pretrained)}" if e.pretrained else ""
+        print(f"{name:<20} norm: {'|'.join(e.norms):<8} {e.description}{extra}")
+    return 0
+
+
+def cmd_env(a) -> int:
+    import platform
+
+    import numpy
+    import torch
+    import torchvision
+
+    info = {"smallmed": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
+            "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+    for mod in ("timm", "sklearn", "pydicom", "ray"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = "not installed"
+    for k, v in info.items():
+        print(f"{k:<12} {v}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(out=a.out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="smallmed", description=__doc__)
+    p.add_argument("--version", action="version", version=f"smallmed {__version__}")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate a model; writes a run folder")
+    t.add_argument("--config", help="YAML file of TrainConfig keys (flags override it)")
+    t.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override any config key last")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    _add_config_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="metrics of a run's best model")
+    e.add_argument("run_dir")
+    e.add_argument("--data", help="another dataset with the same classes (default: the run's)")
+    e.add_argument("--data-dir")
+    e.add_argument("--split", default="test")
+    e.add_argument("--device", default="auto")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="class probabilities for image files, as CSV on stdout")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+")
+    pr.add_argument("--device", default="auto")
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("data", help="inspect or download data")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("stats", help="counts, image size, intensity mean/std/skewness/kurtosis")
+    s.add_argument("data")
+    s.add_argument("--data-dir")
+    s.add_argument("--image-size", type=int)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_data_stats)
+    f = dsub.add_parser("fetch", help="download an official MedMNIST file and verify its MD5")
+    f.add_argument("name")
+    f.add_argument("--size", type=int, choices=(28, 64, 128, 224))
+    f.add_argument("--dest")
+    f.add_argument("--force", action="store_true")
+    f.set_defaults(func=cmd_data_fetch)
+
+    sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
+    sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)
+    dm = sub.add_parser("demo", help="the main job on the shipped default data")
+    dm.add_argument("--out", default="runs/demo")
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except SmallmedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with `smallmed train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Run configuration: one dataclass, checked at construction, saved as YAML beside the results.
+
+Precedence: defaults < ``--config run.yaml`` < command-line flags < ``--set key=value``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import SmallmedError
+from .registry import check_choice
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Every field is a ``smallmed train`` flag.
+
+    Example:
+        >>> cfg = TrainConfig(data="pneumoniamnist", model="resnet18", epochs=10, seed=1)
+        >>> cfg.lr
+        0.001
+    """
+
+    # data
+    data: str = "pneumoniamnist"
+    data_dir: str | None = None
+    fraction: float = 1.0  # nested stratified subset of the training split (same for every method)
+    split_seed: int = 0  # fixes the train/val/test split of data without an official one
+    image_size: int | None = None  # model input side; None = the data's own size
+    augment: str = "flip"  # preset or terms, see smallmed.data.transforms
+    normalize: str = "auto"  # auto = the weights' own statistics if named, else the training split's
+    # model
+    model: str = "resnet18"
+    weights: str | None = None
+    norm: str = "bn"
+    stem: str = "auto"
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    scheduler: str = "plateau"
+    patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
+    factor: float = 0.1
+    step_size: int | None = None  # step: epochs between decays (default: half the epochs)
+    head_epochs: int = 0  # two-stage: first train only the classifier for this many epochs
+    freeze_bn_stats: bool = True  # frozen layers' BatchNorm statistics stay fixed too
+    # run
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision (bfloat16) on CUDA; ignored on CPU
+    num_workers: int = 0
+    fprs: tuple[float, ...] = (1e-3, 1e-2)
+    progress: bool = True
+    out: str | None = None
+    extra: dict = field(default_factory=dict)  # free-form notes carried into config.yaml
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
+        self.fprs = tuple(float(f) for f in self.fprs)
+        check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
+        check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
+        check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
+        _positive(self, "epochs", "batch_size", "lr")
+        if not 0 < self.fraction <= 1:
+            raise SmallmedError(f"fraction={self.fraction}: expected a value in (0, 1].")
+        if not 0 <= self.head_epochs <= self.epochs:
+            raise SmallmedError(f"head_epochs={self.head_epochs}: expected 0..epochs ({self.epochs}).")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise SmallmedError(f"betas={self.betas}: expected two values in [0, 1).")
+        if self.image_size is not None and self.image_size < 4:
+            raise SmallmedError(f"image_size={self.image_size}: expected at least 4 px.")
+        if not self.fprs or not all(0 <= f < 1 for f in self.fprs):
+            raise SmallmedError(f"fprs={self.fprs}: expected false-positive rates in [0, 1).")
+        if self.weight_decay < 0 or self.patience < 0 or self.num_workers < 0:
+            raise SmallmedError("weight_decay, patience and num_workers must not be negative.")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"], d["fprs"] = list(self.betas), list(self.fprs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config") -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            check_choice(f"{source} key", unknown[0], sorted(names))
+        return cls(**d)
+
+    def with_overrides(self, **kw) -> "TrainConfig":
+        d = self.to_dict()
+        d.update({k: v for k, v in kw.items() if v is not None})
+        return TrainConfig.from_dict(d)
+
+
+def _positive(cfg, *names: str) -> None:
+    for n in names:
+        v = getattr(cfg, n)
+        if not v > 0:
+            raise SmallmedError(f"{n}={v}: expected a positive value.")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise SmallmedError(f"{path}: config file not found.")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SmallmedError(f"{path}: not valid YAML ({e}).") from None
+    if not isinstance(d, dict):
+        raise SmallmedError(f"{path}: expected a mapping of config keys, found {type(d).__name__}.")
+    return d
+
+
+def parse_set(items: list[str]) -> dict:
+    """``["lr=3e-4", "betas=[0.9,0.99]"]`` -> {"lr": 0.0003, "betas": [0.9, 0.99]} (YAML-typed)."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SmallmedError(f"--set {item!r}: expected key=value.")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def dump_yaml(d: dict) -> str:
+    return yaml.safe_dump(d, sort_keys=False)

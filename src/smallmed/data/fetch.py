@@ -1,0 +1,103 @@
+"""Download official MedMNIST files with checksum verification (for users who are online).
+
+Downloads go to a temporary file beside the destination and are renamed only after the MD5
+matches, so an interrupted or corrupted download never looks like a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import SmallmedError
+from .catalog import MEDMNIST, split_name
+from .paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fetch(
+    name: str,
+    *,
+    size: int | None = None,
+    dest: str | Path | None = None,
+    force: bool = False,
+    opener: Callable = urllib.request.urlopen,
+    progress: bool = True,
+) -> Path:
+    """Download MedMNIST ``name`` (e.g. ``pneumoniamnist`` or ``pneumoniamnist_64``) and verify it.
+
+    Args:
+        name: a MedMNIST 2-D dataset name, optionally with a ``_<size>`` suffix.
+        size: 28, 64, 128 or 224 (overrides the suffix).
+        dest: folder to write to; default the user cache (``~/.cache/smallmed``).
+        force: download again even if a verified file exists.
+        opener: ``urllib.request.urlopen``-like callable (tests pass their own).
+
+    Example:
+        >>> fetch("retinamnist", size=64)   # doctest: +SKIP
+        PosixPath('/home/me/.cache/smallmed/retinamnist_64.npz')
+    """
+    base, suffix_size = split_name(name)
+    size = size or suffix_size
+    if base not in MEDMNIST:
+        raise SmallmedError(
+            f"Cannot download '{name}': known MedMNIST names are {', '.join(sorted(MEDMNIST))}."
+        )
+    info = MEDMNIST[base]
+    if size not in info.md5:
+        raise SmallmedError(f"{base} has no size {size}; available: {', '.join(map(str, sorted(info.md5)))}.")
+    dest = Path(dest) if dest else cache_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / info.file(base, size)
+    expected = info.md5[size]
+    if target.exists() and not force:
+        if md5sum(target) == expected:
+            log.info("%s already present and verified", target)
+            return target
+        raise SmallmedError(f"{target} exists but its MD5 is not the official {expected}; pass --force to replace it.")
+    url = info.url(base, size)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=dest)
+    try:
+        h = hashlib.md5()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                resp = opener(url, timeout=60)
+            except OSError as e:
+                raise SmallmedError(f"Could not download {url} ({e}); check the connection or fetch it by hand.") from None
+            with resp:
+                total = int(resp.headers.get("Content-Length", 0) or 0) if hasattr(resp, "headers") else 0
+                bar = _bar(total, target.name) if progress else None
+                while block := resp.read(1 << 20):
+                    out.write(block)
+                    h.update(block)
+                    if bar is not None:
+                        bar.update(len(block))
+                if bar is not None:
+                    bar.close()
+        if h.hexdigest() != expected:
+            raise SmallmedError(f"Downloaded {url} has MD5 {h.hexdigest()}, expected {expected}; nothing was saved.")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)

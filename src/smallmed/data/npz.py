@@ -1,0 +1,73 @@
+"""MedMNIST-style ``.npz`` files at any resolution, and plain ``images``/``labels`` npz files."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SmallmedError
+from .catalog import MEDMNIST, split_name
+from .dataset import SPLITS, ImageDataset, Split
+from .splits import patient_split
+
+
+def _open(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise SmallmedError(f"{path}: not a readable .npz file ({e}).") from None
+
+
+def _task_from_labels(labels: np.ndarray) -> str:
+    if labels.ndim == 2 and labels.shape[1] > 1:
+        return "multilabel"
+    return "binary" if int(labels.max()) <= 1 else "multiclass"
+
+
+def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) -> ImageDataset:
+    """Load a MedMNIST file (``train_images``, ``train_labels``, ... ) or an ``images``/``labels`` file.
+
+    Grayscale (N, H, W) and RGB (N, H, W, 3) are both accepted; task and class names come from
+    the MedMNIST catalogue when the file name is known, otherwise from the labels. A file with
+    only ``images``/``labels`` (and optional ``patient_id``) is split patient-level 70/10/20.
+
+    Example:
+        >>> ds = load_npz("pneumoniamnist_64.npz")   # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SmallmedError(f"{path}: file not found.")
+    npz = _open(path)
+    keys = set(npz.files)
+    base, _ = split_name(path.stem)
+    name = name or path.stem
+    info = MEDMNIST.get(base)
+    if {f"{s}_images" for s in SPLITS} <= keys:
+        missing = [f"{s}_labels" for s in SPLITS if f"{s}_labels" not in keys]
+        if missing:
+            raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys))}.")
+        splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
+        all_labels = np.concatenate([np.asarray(sp.labels).reshape(len(sp.labels), -1) for sp in splits.values()])
+    elif {"images", "labels"} <= keys:
+        images, labels = npz["images"], npz["labels"]
+        pids = npz["patient_id"] if "patient_id" in keys else None
+        if len(labels) != len(images):
+            raise SmallmedError(f"{path}: {len(images)} images but {len(labels)} labels.")
+        idx = patient_split(labels.reshape(len(labels), -1)[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels,
+                            pids, seed=split_seed)
+        splits = {s: Split(images[i], labels[i], None if pids is None else pids[i]) for s, i in idx.items()}
+        all_labels = labels.reshape(len(labels), -1)
+    else:
+        raise SmallmedError(
+            f"{path}: expected keys train_images/train_labels/val_images/val_labels/test_images/test_labels "
+            f"(MedMNIST) or images/labels; found {', '.join(sorted(keys)) or 'none'}."
+        )
+    if info is not None:
+        task, classes = info.task, list(info.labels)
+    else:
+        task = _task_from_labels(all_labels)
+        n = all_labels.shape[1] if task == "multilabel" else int(all_labels.max()) + 1
+        classes = [str(i) for i in range(max(n, 2))]
+    return ImageDataset(name=name, task=task, class_names=classes, splits=splits, source=str(path))

@@ -1,0 +1,89 @@
+"""Models: one registry over torchvision/timm backbones adapted to small medical images.
+
+- ``registry``: names -> builders.  ``_adapt``: safe weight loading, stems, classifier heads.
+- ``resnet``, ``densenet``, ``vgg``, ``small_cnn``, ``efficientnet``: one file per family.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import SmallmedError
+from ..registry import check_choice
+from . import densenet, efficientnet, resnet, small_cnn, vgg  # noqa: F401  (registration)
+from ._adapt import LoadReport, head_name, load_weights, read_state_dict, reset_classifier
+from .registry import MODELS, ModelEntry
+
+__all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights",
+           "read_state_dict", "reset_classifier"]
+
+log = logging.getLogger(__name__)
+STEMS = ("auto", "imagenet", "small")
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    in_chans: int = 3,
+    weights: str | Path | None = None,
+    norm: str = "bn",
+    input_size: int | None = None,
+    stem: str = "auto",
+    strict: bool = True,
+) -> nn.Module:
+    """Build a registered model, optionally loading weights from a local file or a known name.
+
+    Args:
+        name: a registered model (see :func:`list_models`).
+        num_classes: outputs of the classifier; a loaded classifier of another size is replaced.
+        in_chans: input channels; a loaded RGB stem is summed into a grayscale one.
+        weights: ``None`` (random init), a file (safetensors, state dict or smallmed checkpoint),
+            or a name such as ``"imagenet"`` where the model offers one.
+        norm: ``"bn"`` or ``"none"`` (where the model supports it).
+        input_size: the side of the input images; needed by models with a fixed flatten and
+            used by ``stem="auto"``.
+        stem: ``"small"`` (3x3 stride-1, no max-pool: for inputs under 64 px), ``"imagenet"``
+            (the original stem), or ``"auto"`` (small below 64 px unless ImageNet weights are named).
+        strict: missing/unexpected keys in ``weights`` are errors (the classifier excepted).
+
+    Example:
+        >>> model = create_model("resnet18", num_classes=2, in_chans=1, input_size=28)
+        >>> model.conv1
+        Conv2d(1, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+    """
+    entry: ModelEntry = MODELS.get(name)
+    check_choice(f"norm for {name}", norm, entry.norms)
+    check_choice("stem", stem, STEMS)
+    if num_classes < 1:
+        raise SmallmedError(f"num_classes={num_classes}: expected at least 1.")
+    if in_chans < 1:
+        raise SmallmedError(f"in_chans={in_chans}: expected at least 1.")
+    named = isinstance(weights, str) and weights in (entry.pretrained or {})
+    if isinstance(weights, str) and not named and not Path(weights).exists() and "/" not in weights and "." not in weights:
+        offers = ", ".join(entry.pretrained or {}) or "none"
+        raise SmallmedError(f"weights={weights!r} is neither a file nor a known name for {name} (offers: {offers}).")
+    if stem == "auto":
+        stem = "small" if (input_size is not None and input_size < 64 and not named) else "imagenet"
+    if named and stem == "small":
+        raise SmallmedError(f"stem='small' conflicts with weights={weights!r}, which were trained with the ImageNet stem.")
+    if name == "small_cnn" and input_size is not None and input_size < 4:
+        raise SmallmedError(f"input_size={input_size}: small_cnn needs at least 4 px.")
+    model = entry.build(num_classes=num_classes, in_chans=in_chans, norm=norm,
+                        small_input=stem == "small", input_size=input_size)
+    model.smallmed_head = entry.head
+    if named:
+        report = entry.pretrained[weights](model)
+    elif weights is not None:
+        report = load_weights(model, weights, strict=strict)
+    else:
+        report = None
+    model.smallmed_load_report = report
+    return model

@@ -1,0 +1,173 @@
+"""Weight loading and the small adaptations every backbone needs: stems, heads, key checks.
+
+Weights are only ever read from local files, safely (safetensors, or ``torch.load`` with
+``weights_only=True``). Loading checks every key and shape and reports what it did instead of
+silently skipping: a classifier of another class count is replaced, an RGB stem is summed into
+a grayscale one (timm's ``adapt_input_conv``), anything else that does not fit is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import SmallmedError
+
+log = logging.getLogger(__name__)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a torch file (weights only).
+
+    Accepts plain state dicts, smallmed checkpoints (``{"model": ...}``), ``{"state_dict": ...}``
+    wrappers, and DDP's ``module.`` prefixes.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SmallmedError(f"{path}: weights file not found.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:
+            raise SmallmedError(f"{path}: not a readable safetensors file ({e}).") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise SmallmedError(f"{path}: not a readable weights file (weights_only torch.load failed: {e}).") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SmallmedError(f"{path}: expected a state dict of tensors, found {type(state).__name__}.")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did, key by key."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    head_replaced: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"loaded {len(self.loaded)} tensors"]
+        if self.adapted:
+            parts.append(f"adapted input channels of {', '.join(self.adapted)}")
+        if self.head_replaced:
+            parts.append(f"new classifier ({', '.join(self.head_replaced)} freshly initialised)")
+        if self.missing:
+            parts.append(f"freshly initialised (not in file): {_short(self.missing)}")
+        if self.unexpected:
+            parts.append(f"ignored (not in model): {_short(self.unexpected)}")
+        return "; ".join(parts)
+
+
+def _short(keys: list[str], n: int = 6) -> str:
+    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
+
+
+def head_name(model: nn.Module) -> str:
+    """Dotted name of the final classifier: the model's ``smallmed_head`` or its last Linear/1x1 conv."""
+    name = getattr(model, "smallmed_head", None)
+    if name:
+        return name
+    last = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = n
+    if last is None:
+        raise SmallmedError(f"{type(model).__name__} has no nn.Linear classifier; set model.smallmed_head to its name.")
+    return last
+
+
+def reset_classifier(model: nn.Module, num_classes: int) -> None:
+    """Replace the classifier with a fresh Linear of ``num_classes`` outputs."""
+    name = head_name(model)
+    parent, attr = _parent(model, name)
+    old = getattr(parent, attr)
+    if not isinstance(old, nn.Linear):
+        raise SmallmedError(f"Classifier '{name}' is {type(old).__name__}; expected nn.Linear.")
+    setattr(parent, attr, nn.Linear(old.in_features, num_classes, bias=old.bias is not None))
+
+
+def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    *path, attr = name.split(".")
+    parent = model.get_submodule(".".join(path)) if path else model
+    return parent, attr
+
+
+def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """RGB stem -> ``in_chans`` stem: sum for grayscale, repeat and rescale for more channels."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, *, strict: bool = True,
+                 source: str | None = None) -> LoadReport:
+    """Load ``state`` into ``model`` key by key and return what happened.
+
+    The classifier is replaced when its shape differs (another class count); a stem conv whose
+    only difference is the input-channel count is adapted. With ``strict`` (default) missing or
+    unexpected keys outside the classifier are an error; with ``strict=False`` they are reported
+    (a VGG with batch norm loading plain VGG weights, say).
+
+    Example:
+        >>> report = load_weights(model, "source_run/best.pt")   # doctest: +SKIP
+        >>> print(report)                                         # doctest: +SKIP
+        loaded 120 tensors; new classifier (fc.weight, fc.bias freshly initialised)
+    """
+    if not isinstance(state, dict):
+        source = source or str(state)
+        state = read_state_dict(state)
+    source = source or "state dict"
+    head = head_name(model) + "."
+    own = model.state_dict()
+    report = LoadReport()
+    merged = {}
+    for k, v in state.items():
+        if k not in own:
+            report.unexpected.append(k)
+            continue
+        target = own[k]
+        if v.shape == target.shape:
+            merged[k] = v
+            report.loaded.append(k)
+        elif k.startswith(head):
+            report.head_replaced.append(k)
+        elif v.ndim == 4 and target.ndim == 4 and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
+            merged[k] = adapt_input_conv(v, target.shape[1]).to(target.dtype)
+            report.adapted.append(k)
+            report.loaded.append(k)
+        else:
+            raise SmallmedError(
+                f"{source}: '{k}' has shape {tuple(v.shape)} but the model expects {tuple(target.shape)}; "
+                "the weights do not fit this model (check --model, --stem, --norm and the input size)."
+            )
+    report.missing = [k for k in own if k not in state and not k.startswith(head)]
+    if report.head_replaced:
+        # a replaced head keeps its fresh init; if the file has no head at all, that is fine too
+        pass
+    if strict and (report.missing or report.unexpected):
+        problems = []
+        if report.missing:
+            problems.append(f"missing {_short(report.missing)}")
+        if report.unexpected:
+            problems.append(f"unexpected {_short(report.unexpected)}")
+        raise SmallmedError(f"{source}: keys do not match the model ({'; '.join(problems)}).")
+    model.load_state_dict(merged, strict=False)
+    log.info("weights from %s: %s", source, report)
+    return report

@@ -1,0 +1,38 @@
+"""The model registry: a builder per name plus what the trainer needs to know about it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """``build(num_classes=, in_chans=, norm=, small_input=, input_size=)`` -> nn.Module.
+
+    ``norms`` lists the ``norm=`` options the builder accepts; ``pretrained`` maps a weights name
+    (``"imagenet"``) to a function that loads those weights into a built model.
+    """
+
+    build: Callable[..., nn.Module]
+    head: str
+    norms: tuple[str, ...] = ("bn",)
+    pretrained: dict[str, Callable] | None = None
+    pretrained_normalize: str = "imagenet"
+    description: str = ""
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(name: str, *, head: str, norms=("bn",), pretrained=None, pretrained_normalize="imagenet",
+                   description: str = ""):
+    def deco(fn):
+        MODELS.add(name, ModelEntry(fn, head, tuple(norms), pretrained, pretrained_normalize, description))
+        return fn
+
+    return deco

@@ -1,0 +1,35 @@
+"""VGG-16 in torchvision's layouts (``vgg16`` without, ``vgg16_bn`` with batch norm).
+
+The head is global average pooling + one Linear (512 -> classes) rather than torchvision's
+three 4096-wide layers (120M parameters a few hundred images cannot fit); the convolutional
+``features`` keep torchvision's module names, so ImageNet ``vgg16``/``vgg16_bn`` weights load.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+from torchvision.models import vgg
+
+from .registry import register_model
+
+
+class VGG(nn.Module):
+    def __init__(self, features: nn.Sequential, num_classes: int) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.features(x)).flatten(1))
+
+
+@register_model("vgg16", head="fc", norms=("bn", "none"), description="VGG-16 features (14.7M) + GAP + linear head")
+def vgg16(*, num_classes: int, in_chans: int, norm: str, small_input: bool, input_size: int | None = None, **_) -> nn.Module:
+    features = vgg.make_layers(vgg.cfgs["D"], batch_norm=norm == "bn")
+    if in_chans != 3:
+        features[0] = nn.Conv2d(in_chans, 64, 3, padding=1)
+    if input_size is not None and input_size < 32:
+        # five 2x2 pools need >= 32 px; drop the last one for MNIST-sized inputs
+        features = features[:-1]
+    return VGG(features, num_classes)

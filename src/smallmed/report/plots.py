@@ -1,0 +1,72 @@
+"""PNG plots of a run: loss curves per epoch and test ROC curves. Written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no screen on training machines
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_history(rows: list[dict], path: str | Path, *, best_epoch: int | None = None, title: str = "") -> None:
+    """Train/validation loss and validation AUC per epoch (from history.csv rows)."""
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [float(r["train_loss"]) for r in rows], "o-", label="train")
+    ax1.plot(epochs, [float(r["val_loss"]) for r in rows], "o-", label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    if rows and "val_auc" in rows[0]:
+        ax2.plot(epochs, [float(r["val_auc"]) for r in rows], "o-", color="C2", label="val AUC")
+        ax2.plot(epochs, [float(r["val_acc"]) for r in rows], "o-", color="C3", label="val acc")
+        ax2.set_xlabel("epoch")
+        ax2.legend()
+    if best_epoch is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(best_epoch, color="grey", ls="--", lw=1)
+    fig.suptitle(title or "training history (dashed: best epoch by validation loss)")
+    _save(fig, Path(path))
+
+
+def plot_roc(task: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str], path: str | Path,
+             title: str = "test ROC") -> None:
+    """One ROC curve per class (one-vs-rest; the positive class only for binary tasks), log-x inset."""
+    k = probs.shape[1]
+    onehot = np.asarray(y_true).astype(int) if task == "multilabel" else np.eye(k, dtype=int)[np.asarray(y_true)]
+    classes = [1] if task == "binary" else range(k)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for j in classes:
+        if onehot[:, j].min() == onehot[:, j].max():
+            continue
+        fpr, tpr, _ = roc_curve(onehot[:, j], probs[:, j])
+        for ax in axes:
+            ax.plot(fpr, tpr, label=class_names[j])
+    axes[0].plot([0, 1], [0, 1], ":", color="grey")
+    axes[0].set_xlabel("false-positive rate")
+    axes[0].set_ylabel("true-positive rate")
+    axes[1].set_xscale("log")
+    axes[1].set_xlim(1e-3, 1)
+    axes[1].set_xlabel("false-positive rate (log)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, Path(path))

@@ -1,0 +1,108 @@
+"""Everything a run needs before its first step, checked before any file is written."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import TrainConfig
+from ..data import ImageDataset, load_dataset, nested_fraction
+from ..data.torchdata import ArrayDataset
+from ..data.transforms import build_transform, dataset_mean_std
+from ..errors import SmallmedError
+from ..models import MODELS, create_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    cfg: TrainConfig
+    dataset: ImageDataset
+    train_idx: np.ndarray
+    model: nn.Module
+    model_kwargs: dict
+    image_size: int
+    normalize: str
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    device: torch.device
+
+    def transform(self, train: bool):
+        return build_transform(train=train, image_size=self.image_size, channels=self.model_kwargs["in_chans"],
+                               augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std)
+
+    def loader(self, split: str, *, train: bool, sampler=None, generator=None) -> DataLoader:
+        sp = self.dataset.splits[split]
+        if split == "train":
+            sp = sp.subset(self.train_idx)
+        ds = ArrayDataset(sp, self.transform(train))
+        return DataLoader(
+            ds,
+            batch_size=self.cfg.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            generator=generator,
+            num_workers=self.cfg.num_workers,
+            drop_last=train and len(ds) > self.cfg.batch_size,  # no 1-image batch for BatchNorm
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SmallmedError(f"device={spec!r} but CUDA is not available here; use device=auto or cpu.")
+    return dev
+
+
+def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageDataset | None = None) -> Setup:
+    """Load data, pick the training subset, build the model and resolve preprocessing.
+
+    Pass ``model`` to train any PyTorch classifier (its last Linear is the head) or ``dataset``
+    to skip loading by name.
+    """
+    ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+    train = ds.splits["train"]
+    train_idx = nested_fraction(train.labels, cfg.fraction, seed=cfg.seed, groups=train.patient_ids)
+    if len(train_idx) < 2:
+        raise SmallmedError(f"fraction={cfg.fraction} leaves {len(train_idx)} training image(s); need at least 2.")
+    image_size = cfg.image_size or ds.image_size
+    named = False
+    if model is None:
+        entry = MODELS.get(cfg.model)
+        named = bool(cfg.weights) and cfg.weights in (entry.pretrained or {})
+        kw = dict(num_classes=ds.num_classes, in_chans=ds.in_chans, norm=cfg.norm, input_size=image_size,
+                  stem=cfg.stem)
+        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
+        model = create_model(cfg.model, weights=cfg.weights, **kw)
+        kw["stem"] = "small" if _has_small_stem(model, cfg.model) else "imagenet"
+        if model.smallmed_load_report is not None:
+            log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
+    else:
+        kw = {"num_classes": ds.num_classes, "in_chans": ds.in_chans, "custom": type(model).__name__}
+    normalize = cfg.normalize
+    if normalize == "auto":
+        normalize = MODELS.get(cfg.model).pretrained_normalize if named else "dataset"
+    mean = std = None
+    if normalize == "dataset":
+        mean, std = dataset_mean_std(train.images[train_idx], kw["in_chans"])
+    device = resolve_device(cfg.device)
+    return Setup(cfg, ds, train_idx, model, kw, image_size, normalize, mean, std, device)
+
+
+def _has_small_stem(model: nn.Module, name: str) -> bool:
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return name != "efficientnet_lite0" and first is not None and first.stride == (1, 1) and first.kernel_size == (3, 3) \
+        and name in ("resnet18", "resnet50", "densenet121")
