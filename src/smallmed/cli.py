@@ -182,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    import os
+
+    quiet = args.quiet or os.environ.get("RANK", "0") != "0"  # one voice under torchrun
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args)
     except SmallmedError as e:

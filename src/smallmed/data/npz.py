@@ -20,6 +20,15 @@ def _open(path: Path) -> np.lib.npyio.NpzFile:
         raise SmallmedError(f"{path}: not a readable .npz file ({e}).") from None
 
 
+def _as_2d(labels: np.ndarray, path: Path, split: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels[:, None]
+    if labels.ndim != 2:
+        raise SmallmedError(f"{path}: '{split}' labels have shape {labels.shape}; expected (N,), (N, 1) or (N, K).")
+    return labels
+
+
 def _task_from_labels(labels: np.ndarray) -> str:
     if labels.ndim == 2 and labels.shape[1] > 1:
         return "multilabel"
@@ -49,7 +58,7 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         if missing:
             raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys))}.")
         splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
-        all_labels = np.concatenate([np.asarray(sp.labels).reshape(len(sp.labels), -1) for sp in splits.values()])
+        all_labels = np.concatenate([_as_2d(sp.labels, path, s) for s, sp in splits.items() if len(sp.labels)])
     elif {"images", "labels"} <= keys:
         images, labels = npz["images"], npz["labels"]
         pids = npz["patient_id"] if "patient_id" in keys else None
@@ -58,7 +67,7 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         idx = patient_split(labels.reshape(len(labels), -1)[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels,
                             pids, seed=split_seed)
         splits = {s: Split(images[i], labels[i], None if pids is None else pids[i]) for s, i in idx.items()}
-        all_labels = labels.reshape(len(labels), -1)
+        all_labels = _as_2d(labels, path, "all")
     else:
         raise SmallmedError(
             f"{path}: expected keys train_images/train_labels/val_images/val_labels/test_images/test_labels "

@@ -92,6 +92,12 @@ def nested_fraction(
     if fraction == 1:
         return np.arange(len(labels))
     _, g_strata, inverse = _groups(labels, groups)
+    unit = "patients" if groups is not None else "images"
+    if fraction * len(g_strata) < 1:
+        raise SmallmedError(
+            f"fraction={fraction} of {len(g_strata)} training {unit} is empty; "
+            f"expected at least {1 / len(g_strata):.3g}."
+        )
     rng = np.random.default_rng(seed)
     keep = []
     for s in np.unique(g_strata):

@@ -19,6 +19,13 @@ from ..errors import SmallmedError
 from ..registry import check_choice
 
 NORMALIZE = ("dataset", "sample", "imagenet", "half", "none")
+
+
+def is_pure_tensor(x) -> bool:
+    """A plain tensor (treated as an image), not a Mask or other tv_tensor."""
+    return isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.TVTensor)
+
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -102,36 +109,39 @@ def parse_augment(spec: str | AugmentConfig | None) -> AugmentConfig:
     return AugmentConfig(**kw)
 
 
-class PerSampleStandardize(nn.Module):
-    """(x - mean(x)) / std(x) per image, over all pixels and channels (seed 003's preprocessing)."""
+class PerSampleStandardize(v2.Transform):
+    """(x - mean(x)) / std(x) per image, over all pixels and channels (seed 003's preprocessing).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, tv_tensors.Image) and isinstance(x, tv_tensors.TVTensor):
-            return x  # masks pass through untouched
-        flat = x.reshape(x.shape[:-3] + (-1,))
+    Only images change; masks and other targets pass through.
+    """
+
+    _transformed_types = (tv_tensors.Image, is_pure_tensor)
+
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        flat = inpt.reshape(inpt.shape[:-3] + (-1,))
         mean = flat.mean(-1)[..., None, None, None]
         std = flat.std(-1)[..., None, None, None]
-        return (x - mean) / (std + 1e-6)
+        return (inpt - mean) / (std + 1e-6)
 
 
-class MatchChannels(nn.Module):
+class MatchChannels(v2.Transform):
     """Repeat a grayscale image to 3 channels or average RGB to 1, to fit the model's stem."""
+
+    _transformed_types = (tv_tensors.Image, is_pure_tensor)
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.channels = channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(x, tv_tensors.TVTensor) and not isinstance(x, tv_tensors.Image):
-            return x
-        c = x.shape[-3]
+    def transform(self, inpt: torch.Tensor, params: dict) -> torch.Tensor:
+        c = inpt.shape[-3]
         if c == self.channels:
-            return x
+            return inpt
         if c == 1:
-            out = x.expand(*x.shape[:-3], self.channels, *x.shape[-2:])
+            out = inpt.expand(*inpt.shape[:-3], self.channels, *inpt.shape[-2:])
         else:
-            out = x.float().mean(dim=-3, keepdim=True).to(x.dtype)
-        return tv_tensors.wrap(out, like=x) if isinstance(x, tv_tensors.Image) else out
+            out = inpt.float().mean(dim=-3, keepdim=True).to(inpt.dtype)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.Image) else out
 
 
 def dataset_mean_std(images: np.ndarray, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -79,6 +79,7 @@ def create_model(
     model = entry.build(num_classes=num_classes, in_chans=in_chans, norm=norm,
                         small_input=stem == "small", input_size=input_size)
     model.smallmed_head = entry.head
+    model.smallmed_stem = stem
     if named:
         report = entry.pretrained[weights](model)
     elif weights is not None:

@@ -60,6 +60,7 @@ class LoadReport:
     head_replaced: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors"]
@@ -69,6 +70,8 @@ class LoadReport:
             parts.append(f"new classifier ({', '.join(self.head_replaced)} freshly initialised)")
         if self.missing:
             parts.append(f"freshly initialised (not in file): {_short(self.missing)}")
+        if self.mismatched:
+            parts.append(f"freshly initialised (shape differs): {_short(self.mismatched)}")
         if self.unexpected:
             parts.append(f"ignored (not in model): {_short(self.unexpected)}")
         return "; ".join(parts)
@@ -134,6 +137,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
         source = source or str(state)
         state = read_state_dict(state)
     source = source or "state dict"
+    if hasattr(model, "smallmed_remap_state"):
+        state = model.smallmed_remap_state(state)
     head = head_name(model) + "."
     own = model.state_dict()
     report = LoadReport()
@@ -152,12 +157,15 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
             merged[k] = adapt_input_conv(v, target.shape[1]).to(target.dtype)
             report.adapted.append(k)
             report.loaded.append(k)
+        elif not strict:
+            report.mismatched.append(k)
         else:
             raise SmallmedError(
                 f"{source}: '{k}' has shape {tuple(v.shape)} but the model expects {tuple(target.shape)}; "
                 "the weights do not fit this model (check --model, --stem, --norm and the input size)."
             )
-    report.missing = [k for k in own if k not in state and not k.startswith(head)]
+    report.missing = [k for k in own if k not in state and not k.startswith(head)
+                      and not k.endswith("num_batches_tracked")]
     if report.head_replaced:
         # a replaced head keeps its fresh init; if the file has no head at all, that is fine too
         pass

@@ -20,6 +20,26 @@ class VGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
 
+    def smallmed_remap_state(self, state: dict) -> dict:
+        """Map ``features.N`` conv weights by conv order, so ``vgg16`` and ``vgg16_bn`` files load into
+        either layout (the indices shift when BN layers are inserted); BN entries then stay fresh."""
+        own = [i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
+        theirs = sorted({int(k.split(".")[1]) for k, v in state.items()
+                         if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4})
+        if theirs == own or len(theirs) != len(own):
+            return state
+        index = dict(zip(theirs, own))
+        out = {}
+        for k, v in state.items():
+            parts = k.split(".")
+            if parts[0] == "features" and int(parts[1]) in index:
+                out[".".join(["features", str(index[int(parts[1])]), *parts[2:]])] = v
+            elif parts[0] != "features":
+                out[k] = v
+            else:
+                out[k] = v  # a BN entry of the other layout: reported as unexpected
+        return out
+
     def forward(self, x):
         return self.fc(self.pool(self.features(x)).flatten(1))
 

@@ -228,6 +228,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
                 cb.on_batch_end(epoch, step, value)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / seen:.4f}")
+        if distributed:  # the epoch's training loss over every rank's shard
+            t = torch.tensor([total, float(seen)], device=device)
+            dist.all_reduce(t)
+            total, seen = t[0].item(), int(t[1].item())
         val = evaluate(model, val_loader, ds.task, device, cfg.fprs, cfg.amp)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:

@@ -87,7 +87,7 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageD
                   stem=cfg.stem)
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         model = create_model(cfg.model, weights=cfg.weights, **kw)
-        kw["stem"] = "small" if _has_small_stem(model, cfg.model) else "imagenet"
+        kw["stem"] = model.smallmed_stem  # resolved from "auto", so a reload builds the same layers
         if model.smallmed_load_report is not None:
             log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
     else:
@@ -101,8 +101,3 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageD
     device = resolve_device(cfg.device)
     return Setup(cfg, ds, train_idx, model, kw, image_size, normalize, mean, std, device)
 
-
-def _has_small_stem(model: nn.Module, name: str) -> bool:
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return name != "efficientnet_lite0" and first is not None and first.stride == (1, 1) and first.kernel_size == (3, 3) \
-        and name in ("resnet18", "resnet50", "densenet121")

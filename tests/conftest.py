@@ -1,0 +1,77 @@
+"""Tiny generated data and helpers shared by the tests.
+
+Generated images are learnable on purpose: class k has a bright square at a class-specific
+place on a noisy background, so a few steps of a tiny CNN separate the classes and a test that
+expects learning can fail when training is broken.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if os.environ.get("SMALLMED_DATA_DIR"):
+    SHARED = Path(os.environ["SMALLMED_DATA_DIR"])
+
+if "OMP_NUM_THREADS" not in os.environ:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def make_images(labels: np.ndarray, size: int = 16, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    imgs = rng.integers(0, 60, size=(n, size, size, channels)).astype(np.uint8)
+    q = size // 4
+    for i, y in enumerate(np.atleast_2d(labels.T).T if labels.ndim == 2 else labels):
+        classes = np.flatnonzero(y) if np.ndim(y) else [int(y)]
+        for k in classes:
+            r, c = (k % 3) * q, (k // 3) * q
+            imgs[i, r : r + q, c : c + q, :] = 220
+    return imgs
+
+
+def make_medmnist(path: Path, *, n=(64, 24, 24), size=16, channels=1, classes=2, multilabel=False, seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        if multilabel:
+            labels = rng.integers(0, 2, size=(count, classes)).astype(np.uint8)
+        else:
+            labels = (np.arange(count) % classes).astype(np.uint8)[:, None]
+        imgs = make_images(labels if multilabel else labels[:, 0], size, channels, seed + count)
+        if channels == 1:
+            imgs = imgs[..., 0]
+        arrays[f"{split}_images"] = imgs
+        arrays[f"{split}_labels"] = labels
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    return make_medmnist(tmp_path / "tiny.npz")
+
+
+@pytest.fixture
+def tiny_cfg(tiny_npz, tmp_path):
+    from smallmed import TrainConfig
+
+    def make(**kw):
+        base = dict(data=str(tiny_npz), model="small_cnn", epochs=2, batch_size=16, lr=3e-3,
+                    out=str(tmp_path / "run"), progress=False, augment="none")
+        base.update(kw)
+        return TrainConfig(**base)
+
+    return make
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED / "pneumoniamnist.npz").exists():
+        pytest.skip(f"real data not present at {SHARED} (set SMALLMED_DATA_DIR to run these)")
+    return SHARED
