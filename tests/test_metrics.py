@@ -68,3 +68,36 @@ def test_tpr_at_fpr_zero_means_no_false_positive():
 
 def test_loss_variance():
     assert loss_variance([1.0, 2.0, 3.0]) == pytest.approx(2 / 3)
+
+
+def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_n():
+    from smallmed.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+
+    def data(n):
+        y = rng.integers(0, 2, n)
+        p1 = np.clip(rng.normal(0.4 + 0.2 * y, 0.2), 0, 1)
+        return y, np.stack([1 - p1, p1], 1)
+
+    y, p = data(100)
+    small = bootstrap_ci("binary", y, p, n=300)
+    assert set(small) == {"auc", "acc", "tpr_at_fpr"}
+    auc = classification_metrics("binary", y, p)["auc"]
+    assert small["auc"][0] < auc < small["auc"][1]
+    y, p = data(2000)
+    big = bootstrap_ci("binary", y, p, n=300)
+    assert big["auc"][1] - big["auc"][0] < small["auc"][1] - small["auc"][0]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fast_auc_and_tpr_equal_sklearn_with_ties(seed):
+    from smallmed.metrics.classification import _fast_auc_tpr
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 200)
+    s = np.round(rng.normal(0.4 + 0.2 * y, 0.2), 1)  # rounding makes many ties
+    for fpr in (0.0, 1e-3, 0.05, 0.3):
+        auc, tpr = _fast_auc_tpr(y, s, fpr)
+        assert auc == pytest.approx(roc_auc_score(y, s))
+        assert tpr == pytest.approx(tpr_at_fpr(y, s, fpr))

@@ -14,7 +14,7 @@ def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path):
     m = fit(tiny_cfg(epochs=4))
     run = tmp_path / "run"
     for f in ("config.yaml", "history.csv", "last.pt", "best.pt", "metrics.json", "test_predictions.csv",
-              "loss_curves.png", "roc_test.png"):
+              "loss_curves.png", "roc_test.png", "report.md"):
         assert (run / f).exists(), f
     saved = json.loads((run / "metrics.json").read_text())
     for key in ("auc", "acc", "tpr_at_fpr", "balanced_acc"):
@@ -23,6 +23,9 @@ def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path):
     assert 1 <= saved["best_epoch"] <= 4 and saved["epochs"] == 4
     assert m["test"]["auc"] > 0.9  # the generated classes are easy; an untrained model sits near 0.5
     assert len((run / "history.csv").read_text().strip().splitlines()) == 5
+    assert f"| auc | {saved['test']['auc']:.4f} (95% bootstrap CI" in (run / "report.md").read_text()
+    lo, hi = saved["test"]["ci95"]["auc"]
+    assert lo <= saved["test"]["auc"] <= hi
 
 
 def test_best_epoch_is_the_lowest_validation_loss(tiny_cfg, tmp_path):

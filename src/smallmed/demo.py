@@ -22,5 +22,5 @@ def run_demo(out: str = "runs/demo", epochs: int = 3) -> dict:
     t = metrics["test"]
     print(f"\nPneumoniaMNIST test (official 624 images): AUC {t['auc']:.4f}, accuracy {t['acc']:.4f}, "
           f"TPR@FPR=1e-3 {t['tpr_at_fpr']:.4f}")
-    print(f"report: {out_path / 'metrics.json'}, {out_path / 'loss_curves.png'}, {out_path / 'roc_test.png'}")
+    print(f"report: {out_path / 'report.md'} (plots and metrics.json beside it)")
     return metrics

@@ -1,5 +1,9 @@
-"""Plots and tables, written only from the files in a run folder. ``plots``: loss and ROC curves."""
+"""Plots and tables, written only from the files in a run folder.
+
+- ``plots``: loss and ROC curves.  ``run_report``: report.md of one run.
+"""
 
 from .plots import plot_history, plot_roc
+from .run_report import write_run_report
 
-__all__ = ["plot_history", "plot_roc"]
+__all__ = ["plot_history", "plot_roc", "write_run_report"]

@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import TrainConfig, dump_yaml, load_yaml
 from ..errors import NonFiniteLossError, SmallmedError
-from ..metrics import classification_metrics, loss_variance
+from ..metrics import bootstrap_ci, classification_metrics, loss_variance
 from ..models import head_name
-from ..report import plot_history, plot_roc
+from ..report import plot_history, plot_roc, write_run_report
 from ..schedules import Callback, TwoStage
 from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
 from .optim import build_optimizer, build_scheduler
@@ -121,7 +121,7 @@ def fit(
     """Train, keep the best epoch by validation loss, evaluate it on the test split.
 
     Writes ``config.yaml``, ``history.csv``, ``last.pt`` (every epoch), ``best.pt``,
-    ``metrics.json``, ``test_predictions.csv``, ``loss_curves.png`` and ``roc_test.png`` to the
+    ``metrics.json``, ``test_predictions.csv``, ``loss_curves.png``, ``roc_test.png`` and ``report.md`` to the
     run folder. With ``resume`` the run folder's config is used and training continues after
     its last completed epoch. Returns the contents of ``metrics.json``.
 
@@ -281,6 +281,8 @@ def _finish(setup: Setup, run_dir: Path, model, history, best_epoch, trainable, 
     test_loader = setup.loader("test", train=False)
     loss, probs, y = predict_loader(model, test_loader, ds.task, setup.device, cfg.amp)
     test = {"loss": loss, **classification_metrics(ds.task, y, probs, fprs=cfg.fprs)}
+    # 95% bootstrap intervals over test images: how much one test set of this size can tell
+    test["ci95"] = bootstrap_ci(ds.task, y, probs, n=1000, seed=cfg.seed, fpr=cfg.fprs[0])
     val_losses = [r["val_loss"] for r in history]
     metrics = {
         "test": test,
@@ -302,7 +304,8 @@ def _finish(setup: Setup, run_dir: Path, model, history, best_epoch, trainable, 
                  title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
     plot_roc(ds.task, y, probs, ds.class_names, run_dir / "roc_test.png",
              title=f"test ROC, AUC {test['auc']:.4f}")
-    atomic_write_json(run_dir / "metrics.json", metrics)  # last: its presence means the run finished
+    atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
+    write_run_report(run_dir)
     log.info("test auc %.4f  acc %.4f  tpr@fpr=%g %.4f  (best epoch %d)  -> %s", test["auc"], test["acc"],
              cfg.fprs[0], test["tpr_at_fpr"], best_epoch + 1, run_dir)
     return metrics
