@@ -30,7 +30,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(hint) is tuple:
-            p.add_argument(flag, type=float, nargs="+", default=None, metavar="X")
+            kind = str if str in args else float
+            p.add_argument(flag, type=kind, nargs="+", default=None, metavar="X")
         else:
             base = next((a for a in args if a is not type(None)), hint) if args else hint
             p.add_argument(flag, type=base if base in (int, float) else str, default=None)
@@ -42,7 +43,12 @@ def _train_config(a: argparse.Namespace):
     base = load_yaml(a.config) if a.config else {}
     flags = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name != "extra" and getattr(a, f.name, None) is not None}
-    return TrainConfig.from_dict({**base, **flags, **parse_set(a.set or [])}, source=a.config or "config")
+    merged = {**base, **flags, **parse_set(a.set or [])}
+    if merged.get("method"):  # the seed's protocol sits beneath everything the user set
+        from .methods import protocol_defaults
+
+        merged = {**protocol_defaults(merged["method"]), **merged}
+    return TrainConfig.from_dict(merged, source=a.config or "config")
 
 
 def cmd_train(a) -> int:

@@ -38,6 +38,11 @@ class TrainConfig:
     weights: str | None = None
     norm: str = "bn"
     stem: str = "auto"
+    # fine-tuning method (seed 000), see smallmed.methods
+    method: str = "full"
+    svd_train: tuple[str, ...] = ("sigma", "head")  # with SVD methods: sigma, head, bn, bias
+    svd_linear: bool = False  # also decompose Linear layers other than the classifier
+    prune: float | None = None  # override the method's pruned fraction of singular values
     # optimisation
     epochs: int = 10
     batch_size: int = 64
@@ -65,6 +70,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
         self.fprs = tuple(float(f) for f in self.fprs)
+        self.svd_train = tuple(str(t) for t in self.svd_train)
+        from .methods import METHODS
+
+        check_choice("method", self.method, METHODS)
+        for t in self.svd_train:
+            check_choice("svd_train", t, ("sigma", "head", "bn", "bias"))
+        if self.prune is not None and not 0 <= self.prune < 1:
+            raise SmallmedError(f"prune={self.prune}: expected a fraction in [0, 1).")
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
@@ -85,7 +98,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["betas"], d["fprs"] = list(self.betas), list(self.fprs)
+        d["betas"], d["fprs"], d["svd_train"] = list(self.betas), list(self.fprs), list(self.svd_train)
         return d
 
     @classmethod
@@ -95,6 +108,18 @@ class TrainConfig:
         if unknown:
             check_choice(f"{source} key", unknown[0], sorted(names))
         return cls(**d)
+
+    @classmethod
+    def for_method(cls, method: str, **kw) -> "TrainConfig":
+        """A config with seed 000's protocol for ``method`` beneath ``kw``.
+
+        Example:
+            >>> TrainConfig.for_method("sp-svd", data="pneumoniamnist").batch_size
+            16
+        """
+        from .methods import protocol_defaults
+
+        return cls.from_dict({**protocol_defaults(method), "method": method, **kw})
 
     def with_overrides(self, **kw) -> "TrainConfig":
         d = self.to_dict()

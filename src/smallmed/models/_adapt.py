@@ -46,6 +46,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SmallmedError(f"{path}: expected a state dict of tensors, found {type(state).__name__}.")
+    if any(".parametrizations." in k for k in state):
+        hint = path.with_name("folded.pt")
+        raise SmallmedError(f"{path}: holds SVD-parametrised weights; load the plain {hint} of the same run instead.")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import TrainConfig, dump_yaml, load_yaml
@@ -62,15 +63,16 @@ def predict_loader(model: nn.Module, loader: DataLoader, task: str, device: torc
     model.eval()
     crit = loss_fn(task)
     total, n, probs, ys = 0.0, 0, [], []
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with _autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        total += crit(logits, y).item() * len(x)
-        n += len(x)
-        probs.append(probabilities(task, logits).cpu())
-        ys.append(y.cpu())
+    with parametrize.cached():  # rebuild reparametrised weights once, not once per batch
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with _autocast(device, amp):
+                logits = model(x)
+            logits = logits.float()
+            total += crit(logits, y).item() * len(x)
+            n += len(x)
+            probs.append(probabilities(task, logits).cpu())
+            ys.append(y.cpu())
     return total / max(n, 1), torch.cat(probs).numpy(), torch.cat(ys).numpy()
 
 
@@ -160,7 +162,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
     cfg, ds, device = setup.cfg, setup.dataset, setup.device
     model = setup.model.to(device)
     head = head_name(model)
-    schedule = TwoStage(head, cfg.head_epochs, freeze_bn=cfg.freeze_bn_stats)
+    names = setup.trainable_names
+    schedule = TwoStage(head, cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
     callbacks = [schedule, *callbacks]
     optimizer = build_optimizer(model, cfg)
     scheduler, on_val = build_scheduler(optimizer, cfg)
@@ -290,7 +293,7 @@ def _finish(setup: Setup, run_dir: Path, model, history, best_epoch, trainable, 
         "best_epoch": best_epoch + 1,
         "epochs": len(history),
         "trainable_params": int(trainable),
-        "total_params": int(sum(p.numel() for p in model.parameters())),
+        "total_params": int(setup.total_params),  # the plain model's size (SVD runs fold back to it)
         "val_loss_variance": loss_variance(val_losses),
         "train_images": int(n_train),
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
@@ -299,6 +302,8 @@ def _finish(setup: Setup, run_dir: Path, model, history, best_epoch, trainable, 
                  "image_size": setup.image_size, "normalize": setup.normalize},
         "versions": {"torch": torch.__version__},
     }
+    metrics["method"] = cfg.method
+    metrics.update(_method_diagnostics(setup, run_dir, model, test_loader))
     _write_predictions(run_dir / "test_predictions.csv", y, probs, ds.class_names)
     plot_history(history, run_dir / "loss_curves.png", best_epoch=best_epoch + 1,
                  title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
@@ -309,6 +314,38 @@ def _finish(setup: Setup, run_dir: Path, model, history, best_epoch, trainable, 
     log.info("test auc %.4f  acc %.4f  tpr@fpr=%g %.4f  (best epoch %d)  -> %s", test["auc"], test["acc"],
              cfg.fprs[0], test["tpr_at_fpr"], best_epoch + 1, run_dir)
     return metrics
+
+
+def _method_diagnostics(setup: Setup, run_dir: Path, model: nn.Module, test_loader: DataLoader) -> dict:
+    """Seed 000's diagnostics: sigma dynamics, a plain folded checkpoint and the low-rank export for
+    SVD runs; the R ratio against the pretrained weights for fully fine-tuned runs."""
+    import copy
+
+    from ..analysis.svd import r_ratios, write_svd_diagnostics
+    from ..reparam import fold, svd_modules, to_low_rank
+
+    out: dict = {}
+    model = _unwrap(model).cpu().eval()
+    if svd_modules(model):
+        out["svd"] = {"summary": {"mode": setup.svd_summary.mode, "prune": setup.svd_summary.prune,
+                                  "layers": len(setup.svd_summary.rows), "sigma_active": setup.svd_summary.sigma_active,
+                                  "trainable_by_role": setup.svd_summary.groups},
+                      **write_svd_diagnostics(model, run_dir)}
+        plain = fold(copy.deepcopy(model))
+        atomic_save({"model": plain.state_dict(), "config": setup.cfg.to_dict(), "folded_from": setup.cfg.method},
+                    run_dir / "folded.pt")
+        if setup.svd_summary.prune > 0:
+            x = next(iter(test_loader))[0][:32]
+            _, rep = to_low_rank(model, x, layers="svd")
+            out["low_rank"] = {k: getattr(rep, k) for k in ("params_dense", "params_low_rank", "flops_dense",
+                                                             "flops_low_rank", "images_per_s_dense",
+                                                             "images_per_s_low_rank", "max_abs_diff")}
+            out["low_rank"]["speedup"] = rep.speedup
+    elif setup.pretrained_state is not None:
+        r = r_ratios(setup.pretrained_state, model.state_dict())
+        out["r_ratio"] = {k: r[k] for k in ("mean", "median", "n")}
+    model.to(setup.device)
+    return out
 
 
 def _write_history(path: Path, rows: list[dict]) -> None:

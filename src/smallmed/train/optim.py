@@ -8,28 +8,35 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..models import head_name
 
 log = logging.getLogger(__name__)
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """Two groups, ``head`` (the classifier) and ``body`` (everything else), with their sizes.
+NO_DECAY = ("sigma", "bn", "bias")  # decaying singular values or norms would shrink them towards 0
+
+
+def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
+    """Groups by role (weight, head, sigma, bn, bias), found by module type, with their sizes.
 
     Every parameter is included, frozen or not: a frozen one has no gradient and the optimizer
-    skips it, so a schedule can unfreeze it later without rebuilding the optimizer.
+    skips it, so a schedule can unfreeze it later without rebuilding the optimizer. Weight decay
+    applies to conv/linear weights and the head only.
     """
-    head = head_name(model) + "."
-    groups: dict[str, list] = {"body": [], "head": []}
+    from ..reparam.svd import parameter_roles
+
+    roles = parameter_roles(model)
+    groups: dict[str, list] = {}
     for name, p in model.named_parameters():
-        groups["head" if name.startswith(head) else "body"].append(p)
-    return [{"name": k, "params": v} for k, v in groups.items() if v]
+        groups.setdefault(roles.get(name, "weight"), []).append(p)
+    return [{"name": k, "params": v, "weight_decay": 0.0 if k in NO_DECAY else weight_decay}
+            for k, v in groups.items()]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model)
-    sizes = ", ".join(f"{g['name']} {sum(p.numel() for p in g['params']):,}" for g in groups)
-    log.info("optimizer %s lr %g, groups: %s", cfg.optimizer, cfg.lr, sizes)
+    groups = param_groups(model, cfg.weight_decay)
+    sizes = ", ".join(f"{g['name']} {sum(p.numel() for p in g['params'] if p.requires_grad):,}"
+                      f"/{sum(p.numel() for p in g['params']):,}" for g in groups)
+    log.info("optimizer %s lr %g, groups (trainable/all): %s", cfg.optimizer, cfg.lr, sizes)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam

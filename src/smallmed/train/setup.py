@@ -33,6 +33,10 @@ class Setup:
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     device: torch.device
+    trainable_names: set
+    svd_summary: object = None
+    pretrained_state: dict | None = None
+    total_params: int = 0
 
     def transform(self, train: bool):
         return build_transform(train=train, image_size=self.image_size, channels=self.model_kwargs["in_chans"],
@@ -92,6 +96,14 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageD
             log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
     else:
         kw = {"num_classes": ds.num_classes, "in_chans": ds.in_chans, "custom": type(model).__name__}
+    total_params = sum(p.numel() for p in model.parameters())  # before any reparametrisation
+    pretrained_state = None
+    if cfg.weights and cfg.method == "full":  # kept for the R-ratio diagnostic of seed 000
+        pretrained_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    from ..methods import apply_method
+
+    trainable_names, svd_summary = apply_method(model, cfg.method, svd_train=cfg.svd_train,
+                                                svd_linear=cfg.svd_linear, prune=cfg.prune)
     normalize = cfg.normalize
     if normalize == "auto":
         normalize = MODELS.get(cfg.model).pretrained_normalize if named else "dataset"
@@ -99,5 +111,6 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageD
     if normalize == "dataset":
         mean, std = dataset_mean_std(train.images[train_idx], kw["in_chans"])
     device = resolve_device(cfg.device)
-    return Setup(cfg, ds, train_idx, model, kw, image_size, normalize, mean, std, device)
+    return Setup(cfg, ds, train_idx, model, kw, image_size, normalize, mean, std, device, trainable_names,
+                 svd_summary, pretrained_state, total_params)
 

@@ -1,0 +1,276 @@
+"""SVD fine-tuning (seed 000): train only the singular values of pretrained weights.
+
+Each eligible weight W is decomposed once, from its pretrained values, into matrices
+M = U diag(sigma) Vh; U and Vh become frozen buffers and the trainable tensor is theta with
+sigma = theta**2 (so singular values stay non-negative), initialised to sqrt(sigma). The
+module's ``weight`` is rebuilt from them by ``torch.nn.utils.parametrize``, so this works on
+torchvision, timm or hand-written models alike.
+
+Unfoldings of a conv weight [out, in, h, w] (per group for grouped/depthwise convs):
+
+- ``full`` (the seed's): M = in x (out*h*w), min(in, out*h*w) singular values.
+- ``full-out``: M = out x (in*h*w), the usual im2col matrix, min(out, in*h*w) values.
+- ``spatial``: one in x out matrix per kernel position, min(in, out)*h*w values.
+
+``prune=p`` zeroes the smallest fraction p of each matrix's singular values and keeps them at
+exactly zero (a fixed mask; at least one value per matrix is always kept), e.g. the seed's ``sp-svd-9`` is spatial with p = 0.9.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import SmallmedError
+from ..models import head_name
+from ..registry import check_choice
+
+log = logging.getLogger(__name__)
+
+MODES = ("full", "full-out", "spatial")
+TRAINABLE = ("sigma", "head", "bn", "bias")
+
+
+class SVDWeight(nn.Module):
+    """Parametrization ``theta -> W`` with U, Vh and the prune mask fixed at construction.
+
+    Example:
+        >>> conv = nn.Conv2d(8, 16, 3)
+        >>> parametrize.register_parametrization(conv, "weight", SVDWeight(conv.weight, 1, "full"), unsafe=True)
+        >>> tuple(conv.parametrizations.weight.original.shape)   # one sigma per singular value
+        (1, 8)
+    """
+
+    def __init__(self, weight: torch.Tensor, groups: int = 1, mode: str = "full", prune: float = 0.0) -> None:
+        super().__init__()
+        check_choice("mode", mode, MODES)
+        if not 0 <= prune < 1:
+            raise SmallmedError(f"prune={prune}: expected a fraction in [0, 1).")
+        self.mode, self.groups, self.prune = mode, groups, prune
+        self.linear = weight.ndim == 2
+        w = weight.detach()
+        self.shape = tuple(w.shape)
+        U, S, Vh = torch.linalg.svd(self._unfold(w).double(), full_matrices=False)  # float64: exact round trip
+        mask = torch.ones_like(S)
+        n_prune = min(int(round(prune * S.shape[-1])), S.shape[-1] - 1)  # keep at least one per matrix
+        if n_prune:
+            mask[:, S.shape[-1] - n_prune:] = 0  # svd sorts descending: the tail is the smallest
+        self.register_buffer("U", U.to(w.dtype))
+        self.register_buffer("Vh", Vh.to(w.dtype))
+        self.register_buffer("mask", mask.to(w.dtype))
+        self.register_buffer("sigma0", S.to(w.dtype))  # the pretrained values (unpruned), for diagnostics
+
+    # --- unfolding --------------------------------------------------------------------------
+    def _dims(self):
+        out, in_g, kh, kw = self.shape if not self.linear else (*self.shape, 1, 1)
+        return out, in_g, kh, kw, self.groups, out // self.groups
+
+    def _unfold(self, w: torch.Tensor) -> torch.Tensor:
+        out, in_g, kh, kw, g, out_g = self._dims()
+        wg = w.reshape(g, out_g, in_g, kh, kw)
+        if self.mode == "full":
+            return wg.permute(0, 2, 1, 3, 4).reshape(g, in_g, out_g * kh * kw)
+        if self.mode == "full-out":
+            return wg.reshape(g, out_g, in_g * kh * kw)
+        return wg.permute(0, 3, 4, 2, 1).reshape(g * kh * kw, in_g, out_g)
+
+    def _fold(self, mats: torch.Tensor) -> torch.Tensor:
+        out, in_g, kh, kw, g, out_g = self._dims()
+        if self.mode == "full":
+            w = mats.reshape(g, in_g, out_g, kh, kw).permute(0, 2, 1, 3, 4)
+        elif self.mode == "full-out":
+            w = mats
+        else:
+            w = mats.reshape(g, kh, kw, in_g, out_g).permute(0, 4, 3, 1, 2)
+        return w.reshape(self.shape)
+
+    # --- parametrization --------------------------------------------------------------------
+    def sigma(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta * theta * self.mask
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        return self._fold((self.U * self.sigma(theta)[:, None, :]) @ self.Vh)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """theta from a weight: sqrt of diag(U^T M V), the weight's singular values in this basis."""
+        s = torch.einsum("bmr,bmn,brn->br", self.U, self._unfold(weight.to(self.U.dtype)), self.Vh)
+        return s.clamp(min=0).sqrt() * self.mask
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, groups={self.groups}, matrices={self.U.shape[0]}, rank={self.U.shape[-1]}, prune={self.prune}"
+
+
+def svd_modules(model: nn.Module) -> list[tuple[str, nn.Module, SVDWeight]]:
+    """(name, module, parametrization) for every weight under an :class:`SVDWeight`, found by type."""
+    found = []
+    for name, m in model.named_modules():
+        if parametrize.is_parametrized(m, "weight"):
+            for p in m.parametrizations.weight:
+                if isinstance(p, SVDWeight):
+                    found.append((name, m, p))
+    return found
+
+
+@dataclass
+class SVDSummary:
+    """What :func:`apply_svd` changed. ``rows``: one per wrapped layer."""
+
+    mode: str
+    prune: float
+    rows: list[dict] = field(default_factory=list)
+    trainable: int = 0
+    total: int = 0  # parameters of the plain model (after fold), not of the reparametrised one
+    sigma_params: int = 0
+    sigma_active: int = 0
+    groups: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        pct = 100 * self.trainable / max(self.total, 1)
+        parts = ", ".join(f"{k} {v:,}" for k, v in self.groups.items())
+        return (f"apply_svd(mode={self.mode}, prune={self.prune}): {len(self.rows)} layers; trainable "
+                f"{self.trainable:,} of {self.total:,} ({pct:.3f}%): {parts}; active sigma {self.sigma_active:,}")
+
+
+def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[str, nn.Module]]:
+    head = head_name(model) if any(isinstance(m, nn.Linear) for m in model.modules()) else None
+    kinds = (nn.Conv2d, nn.Linear) if linear else (nn.Conv2d,)
+    out = []
+    for name, m in model.named_modules():
+        if not isinstance(m, kinds) or name == head or parametrize.is_parametrized(m, "weight"):
+            continue
+        if include and not any(fnmatch.fnmatch(name, pat) for pat in include):
+            continue
+        if exclude and any(fnmatch.fnmatch(name, pat) for pat in exclude):
+            continue
+        out.append((name, m))
+    return out
+
+
+def apply_svd(
+    model: nn.Module,
+    mode: str = "full",
+    prune: float = 0.0,
+    train: tuple[str, ...] | list[str] = ("sigma", "head"),
+    *,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    linear: bool = False,
+) -> SVDSummary:
+    """Reparametrise every eligible conv (and optionally linear) weight by its singular values.
+
+    Args:
+        model: any ``nn.Module``; its weights should be the pretrained ones.
+        mode: ``full``, ``full-out`` or ``spatial`` (see the module docstring).
+        prune: fraction of the smallest singular values of each matrix fixed at zero.
+        train: what stays trainable: ``sigma`` (the singular values), ``head`` (the classifier),
+            ``bn`` (BatchNorm affine), ``bias`` (conv/linear biases). Everything else is frozen.
+        include, exclude: glob patterns over module names (``"layer4.*"``).
+        linear: also wrap ``nn.Linear`` layers other than the classifier.
+
+    Returns:
+        An :class:`SVDSummary` with the layers wrapped and trainable/total parameter counts.
+
+    Example:
+        >>> model = create_model("resnet18", 2, weights="src/best.pt")   # doctest: +SKIP
+        >>> print(apply_svd(model, mode="spatial", prune=0.9))            # doctest: +SKIP
+    """
+    check_choice("mode", mode, MODES)
+    train = tuple(train)
+    for t in train:
+        check_choice("train", t, TRAINABLE)
+    if not 0 <= prune < 1:
+        raise SmallmedError(f"prune={prune}: expected a fraction in [0, 1).")
+    dense_total = sum(p.numel() for p in model.parameters())
+    layers = _eligible(model, include, exclude, linear)
+    if not layers:
+        kinds = sorted({type(m).__name__ for m in model.modules()} - {type(model).__name__})[:12]
+        raise SmallmedError(
+            f"apply_svd found no eligible layer (Conv2d{' or Linear' if linear else ''}"
+            f"{', matching include/exclude' if include or exclude else ''}); the model has: {', '.join(kinds)}."
+        )
+    summary = SVDSummary(mode=mode, prune=prune)
+    for name, m in layers:
+        groups = getattr(m, "groups", 1)
+        p = SVDWeight(m.weight, groups, mode, prune)
+        parametrize.register_parametrization(m, "weight", p, unsafe=True)
+        theta = m.parametrizations.weight.original
+        summary.rows.append({"name": name, "shape": list(p.shape), "groups": groups, "matrices": p.U.shape[0],
+                             "rank": p.U.shape[-1], "sigma": theta.numel(), "active": int(p.mask.sum().item())})
+    _set_trainable(model, train)
+    sigma = [m.parametrizations.weight.original for _, m, _ in svd_modules(model)]
+    summary.sigma_params = sum(t.numel() for t in sigma)
+    summary.sigma_active = sum(r["active"] for r in summary.rows)
+    summary.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    summary.total = dense_total  # the deployable (folded) model's size, not theta + the rest
+    summary.groups = trainable_groups(model)
+    log.info("%s", summary)
+    return summary
+
+
+def trainable_groups(model: nn.Module) -> dict[str, int]:
+    """Trainable parameter counts by role: sigma, head, bn, bias, other."""
+    roles = parameter_roles(model)
+    out: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            out[roles.get(name, "other")] = out.get(roles.get(name, "other"), 0) + p.numel()
+    return out
+
+
+def parameter_roles(model: nn.Module) -> dict[str, str]:
+    """Map parameter name -> sigma | head | bn | bias | weight, by module type (never by substrings)."""
+    head = head_name(model) if any(isinstance(m, nn.Linear) for m in model.modules()) else None
+    roles: dict[str, str] = {}
+    for mname, m in model.named_modules():
+        prefix = f"{mname}." if mname else ""
+        is_head = head is not None and (mname == head or mname.startswith(head + "."))
+        for pname, p in m.named_parameters(recurse=False):
+            full = prefix + pname
+            if is_head:
+                roles[full] = "head"
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                roles[full] = "bn"
+            elif pname == "bias":
+                roles[full] = "bias"
+            else:
+                roles[full] = "weight"
+    for name, m, _ in svd_modules(model):
+        roles[f"{name}.parametrizations.weight.original" if name else "parametrizations.weight.original"] = "sigma"
+    return roles
+
+
+def _set_trainable(model: nn.Module, train: tuple[str, ...]) -> None:
+    roles = parameter_roles(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(roles.get(name) in train)
+
+
+def fold(model: nn.Module) -> nn.Module:
+    """Bake the singular values back into plain weights (identical outputs) and drop U, Vh.
+
+    The result is ordinary PyTorch: its ``state_dict`` loads into the unmodified architecture.
+    """
+    mods = svd_modules(model)
+    if not mods:
+        raise SmallmedError("fold: the model has no SVD parametrizations; call apply_svd first.")
+    for _, m, _ in mods:
+        _own_class(m)
+        parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a parametrised module a class of its own before removing its parametrization.
+
+    ``copy.deepcopy`` of a parametrised model shares the generated ``ParametrizedConv2d`` class
+    between original and copy, and ``remove_parametrizations`` deletes the ``weight`` property
+    from that class: folding a copy would break the original. A private class avoids it.
+    """
+    cls = module.__class__
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    module.__class__ = type(cls.__name__, cls.__bases__, namespace)
