@@ -154,3 +154,33 @@ def test_svd_method_run_writes_diagnostics_and_a_plain_checkpoint(tiny_cfg, tmp_
     full = fit(TrainConfig.for_method("full", data=cfg.data, model="small_cnn", epochs=2, progress=False,
                                       weights=str(tmp_path / "src" / "best.pt"), out=str(tmp_path / "ft")))
     assert full["r_ratio"]["n"] > 0 and full["r_ratio"]["mean"] > 0
+
+
+def test_svd_study_tiny_grid_resumes_and_reports(tmp_path, tiny_npz, monkeypatch):
+    import dataclasses as dc
+
+    from smallmed.studies import svd as study_mod
+    from smallmed.studies.stats import mean_ci, paired
+
+    src = tmp_path / "src"
+    from smallmed import TrainConfig, fit
+
+    fit(TrainConfig(data=str(tiny_npz), model="small_cnn", epochs=1, out=str(src), progress=False, augment="none"))
+    study = dc.replace(study_mod.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", image_size=16,
+                       methods=("full", "full-svd"), fractions=(1.0, 0.5), seeds=(0, 1), epochs=2,
+                       augment="none", weights=str(src / "best.pt"))
+    report = study_mod.run_svd_study(study, tmp_path / "study")
+    text = report.read_text()
+    assert "## Fraction 1-2 (32 training images)" in text and "| full-svd |" in text and "vs full" in text
+    rows = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 2 * 2 * 2
+    # the same subset for every method at a fraction and seed
+    sub = {r.split(",")[1]: r.split(",")[3] for r in rows[1:] if r.startswith("0.5,") and ",0," in r}
+    assert len(set(sub.values())) == 1
+    # a second call redoes nothing
+    calls = []
+    monkeypatch.setattr("smallmed.train.fit", lambda *a, **k: calls.append(1))
+    study_mod.run_svd_study(study, tmp_path / "study")
+    assert not calls
+    assert mean_ci([1.0, 2.0, 3.0])["lo"] < 2.0 < mean_ci([1.0, 2.0, 3.0])["hi"]
+    assert paired([1.0, 2.0, 3.5], [0.5, 1.0, 2.0])["wins"] == 3

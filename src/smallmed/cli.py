@@ -129,6 +129,23 @@ def cmd_env(a) -> int:
     return 0
 
 
+def cmd_study_svd(a) -> int:
+    import dataclasses as dc
+
+    from .studies.svd import PRESETS, run_svd_study
+
+    study = dc.replace(PRESETS[a.preset], data=a.data)
+    for key in ("model", "image_size", "epochs", "weights", "data_dir", "source_epochs"):
+        if getattr(a, key) is not None:
+            study = dc.replace(study, **{key: getattr(a, key)})
+    for key, conv in (("methods", str), ("fractions", float), ("seeds", int)):
+        if getattr(a, key):
+            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    report = run_svd_study(study, a.out, workers=a.workers, backend=a.backend)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -177,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dest")
     f.add_argument("--force", action="store_true")
     f.set_defaults(func=cmd_data_fetch)
+
+    st = sub.add_parser("study", help="run a paper's experiment as a resumable study")
+    ssub = st.add_subparsers(dest="study", required=True)
+    sv = ssub.add_parser("svd", help="seed 000: methods x training fractions x seeds")
+    sv.add_argument("--data", default="pneumoniamnist")
+    sv.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    sv.add_argument("--out", default="runs/study-svd")
+    sv.add_argument("--weights", help="pretrained source weights (default: pretrain on rsna-boneage first)")
+    sv.add_argument("--model")
+    sv.add_argument("--image-size", type=int)
+    sv.add_argument("--epochs", type=int)
+    sv.add_argument("--source-epochs", type=int)
+    sv.add_argument("--methods", nargs="+")
+    sv.add_argument("--fractions", nargs="+", type=float)
+    sv.add_argument("--seeds", nargs="+", type=int)
+    sv.add_argument("--data-dir")
+    sv.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
+    sv.add_argument("--backend", choices=("process", "ray"), default="process")
+    sv.set_defaults(func=cmd_study_svd)
 
     sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
     sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)

@@ -46,7 +46,11 @@ def load_dataset(
         624
     """
     path = resolve_data(spec, data_dir)
-    if str(spec) in LOCAL_ONLY or path.name in LOCAL_ONLY.values():
+    if str(spec) == "rsna-boneage" or path.name == LOCAL_ONLY["rsna-boneage"]:
+        from .boneage import load_boneage
+
+        return load_boneage(path, split_seed=split_seed)
+    if str(spec) == "covid-ieee8023" or path.name == LOCAL_ONLY["covid-ieee8023"]:
         from .covid import load_covid_ieee8023
 
         return load_covid_ieee8023(path, split_seed=split_seed)

@@ -70,6 +70,7 @@ MEDMNIST: dict[str, MedMNISTInfo] = {
 # resolve only where the files already are (SMALLMED_DATA_DIR, e.g. ../shared/data).
 LOCAL_ONLY: dict[str, str] = {
     "covid-ieee8023": "covid_chestxray_ieee8023_224.npz",
+    "rsna-boneage": "rsna_boneage_hands_100px.npz",
 }
 
 
