@@ -14,6 +14,14 @@ from .train import fit
 
 
 def run_demo(out: str = "runs/demo", epochs: int = 3) -> dict:
+    from .data import fetch, resolve_data
+    from .errors import SmallmedError
+
+    try:
+        resolve_data("pneumoniamnist")
+    except SmallmedError:
+        print("PneumoniaMNIST not found locally: downloading the official file (MD5-verified)...")
+        fetch("pneumoniamnist")  # a clear error if offline
     out_path = Path(out)
     if out_path.exists():
         shutil.rmtree(out_path)  # the demo always starts fresh
