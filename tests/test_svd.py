@@ -200,3 +200,18 @@ def test_grid_runs_as_ray_tasks_on_a_local_instance(tmp_path, tiny_npz):
         ray.shutdown()
     assert [r["epochs"] for r in results] == [1, 1]
     assert all((tmp_path / f"r{s}" / "metrics.json").exists() for s in (0, 1))
+
+
+def test_svd_study_checks_its_grid_before_pretraining_the_source(tmp_path, tiny_npz):
+    import dataclasses as dc
+
+    from smallmed.studies import svd as study_mod
+
+    base = dc.replace(study_mod.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", image_size=16)
+    with pytest.raises(SmallmedError, match="fraction=0.0"):
+        study_mod.run_svd_study(dc.replace(base, fractions=(0.0,)), tmp_path / "s")
+    with pytest.raises(SmallmedError, match="Did you mean 'sp-svd'"):
+        study_mod.run_svd_study(dc.replace(base, methods=("full", "sp-sv")), tmp_path / "s")
+    with pytest.raises(SmallmedError, match="nope.pt: file not found"):
+        study_mod.run_svd_study(dc.replace(base, weights=str(tmp_path / "nope.pt")), tmp_path / "s")
+    assert not (tmp_path / "s").exists()  # nothing was written, no source was trained

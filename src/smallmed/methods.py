@@ -41,11 +41,9 @@ def protocol_defaults(method: str) -> dict:
     """The seed's protocol for ``method``, as TrainConfig keys (user settings override them)."""
     check_choice("method", method, METHODS)
     d = dict(PROTOCOL)
-    if method == "full":
-        pass
-    elif method == "fc-train":
+    if method == "fc-train":
         d["head_epochs"] = 0
-    else:
+    elif method in SVD_METHODS:
         d["freeze_bn_stats"] = False
     return d
 

@@ -28,6 +28,17 @@ __all__ = [
 ]
 
 
+def _local_loader(name: str):
+    """The reader of a LOCAL_ONLY dataset, imported only when used."""
+    if name == "rsna-boneage":
+        from .boneage import load_boneage
+
+        return load_boneage
+    from .covid import load_covid_ieee8023
+
+    return load_covid_ieee8023
+
+
 def load_dataset(
     spec: str | os.PathLike,
     *,
@@ -46,14 +57,9 @@ def load_dataset(
         624
     """
     path = resolve_data(spec, data_dir)
-    if str(spec) == "rsna-boneage" or path.name == LOCAL_ONLY["rsna-boneage"]:
-        from .boneage import load_boneage
-
-        return load_boneage(path, split_seed=split_seed)
-    if str(spec) == "covid-ieee8023" or path.name == LOCAL_ONLY["covid-ieee8023"]:
-        from .covid import load_covid_ieee8023
-
-        return load_covid_ieee8023(path, split_seed=split_seed)
+    for name, fname in LOCAL_ONLY.items():
+        if str(spec) == name or path.name == fname:
+            return _local_loader(name)(path, split_seed=split_seed)
     if path.is_dir():
         return load_folder(path, image_size=image_size, split_seed=split_seed)
     if path.suffix.lower() == ".csv":

@@ -12,17 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SmallmedError
 from .dataset import ImageDataset, Split
+from .npz import open_npz
 from .splits import patient_split
 
 
 def load_boneage(path: str | Path, *, split_seed: int = 0, groups: int = 5) -> ImageDataset:
     path = Path(path)
-    npz = np.load(path, allow_pickle=False)
-    for key in ("images", "boneage_months"):
-        if key not in npz.files:
-            raise SmallmedError(f"{path}: missing key '{key}'; found {', '.join(npz.files)}.")
+    npz = open_npz(path, ("images", "boneage_months"))
     age = npz["boneage_months"].astype(float)
     edges = np.quantile(age, np.linspace(0, 1, groups + 1)[1:-1])
     labels = np.searchsorted(edges, age, side="right").astype(np.int64)

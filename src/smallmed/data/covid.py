@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import SmallmedError
 from .dataset import ImageDataset, Split
+from .npz import open_npz
 from .splits import patient_split
 
 
@@ -21,10 +22,7 @@ def load_covid_ieee8023(path: str | Path, *, split_seed: int = 0) -> ImageDatase
     meta = path.with_name(path.stem + "_metadata.csv")
     if not meta.exists():
         raise SmallmedError(f"{meta}: metadata CSV not found; it gives the patient ids for {path.name}.")
-    npz = np.load(path, allow_pickle=False)
-    for key in ("images", "finding", "index"):
-        if key not in npz.files:
-            raise SmallmedError(f"{path}: missing key '{key}'; found {', '.join(npz.files)}.")
+    npz = open_npz(path, ("images", "finding", "index"))
     with open(meta, newline="") as f:
         by_index = {int(r["index"]): r["patientid"] for r in csv.DictReader(f)}
     try:

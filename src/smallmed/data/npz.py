@@ -13,11 +13,16 @@ from .dataset import SPLITS, ImageDataset, Split
 from .splits import patient_split
 
 
-def _open(path: Path) -> np.lib.npyio.NpzFile:
+def open_npz(path: Path, required: tuple[str, ...] = ()) -> np.lib.npyio.NpzFile:
+    """``np.load`` without pickles, with one-sentence errors for unreadable files and missing keys."""
     try:
-        return np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise SmallmedError(f"{path}: not a readable .npz file ({e}).") from None
+    missing = [k for k in required if k not in npz.files]
+    if missing:
+        raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(npz.files) or 'none'}.")
+    return npz
 
 
 def _as_2d(labels: np.ndarray, path: Path, split: str) -> np.ndarray:
@@ -48,7 +53,7 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
     path = Path(path)
     if not path.exists():
         raise SmallmedError(f"{path}: file not found.")
-    npz = _open(path)
+    npz = open_npz(path)
     keys = set(npz.files)
     base, _ = split_name(path.stem)
     name = name or path.stem

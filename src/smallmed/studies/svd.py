@@ -63,7 +63,13 @@ PRESETS = {
 
 
 def _frac_name(f: float) -> str:
-    return "1" if f == 1 else f"1-{round(1 / f)}" if abs(1 / f - round(1 / f)) < 1e-9 else f"{f:g}"
+    """1 -> "1", 1/8 -> "1-8" (a folder name), anything else as written (invalid values are
+    reported by TrainConfig)."""
+    if f == 1:
+        return "1"
+    if 0 < f < 1 and abs(1 / f - round(1 / f)) < 1e-9:
+        return f"1-{round(1 / f)}"
+    return f"{f:g}"
 
 
 def source_config(study: SVDStudy, out: Path) -> TrainConfig:
@@ -88,15 +94,16 @@ def cells(study: SVDStudy, out: Path, weights: str) -> list[TrainConfig]:
 def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend: str = "process") -> Path:
     """Run (or resume) the study and write ``out/report.md``; returns its path."""
     out = Path(out)
-    if not set(study.methods) >= {"full"}:
+    if "full" not in study.methods:
         raise SmallmedError("the SVD study compares against 'full': include it in --methods.")
+    if study.weights is not None and study.weights != "imagenet" and not Path(study.weights).exists():
+        raise SmallmedError(f"--weights {study.weights}: file not found.")
     t0 = time.time()
-    weights = study.weights
-    if weights is None:
+    weights = study.weights or str(out / "source" / "best.pt")
+    grid = cells(study, out, weights)  # every cell's config is checked here, before anything runs
+    if study.weights is None:
         log.info("pretraining the source model on %s (%d epochs)", study.source_data, study.source_epochs)
         run_cell(source_config(study, out).to_dict())
-        weights = str(out / "source" / "best.pt")
-    grid = cells(study, out, weights)
     results = run_grid(grid, workers=workers, backend=backend)
     return write_report(study, out, grid, results, time.time() - t0, weights)
 

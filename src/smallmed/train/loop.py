@@ -196,11 +196,12 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         es = _epoch_seed(cfg.seed, epoch)
         seed_everything(es)
         gen = torch.Generator().manual_seed(es)
+        train_ds = setup.dataset_for("train", train=True)
         if distributed:
-            sampler = DistributedSampler(setup.loader("train", train=True).dataset, num_replicas=world, rank=rank,
-                                         shuffle=True, seed=cfg.seed, drop_last=True)
+            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
+                                         drop_last=True)
             sampler.set_epoch(epoch)
-        train_loader = setup.loader("train", train=True, sampler=sampler, generator=gen)
+        train_loader = setup.loader("train", train=True, sampler=sampler, generator=gen, dataset=train_ds)
         train_model.train()
         for cb in callbacks:
             cb.on_epoch_start(epoch, model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..data import ImageDataset, load_dataset, nested_fraction
+from ..data import ImageDataset, Split, load_dataset, nested_fraction
 from ..data.torchdata import ArrayDataset
 from ..data.transforms import build_transform, dataset_mean_std
 from ..errors import SmallmedError
@@ -42,11 +43,17 @@ class Setup:
         return build_transform(train=train, image_size=self.image_size, channels=self.model_kwargs["in_chans"],
                                augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std)
 
-    def loader(self, split: str, *, train: bool, sampler=None, generator=None) -> DataLoader:
-        sp = self.dataset.splits[split]
-        if split == "train":
-            sp = sp.subset(self.train_idx)
-        ds = ArrayDataset(sp, self.transform(train))
+    @functools.cached_property
+    def train_split(self) -> Split:
+        """The training fraction, indexed once (fancy indexing copies the images)."""
+        return self.dataset.splits["train"].subset(self.train_idx)
+
+    def dataset_for(self, split: str, *, train: bool) -> ArrayDataset:
+        sp = self.train_split if split == "train" else self.dataset.splits[split]
+        return ArrayDataset(sp, self.transform(train))
+
+    def loader(self, split: str, *, train: bool, sampler=None, generator=None, dataset=None) -> DataLoader:
+        ds = dataset if dataset is not None else self.dataset_for(split, train=train)
         return DataLoader(
             ds,
             batch_size=self.cfg.batch_size,
