@@ -98,14 +98,14 @@ def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend
         raise SmallmedError("the SVD study compares against 'full': include it in --methods.")
     if study.weights is not None and study.weights != "imagenet" and not Path(study.weights).exists():
         raise SmallmedError(f"--weights {study.weights}: file not found.")
+    t0 = time.time()
+    weights = study.weights or str(out / "source" / "best.pt")
+    grid = cells(study, out, weights)  # every cell's config is checked here, before anything runs
     from ..data import resolve_data
 
     resolve_data(study.data, study.data_dir)  # a missing target fails now, not after the source
     if study.weights is None:
         resolve_data(study.source_data, study.data_dir)
-    t0 = time.time()
-    weights = study.weights or str(out / "source" / "best.pt")
-    grid = cells(study, out, weights)  # every cell's config is checked here, before anything runs
     if study.weights is None:
         log.info("pretraining the source model on %s (%d epochs)", study.source_data, study.source_epochs)
         run_cell(source_config(study, out).to_dict())
