@@ -43,7 +43,7 @@ def main():
     base = create_model(a.model, 2, in_chans=1, input_size=a.size)
     x, y = torch.randn(a.batch, 1, a.size, a.size), torch.randint(0, 2, (a.batch,))
     models = {}
-    for method in ("full", "fc-train", "full-svd", "sp-svd", "full-svd-9"):
+    for method in ("full", "fc-train", "full-svd", "sp-svd", "sp-svd-9", "full-svd-9"):
         m = copy.deepcopy(base)
         apply_method(m, method)
         models[method] = m

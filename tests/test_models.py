@@ -144,3 +144,53 @@ def test_efficientnet_lite0_imagenet_weights_recognise_a_cat():
     cats = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
     assert cats & set(top5), top5
     assert top5[0] in cats
+
+
+def _leaf_order(model, x, n):
+    """Types of the first ``n`` leaf modules in the order the forward pass calls them."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+             for m in model.modules() if not list(m.children())]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return [k for k in seen if k != "Identity"][:n]
+
+
+@pytest.mark.parametrize("name,size", [("vgg16", 32), ("resnet18", 64), ("small_cnn", 32)])
+def test_each_norm_option_builds_the_layout_it_names(name, size):
+    x = torch.randn(2, 3, size, size)
+    order = {}
+    for norm in ("none", "bn", "bn-after-act"):
+        torch.manual_seed(0)
+        m = create_model(name, 3, input_size=size, norm=norm)
+        order[norm] = _leaf_order(m, x, 3)
+        m(x).sum().backward()  # forward and backward work
+        assert all(p.grad is not None for p in m.parameters())
+    assert order["none"][:2] == ["Conv2d", "ReLU"]
+    assert order["bn"] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert order["bn-after-act"] == ["Conv2d", "ReLU", "BatchNorm2d"]
+
+
+def test_resnet_bn_after_act_blocks_normalise_after_the_residual_relu():
+    m = create_model("resnet18", 2, input_size=64, norm="bn-after-act")
+    block = m.layer1[0]
+    order = _leaf_order(block, torch.randn(2, 64, 8, 8), 6)
+    assert order == ["Conv2d", "ReLU", "BatchNorm2d", "Conv2d", "ReLU", "BatchNorm2d"]
+    assert set(m.state_dict()) == set(create_model("resnet18", 2, input_size=64).state_dict())  # torchvision names
+
+
+def test_bn_after_act_loads_convs_and_reports_fresh_batchnorm(tmp_path):
+    src = create_model("resnet18", 2, input_size=64, norm="bn")
+    torch.save(src.state_dict(), tmp_path / "r18.pt")
+    m = create_model("resnet18", 2, input_size=64, norm="bn-after-act", weights=tmp_path / "r18.pt")
+    rep = m.smallmed_load_report
+    assert torch.equal(m.layer2[0].conv1.weight, src.layer2[0].conv1.weight)
+    assert "layer1.0.bn1.running_mean" in rep.norm_skipped and "layer1.0.bn1.running_mean" not in rep.loaded
+    assert torch.equal(m.layer1[0].bn1.running_mean, torch.zeros(64))
+    assert "BatchNorm freshly initialised" in str(rep)
+    # a vgg16 (no BN) file loads into the BN-after-ReLU layout by conv order
+    plain = create_model("vgg16", 2, norm="none", input_size=32)
+    torch.save(plain.state_dict(), tmp_path / "vgg.pt")
+    post = create_model("vgg16", 2, norm="bn-after-act", input_size=32, weights=tmp_path / "vgg.pt")
+    assert torch.equal(post.features[3].weight, plain.features[2].weight)

@@ -215,3 +215,47 @@ def test_svd_study_checks_its_grid_before_pretraining_the_source(tmp_path, tiny_
     with pytest.raises(SmallmedError, match="nope.pt: file not found"):
         study_mod.run_svd_study(dc.replace(base, weights=str(tmp_path / "nope.pt")), tmp_path / "s")
     assert not (tmp_path / "s").exists()  # nothing was written, no source was trained
+
+
+@pytest.mark.parametrize("mode", ["full", "full-out"])
+@pytest.mark.parametrize("prune", [0.0, 0.5])
+def test_factored_forward_matches_the_rebuilt_weight_in_outputs_and_sigma_gradients(mode, prune, monkeypatch):
+    """The two-conv path (chosen by cost) must compute what the rebuilt weight computes."""
+    from smallmed.reparam import svd as svd_mod
+
+    torch.manual_seed(0)
+    model = Grouped()
+    x = torch.randn(8, 4, 12, 12)
+    apply_svd(model, mode=mode, prune=prune)
+    with torch.no_grad():
+        for _, m, _ in svd_modules(model):
+            m.parametrizations.weight.original.mul_(1.1)
+    runs = {}
+    for path in ("always", "never"):
+        monkeypatch.setattr(svd_mod, "FACTORED_PATH", path)
+        model.zero_grad()
+        y = model(x)
+        y.square().sum().backward()
+        runs[path] = (y.detach(), [m.parametrizations.weight.original.grad.clone() for _, m, _ in svd_modules(model)])
+    assert torch.allclose(runs["always"][0], runs["never"][0], atol=1e-5, rtol=1e-4)
+    for a, b in zip(runs["always"][1], runs["never"][1]):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-3)
+    calls = []
+    monkeypatch.setattr(svd_mod.F, "conv2d", lambda *a, **k: calls.append(1) or torch.conv2d(*a, **k))
+    counts = {}
+    for path in ("always", "never"):
+        monkeypatch.setattr(svd_mod, "FACTORED_PATH", path)
+        calls.clear()
+        model(x)
+        counts[path] = len(calls)
+    assert counts["always"] == 2 * counts["never"], counts  # two thin convs per layer: the path was taken
+
+
+def test_pruned_factors_follow_a_loaded_state_dict():
+    torch.manual_seed(0)
+    src, dst = Grouped(), Grouped()
+    apply_svd(src, mode="spatial", prune=0.5)
+    apply_svd(dst, mode="spatial", prune=0.5)  # different random weights: different U, Vh
+    x = torch.randn(2, 4, 12, 12)
+    dst.load_state_dict(src.state_dict())
+    assert torch.allclose(dst.eval()(x), src.eval()(x), atol=1e-6)

@@ -134,8 +134,8 @@ def cmd_study_svd(a) -> int:
 
     from .studies.svd import PRESETS, run_svd_study
 
-    study = dc.replace(PRESETS[a.preset], data=a.data)
-    for key in ("model", "image_size", "epochs", "weights", "data_dir", "source_epochs"):
+    study = PRESETS[a.preset]
+    for key in ("data", "model", "image_size", "epochs", "weights", "data_dir", "source_epochs", "source_image_size"):
         if getattr(a, key) is not None:
             study = dc.replace(study, **{key: getattr(a, key)})
     for key, conv in (("methods", str), ("fractions", float), ("seeds", int)):
@@ -146,10 +146,63 @@ def cmd_study_svd(a) -> int:
     return 0
 
 
+def cmd_study_bn(a) -> int:
+    import dataclasses as dc
+
+    from .studies.bn import PRESETS, run_bn_study
+
+    study = PRESETS[a.preset]
+    for key in ("model", "weights", "epochs", "batch_size", "lr", "image_size", "fraction", "data_dir"):
+        if getattr(a, key) is not None:
+            study = dc.replace(study, **{key: getattr(a, key)})
+    for key, conv in (("data", str), ("norms", str), ("seeds", int)):
+        if getattr(a, key):
+            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    report = run_bn_study(study, a.out, workers=a.workers, backend=a.backend)
+    print(f"report: {report}")
+    return 0
+
+
+def _any_model(name: str, size: int, channels: int, stem: str = "auto", num_classes: int = 2):
+    """A smallmed model, or any torchvision classification model by name (random init)."""
+    import difflib
+
+    import torchvision
+
+    from .models import MODELS, create_model
+
+    if name in MODELS:
+        return create_model(name, num_classes, in_chans=channels, input_size=size, stem=stem)
+    tv = torchvision.models.list_models(module=torchvision.models)
+    if name in tv:
+        return torchvision.models.get_model(name, weights=None)
+    close = difflib.get_close_matches(name, sorted({*MODELS, *tv}), n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise SmallmedError(f"Unknown model {name!r}.{hint} Expected a smallmed model ({', '.join(MODELS)}) "
+                        "or a torchvision classification model name.")
+
+
+def cmd_rf(a) -> int:
+    import json
+
+    from .analysis.receptive_field import format_table, receptive_field
+
+    rows = receptive_field(_any_model(a.model, a.input, a.channels, a.stem), (a.channels, a.input, a.input))
+    if a.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=1))
+    else:
+        print(format_table(rows))
+        last = rows[-1]
+        print(f"\n{a.model} at {a.input} px: receptive field {last.r[0]:g} px, effective stride {last.S[0]:g}, "
+              f"effective padding {last.P[0]:g} at {last.name}" + ("" if all(r.aligned for r in rows)
+                                                                   else "; MISALIGNED merges: see the 'aligned' column"))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
-    run_demo(out=a.out)
+    run_demo(out=a.out, fresh=a.fresh, workers=a.workers)
     return 0
 
 
@@ -198,14 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("study", help="run a paper's experiment as a resumable study")
     ssub = st.add_subparsers(dest="study", required=True)
     sv = ssub.add_parser("svd", help="seed 000: methods x training fractions x seeds")
-    sv.add_argument("--data", default="pneumoniamnist")
-    sv.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    sv.add_argument("--data", help="target data (default: the preset's; pneumoniamnist, covid-ieee8023 for 'covid')")
+    sv.add_argument("--preset", choices=("quick", "covid", "paper"), default="quick")
     sv.add_argument("--out", default="runs/study-svd")
     sv.add_argument("--weights", help="pretrained source weights (default: pretrain on rsna-boneage first)")
     sv.add_argument("--model")
     sv.add_argument("--image-size", type=int)
     sv.add_argument("--epochs", type=int)
     sv.add_argument("--source-epochs", type=int)
+    sv.add_argument("--source-image-size", type=int, help="image size of the source pretraining (default: --image-size)")
     sv.add_argument("--methods", nargs="+")
     sv.add_argument("--fractions", nargs="+", type=float)
     sv.add_argument("--seeds", nargs="+", type=int)
@@ -214,10 +268,38 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--backend", choices=("process", "ray"), default="process")
     sv.set_defaults(func=cmd_study_svd)
 
+    sb = ssub.add_parser("bn", help="seed 002: batch norm none / before / after the ReLU x seeds")
+    sb.add_argument("--data", nargs="+", help="datasets (default: retinamnist pneumoniamnist)")
+    sb.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    sb.add_argument("--out", default="runs/study-bn")
+    sb.add_argument("--model", help="vgg16 (default), resnet18 or small_cnn")
+    sb.add_argument("--norms", nargs="+", help="subset of none bn bn-after-act")
+    sb.add_argument("--weights", help="pretrained weights for every variant (BN layers report as fresh)")
+    sb.add_argument("--epochs", type=int)
+    sb.add_argument("--batch-size", type=int)
+    sb.add_argument("--lr", type=float)
+    sb.add_argument("--image-size", type=int)
+    sb.add_argument("--fraction", type=float)
+    sb.add_argument("--seeds", nargs="+", type=int)
+    sb.add_argument("--data-dir")
+    sb.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
+    sb.add_argument("--backend", choices=("process", "ray"), default="process")
+    sb.set_defaults(func=cmd_study_bn)
+
+    rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (any smallmed or torchvision model)")
+    rf.add_argument("model")
+    rf.add_argument("--input", type=int, default=224, help="input side in pixels")
+    rf.add_argument("--channels", type=int, default=3)
+    rf.add_argument("--stem", default="auto", help="smallmed models: auto (small below 64 px), small or imagenet")
+    rf.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
+    rf.set_defaults(func=cmd_rf)
+
     sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
     sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)
     dm = sub.add_parser("demo", help="the main job on the shipped default data")
     dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--fresh", action="store_true", help="start over instead of resuming")
+    dm.add_argument("--workers", type=int, default=1, help="parallel processes")
     dm.set_defaults(func=cmd_demo)
     return p
 

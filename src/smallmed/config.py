@@ -46,6 +46,7 @@ class TrainConfig:
     # optimisation
     epochs: int = 10
     batch_size: int = 64
+    eval_batch_size: int = 256  # evaluation only (eval-mode BatchNorm: results do not depend on it)
     optimizer: str = "adam"
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
@@ -82,7 +83,7 @@ class TrainConfig:
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
-        _positive(self, "epochs", "batch_size", "lr")
+        _positive(self, "epochs", "batch_size", "eval_batch_size", "lr")
         if not 0 < self.fraction <= 1:
             raise SmallmedError(f"fraction={self.fraction}: expected a value in (0, 1].")
         if not 0 <= self.head_epochs <= self.epochs:

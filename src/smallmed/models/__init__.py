@@ -14,7 +14,7 @@ from torch import nn
 from ..errors import SmallmedError
 from ..registry import check_choice
 from . import densenet, efficientnet, resnet, small_cnn, vgg  # noqa: F401  (registration)
-from ._adapt import LoadReport, head_name, load_weights, read_state_dict, reset_classifier
+from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
 __all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights",
@@ -47,7 +47,8 @@ def create_model(
         in_chans: input channels; a loaded RGB stem is summed into a grayscale one.
         weights: ``None`` (random init), a file (safetensors, state dict or smallmed checkpoint),
             or a name such as ``"imagenet"`` where the model offers one.
-        norm: ``"bn"`` or ``"none"`` (where the model supports it).
+        norm: ``"bn"``, ``"none"`` or ``"bn-after-act"`` (BN after the ReLU), where the model
+            supports it (vgg16, resnet18/50, small_cnn).
         input_size: the side of the input images; needed by models with a fixed flatten and
             used by ``stem="auto"``.
         stem: ``"small"`` (3x3 stride-1, no max-pool: for inputs under 64 px), ``"imagenet"``
@@ -83,7 +84,10 @@ def create_model(
     if named:
         report = entry.pretrained[weights](model)
     elif weights is not None:
-        report = load_weights(model, weights, strict=strict)
+        # BN statistics fitted before a ReLU do not describe activations after it: keep them fresh,
+        # unless the file is a smallmed checkpoint trained with the same placement
+        skip = norm == "bn-after-act" and checkpoint_norm(weights) != "bn-after-act"
+        report = load_weights(model, weights, strict=strict, skip_norm=skip)
     else:
         report = None
     model.smallmed_load_report = report

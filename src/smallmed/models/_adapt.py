@@ -64,6 +64,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)
+    norm_skipped: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         parts = [f"loaded {len(self.loaded)} tensors"]
@@ -77,6 +78,8 @@ class LoadReport:
             parts.append(f"freshly initialised (shape differs): {_short(self.mismatched)}")
         if self.unexpected:
             parts.append(f"ignored (not in model): {_short(self.unexpected)}")
+        if self.norm_skipped:
+            parts.append(f"BatchNorm freshly initialised (the file's BN sat before the ReLU): {_short(self.norm_skipped)}")
         return "; ".join(parts)
 
 
@@ -122,8 +125,21 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
 
 
+def checkpoint_norm(path: str | Path) -> str | None:
+    """The ``norm`` a smallmed checkpoint was trained with (None for other files)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # read_state_dict reports unreadable files
+    cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
+    return cfg.get("norm") if isinstance(cfg, dict) else None
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, *, strict: bool = True,
-                 source: str | None = None) -> LoadReport:
+                 source: str | None = None, skip_norm: bool = False) -> LoadReport:
     """Load ``state`` into ``model`` key by key and return what happened.
 
     The classifier is replaced when its shape differs (another class count); a stem conv whose
@@ -146,6 +162,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
     own = model.state_dict()
     report = LoadReport()
     merged = {}
+    if skip_norm:
+        bn = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        report.norm_skipped = [k for k in own if k.startswith(bn) and not k.endswith("num_batches_tracked")]
+        state = {k: v for k, v in state.items() if not k.startswith(bn)}
+        own = {k: v for k, v in own.items() if not k.startswith(bn)}
     for k, v in state.items():
         if k not in own:
             report.unexpected.append(k)

@@ -1,5 +1,9 @@
 """VGG-16 in torchvision's layouts (``vgg16`` without, ``vgg16_bn`` with batch norm).
 
+``norm``: ``"none"`` is torchvision's ``vgg16`` (conv-ReLU), ``"bn"`` its ``vgg16_bn``
+(conv-BN-ReLU), ``"bn-after-act"`` puts each BN after its ReLU (conv-ReLU-BN). The conv indices
+in ``features`` are the same in the two BN layouts, so ``vgg16`` weights load into all three.
+
 The head is global average pooling + one Linear (512 -> classes) rather than torchvision's
 three 4096-wide layers (120M parameters a few hundred images cannot fit); the convolutional
 ``features`` keep torchvision's module names, so ImageNet ``vgg16``/``vgg16_bn`` weights load.
@@ -44,9 +48,28 @@ class VGG(nn.Module):
         return self.fc(self.pool(self.features(x)).flatten(1))
 
 
-@register_model("vgg16", head="fc", norms=("bn", "none"), description="VGG-16 features (14.7M) + GAP + linear head")
+def make_features(cfg: list, norm: str) -> nn.Sequential:
+    """torchvision's ``make_layers`` with the BN placement as a choice (see the module doc)."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for v in cfg:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+            continue
+        layers.append(nn.Conv2d(cin, v, 3, padding=1))
+        if norm == "bn":
+            layers += [nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+        elif norm == "bn-after-act":
+            layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(v)]
+        else:
+            layers.append(nn.ReLU(inplace=True))
+        cin = v
+    return nn.Sequential(*layers)
+
+
+@register_model("vgg16", head="fc", norms=("bn", "none", "bn-after-act"), description="VGG-16 features (14.7M) + GAP + linear head")
 def vgg16(*, num_classes: int, in_chans: int, norm: str, small_input: bool, input_size: int | None = None, **_) -> nn.Module:
-    features = vgg.make_layers(vgg.cfgs["D"], batch_norm=norm == "bn")
+    features = make_features(vgg.cfgs["D"], norm)
     if in_chans != 3:
         features[0] = nn.Conv2d(in_chans, 64, 3, padding=1)
     if input_size is not None and input_size < 32:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import types
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import SmallmedError
@@ -60,10 +62,36 @@ class SVDWeight(nn.Module):
         n_prune = min(int(round(prune * S.shape[-1])), S.shape[-1] - 1)  # keep at least one per matrix
         if n_prune:
             mask[:, S.shape[-1] - n_prune:] = 0  # svd sorts descending: the tail is the smallest
+        self.kept = S.shape[-1] - n_prune  # the rebuild uses only these (the rest are exactly 0)
+        self.factorable = mode in ("full", "full-out") and not self.linear
         self.register_buffer("U", U.to(w.dtype))
         self.register_buffer("Vh", Vh.to(w.dtype))
         self.register_buffer("mask", mask.to(w.dtype))
         self.register_buffer("sigma0", S.to(w.dtype))  # the pretrained values (unpruned), for diagnostics
+        self._slice_factors()
+
+    def _slice_factors(self) -> None:
+        """Non-persistent, contiguous copies of the factors in the layout the rebuild wants:
+        the kept columns only (slicing in every forward would copy U, Vh each step), and for
+        ``spatial`` transposed so the product comes out as [kernel position, out, in], which
+        becomes a (channels-last) conv weight with a cache-friendly copy."""
+        k = self.kept
+        if self.mode == "spatial":
+            self.register_buffer("Vt", self.Vh[:, :k].transpose(1, 2).contiguous(), persistent=False)
+            self.register_buffer("Ut", self.U[..., :k].transpose(1, 2).contiguous(), persistent=False)
+        if k < self.U.shape[-1]:
+            self.register_buffer("Uk", self.U[..., :k].contiguous(), persistent=False)
+            self.register_buffer("Vhk", self.Vh[:, :k].contiguous(), persistent=False)
+        else:
+            self.Uk = self.Vhk = None
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, Vh) restricted to the kept singular vectors."""
+        return (self.U, self.Vh) if self.Uk is None else (self.Uk, self.Vhk)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._slice_factors()  # U, Vh may have been replaced
 
     # --- unfolding --------------------------------------------------------------------------
     def _dims(self):
@@ -94,7 +122,14 @@ class SVDWeight(nn.Module):
         return theta * theta * self.mask
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
-        return self._fold((self.U * self.sigma(theta)[:, None, :]) @ self.Vh)
+        sig = self.sigma(theta)[:, : self.kept]  # pruned values are exactly 0: skipping them is exact
+        if self.mode == "spatial":
+            out, in_g, kh, kw, g, out_g = self._dims()
+            mats = (self.Vt * sig[:, None, :]) @ self.Ut  # [g*kh*kw, out_g, in_g]
+            w = mats.reshape(g, kh, kw, out_g, in_g).permute(0, 3, 1, 2, 4).reshape(out, kh, kw, in_g)
+            return w.permute(0, 3, 1, 2)  # [out, in, kh, kw] with channels-last strides
+        U, Vh = self.factors()
+        return self._fold((U * sig[:, None, :]) @ Vh)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         """theta from a weight: sqrt of diag(U^T M V), the weight's singular values in this basis."""
@@ -103,6 +138,47 @@ class SVDWeight(nn.Module):
 
     def extra_repr(self) -> str:
         return f"mode={self.mode}, groups={self.groups}, matrices={self.U.shape[0]}, rank={self.U.shape[-1]}, prune={self.prune}"
+
+
+FACTORED_PATH = "auto"  # "always" / "never": force one path (tests, benchmarks)
+
+
+def _factored_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A wrapped conv's forward that runs the factors as two convs when that is cheaper.
+
+    Rebuilding W = U diag(sigma) Vh costs about in*r*out*h*w multiply-adds per step (twice with
+    the backward pass) whatever the batch; running the factors as a 1x1 conv and a k x k conv
+    costs the original conv plus one thin conv over the activations. Small images and deep
+    layers favour the factors, large activations favour the rebuild; the cheaper is chosen per
+    call from the input's shape. Both compute the same function (float tolerance).
+    """
+    p: SVDWeight = self.parametrizations.weight[0]
+    if parametrize._cache_enabled or not p.factorable or x.dim() != 4:
+        return self._conv_forward(x, self.weight, self.bias)
+    out, in_g, kh, kw, g, out_g = p._dims()
+    k = p.kept
+    n, _, h, w = x.shape
+    ho, wo = h // self.stride[0], w // self.stride[1]  # close enough for a cost estimate
+    rebuild = g * in_g * k * out_g * kh * kw
+    if p.mode == "full":  # 1x1 (in -> k) at input resolution, then k x k (k -> out) as the original
+        factor = n * h * w * g * in_g * k + n * ho * wo * g * out_g * kh * kw * (k - in_g)
+    else:  # full-out: k x k (in -> k), then 1x1 (k -> out)
+        factor = n * ho * wo * g * k * (out_g + in_g * kh * kw) - n * ho * wo * out * in_g * kh * kw
+    if (factor >= rebuild and FACTORED_PATH != "always") or FACTORED_PATH == "never":
+        return self._conv_forward(x, self.weight, self.bias)
+    theta = self.parametrizations.weight.original
+    sig = p.sigma(theta)[:, :k]  # [g, k]
+    U, Vh = p.factors()
+    if p.mode == "full":
+        a = (U * sig[:, None, :]).transpose(1, 2).reshape(g * k, in_g, 1, 1)
+        z = F.conv2d(x, a, groups=g)
+        b = Vh.reshape(g, k, out_g, kh, kw).transpose(1, 2).reshape(out, k, kh, kw)
+        return self._conv_forward(z, b, self.bias)
+    a = Vh.reshape(g * k, in_g, kh, kw)
+    z = self._conv_forward(x, a, None)
+    b = (U * sig[:, None, :]).reshape(out, k, 1, 1)
+    y = F.conv2d(z, b, groups=g)
+    return y if self.bias is None else y + self.bias[:, None, None]
 
 
 def svd_modules(model: nn.Module) -> list[tuple[str, nn.Module, SVDWeight]]:
@@ -160,6 +236,7 @@ def apply_svd(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     linear: bool = False,
+    factored: bool = True,
 ) -> SVDSummary:
     """Reparametrise every eligible conv (and optionally linear) weight by its singular values.
 
@@ -171,6 +248,8 @@ def apply_svd(
             ``bn`` (BatchNorm affine), ``bias`` (conv/linear biases). Everything else is frozen.
         include, exclude: glob patterns over module names (``"layer4.*"``).
         linear: also wrap ``nn.Linear`` layers other than the classifier.
+        factored: for ``full``/``full-out`` convs, run the factors as two convs when that is
+            cheaper than rebuilding the weight (chosen per call; same outputs).
 
     Returns:
         An :class:`SVDSummary` with the layers wrapped and trainable/total parameter counts.
@@ -198,6 +277,8 @@ def apply_svd(
         groups = getattr(m, "groups", 1)
         p = SVDWeight(m.weight, groups, mode, prune)
         parametrize.register_parametrization(m, "weight", p, unsafe=True)
+        if p.factorable and factored:
+            m.forward = types.MethodType(_factored_conv_forward, m)
         theta = m.parametrizations.weight.original
         summary.rows.append({"name": name, "shape": list(p.shape), "groups": groups, "matrices": p.U.shape[0],
                              "rank": p.U.shape[-1], "sigma": theta.numel(), "active": int(p.mask.sum().item())})
@@ -261,6 +342,7 @@ def fold(model: nn.Module) -> nn.Module:
     for _, m, _ in mods:
         _own_class(m)
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        m.__dict__.pop("forward", None)  # back to the class's own forward
     return model
 
 

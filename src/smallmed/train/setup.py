@@ -56,7 +56,7 @@ class Setup:
         ds = dataset if dataset is not None else self.dataset_for(split, train=train)
         return DataLoader(
             ds,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.cfg.batch_size if train else self.cfg.eval_batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             generator=generator,
