@@ -152,7 +152,7 @@ def cmd_study_bn(a) -> int:
     from .studies.bn import PRESETS, run_bn_study
 
     study = PRESETS[a.preset]
-    for key in ("model", "weights", "epochs", "batch_size", "lr", "image_size", "fraction", "data_dir"):
+    for key in ("model", "weights", "epochs", "batch_size", "lr", "image_size", "max_train", "data_dir"):
         if getattr(a, key) is not None:
             study = dc.replace(study, **{key: getattr(a, key)})
     for key, conv in (("data", str), ("norms", str), ("seeds", int)):
@@ -196,6 +196,31 @@ def cmd_rf(a) -> int:
         print(f"\n{a.model} at {a.input} px: receptive field {last.r[0]:g} px, effective stride {last.S[0]:g}, "
               f"effective padding {last.P[0]:g} at {last.name}" + ("" if all(r.aligned for r in rows)
                                                                    else "; MISALIGNED merges: see the 'aligned' column"))
+    return 0
+
+
+def cmd_explain(a) -> int:
+    from .explain import explain_run
+
+    written = explain_run(a.run_dir, a.images, split=a.split, n=a.n, patch=a.patch, stride=a.stride, out=a.out)
+    for path in written:
+        print(path)
+    return 0
+
+
+def cmd_study_rff(a) -> int:
+    import dataclasses as dc
+
+    from .studies.rff import PRESETS, run_rff_study
+
+    study = PRESETS[a.preset]
+    for key in ("data", "model", "image_size", "splits", "base_epochs", "transfer_epochs", "max_train", "data_dir"):
+        if getattr(a, key) is not None:
+            study = dc.replace(study, **{key: getattr(a, key)})
+    if a.seeds:
+        study = dc.replace(study, seeds=tuple(a.seeds))
+    report = run_rff_study(study, a.out)
+    print(f"report: {report}")
     return 0
 
 
@@ -279,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--batch-size", type=int)
     sb.add_argument("--lr", type=float)
     sb.add_argument("--image-size", type=int)
-    sb.add_argument("--fraction", type=float)
+    sb.add_argument("--max-train", type=int, help="training images per data set (0 = all)")
     sb.add_argument("--seeds", nargs="+", type=int)
     sb.add_argument("--data-dir")
     sb.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
@@ -293,6 +318,30 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--stem", default="auto", help="smallmed models: auto (small below 64 px), small or imagenet")
     rf.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
     rf.set_defaults(func=cmd_rf)
+
+    ex = sub.add_parser("explain", help="occlusion sensitivity maps of a trained run (PNG overlays)")
+    ex.add_argument("run_dir")
+    ex.add_argument("images", nargs="*", help="image files (default: --n images of the run's --split)")
+    ex.add_argument("--split", default="test")
+    ex.add_argument("--n", type=int, default=4)
+    ex.add_argument("--patch", type=int, help="occluding square in pixels (default: image side / 8)")
+    ex.add_argument("--stride", type=int, help="default: patch / 2")
+    ex.add_argument("--out", help="default: RUN_DIR/explain")
+    ex.set_defaults(func=cmd_explain)
+
+    sr = ssub.add_parser("rff", help="seed 001: receptive-field freeze, transfer to held-out classes")
+    sr.add_argument("--preset", choices=("quick", "resnet"), default="quick")
+    sr.add_argument("--out", default="runs/study-rff")
+    sr.add_argument("--data", help="a multi-class data set (default: rsna-boneage, 5 age groups)")
+    sr.add_argument("--model")
+    sr.add_argument("--image-size", type=int)
+    sr.add_argument("--splits", type=int, help="number of class splits")
+    sr.add_argument("--base-epochs", type=int, help="n: base epochs before the branch epoch n+1")
+    sr.add_argument("--transfer-epochs", type=int)
+    sr.add_argument("--max-train", type=int)
+    sr.add_argument("--seeds", nargs="+", type=int)
+    sr.add_argument("--data-dir")
+    sr.set_defaults(func=cmd_study_rff)
 
     sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
     sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)

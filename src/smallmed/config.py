@@ -58,6 +58,10 @@ class TrainConfig:
     step_size: int | None = None  # step: epochs between decays (default: half the epochs)
     head_epochs: int = 0  # two-stage: first train only the classifier for this many epochs
     freeze_bn_stats: bool = True  # frozen layers' BatchNorm statistics stay fixed too
+    # RFF (seed 001): freeze the receptive-field-expanding layers at these 1-based epochs
+    rff_epochs: tuple[int, ...] = ()
+    rff_alternate: bool = False  # or on every other epoch (2, 4, ...)
+    rff_layers: tuple[str, ...] = ()  # module names; empty: smallmed.schedules.rff_layers finds them
     # run
     seed: int = 0
     device: str = "auto"

@@ -78,3 +78,109 @@ class TwoStage(Callback):
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def rff_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[str]:
+    """Receptive-field-expanding layers (seed 001): every strided conv with a kernel > 1, and the
+    first conv with a kernel > 1 after each pooling layer; the network's first conv (the stem,
+    which sees raw pixels) is left out.
+
+    torchvision ResNet-50: layer1.0.conv2 (after the max-pool), layer2/3/4.0.conv2 (the strided
+    3x3s: the four downsampling stages); the seed's small CNN: the convs right after each max-pool;
+    VGG16: the first conv after each of the first four pools.
+    """
+    from ..analysis.receptive_field import receptive_field
+
+    rows = receptive_field(_unwrap(model), input_size)
+    convs = [r for r in rows if r.kind == "conv"]
+    stem = convs[0].name if convs else None
+    out, after_pool = [], False
+    for r in rows:
+        if r.kind in ("pool", "maxpool"):
+            after_pool = True
+        elif r.kind == "conv" and max(r.k) > 1:
+            if r.name != stem and (after_pool or max(r.s) > 1) and r.name not in out:
+                out.append(r.name)
+            after_pool = False
+    return out
+
+
+def following_norms(model: nn.Module, layers: list[str], input_size: tuple[int, int, int]) -> dict[str, str]:
+    """For each named layer, the BatchNorm called right after it in the forward pass (if any)."""
+    import torch
+
+    model = _unwrap(model)
+    order: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) and None)
+             for n, m in model.named_modules() if not list(m.children())]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    mods = dict(model.named_modules())
+    out = {}
+    for i, n in enumerate(order[:-1]):
+        nxt = order[i + 1]
+        if n in layers and isinstance(mods[nxt], nn.modules.batchnorm._BatchNorm):
+            out[n] = nxt
+    return out
+
+
+class RFFreeze(Callback):
+    """Freeze the receptive-field-expanding layers at chosen epochs (seed 001's RFF).
+
+    Freezing means no gradient, hence no optimizer update, and the BatchNorm right after each
+    layer keeps its running statistics (eval mode) during those epochs.
+
+    Args:
+        layers: module names (from :func:`rff_layers`, or your own; unknown names are an error).
+        epochs: 1-based epochs during which they are frozen (``at_epoch=n+1`` is ``epochs=[n+1]``).
+        alternate: freeze on every other epoch instead (even 1-based epochs: 2, 4, ...).
+        norms: layer -> BatchNorm name (see :func:`following_norms`).
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], epochs=(), alternate: bool = False,
+                 norms: dict[str, str] | None = None) -> None:
+        from ..errors import SmallmedError
+
+        names = dict(_unwrap(model).named_modules())
+        for n in layers:
+            if n not in names:
+                import difflib
+
+                close = difflib.get_close_matches(n, list(names), n=3)
+                raise SmallmedError(f"RFF layer {n!r} is not a module of the model"
+                                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else "."))
+        if not layers:
+            raise SmallmedError("RFF: no layers to freeze.")
+        self.layers = list(layers)
+        self.epochs = {int(e) for e in epochs}
+        self.alternate = alternate
+        self.norms = norms or {}
+
+    def frozen_at(self, epoch: int) -> bool:
+        """``epoch`` is 0-based (the trainer's)."""
+        return (epoch + 1) in self.epochs or (self.alternate and (epoch + 1) % 2 == 0)
+
+    def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
+        if not self.frozen_at(epoch):
+            return
+        m = _unwrap(model)
+        n_params = 0
+        for name in self.layers:
+            for p in m.get_submodule(name).parameters():
+                p.requires_grad_(False)
+                n_params += p.numel()
+            if name in self.norms:
+                bn = m.get_submodule(self.norms[name])
+                bn.eval()
+                for p in bn.parameters():
+                    p.requires_grad_(False)
+                    n_params += p.numel()
+        log.info("epoch %d: RFF froze %d layers (%s parameters): %s", epoch + 1, len(self.layers), f"{n_params:,}",
+                 ", ".join(self.layers))

@@ -158,13 +158,26 @@ def fit(
             dist.destroy_process_group()
 
 
+def _rff_callbacks(setup: Setup, model: nn.Module) -> list[Callback]:
+    cfg = setup.cfg
+    if not (cfg.rff_epochs or cfg.rff_alternate):
+        return []
+    from ..schedules import RFFreeze, following_norms, rff_layers
+
+    size = (setup.model_kwargs["in_chans"], setup.image_size, setup.image_size)
+    layers = list(cfg.rff_layers) or rff_layers(model, size)
+    cb = RFFreeze(model, layers, cfg.rff_epochs, cfg.rff_alternate)  # checks the names first
+    cb.norms = following_norms(model, layers, size)
+    return [cb]
+
+
 def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, rank, world, main) -> dict:
     cfg, ds, device = setup.cfg, setup.dataset, setup.device
     model = setup.model.to(device)
     head = head_name(model)
     names = setup.trainable_names
     schedule = TwoStage(head, cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
-    callbacks = [schedule, *callbacks]
+    callbacks = [schedule, *_rff_callbacks(setup, model), *callbacks]
     optimizer = build_optimizer(model, cfg)
     scheduler, on_val = build_scheduler(optimizer, cfg)
     history: list[dict] = []
