@@ -38,6 +38,11 @@ class TrainConfig:
     weights: str | None = None
     norm: str = "bn"
     stem: str = "auto"
+    # cheap convolutions (seed 004), see smallmed.reparam.factorized
+    conv: str = "conv"  # conv | sfconv | fconv | fconvsn | dpc: replaces the k > 1 convs
+    rank_ratio: float = 0.125  # rank = floor(ratio * min(C_out, C_in*k*k)) per layer
+    kl_weight: float = 0.0  # sfconv: lambda of the singular-value flattening KL term
+    fd_weight: float = 0.0  # fconv: Frobenius decay weight
     # fine-tuning method (seed 000), see smallmed.methods
     method: str = "full"
     svd_train: tuple[str, ...] = ("sigma", "head")  # with SVD methods: sigma, head, bn, bias
@@ -88,6 +93,15 @@ class TrainConfig:
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
         _positive(self, "epochs", "batch_size", "eval_batch_size", "lr")
+        check_choice("conv", self.conv, ("conv", "sfconv", "fconv", "fconvsn", "dpc"))
+        if not 0 < self.rank_ratio <= 1:
+            raise SmallmedError(f"rank_ratio={self.rank_ratio}: expected a value in (0, 1].")
+        if self.kl_weight < 0 or self.fd_weight < 0:
+            raise SmallmedError(f"kl_weight={self.kl_weight}, fd_weight={self.fd_weight}: expected >= 0.")
+        if self.kl_weight and self.conv != "sfconv":
+            raise SmallmedError(f"kl_weight={self.kl_weight} needs conv='sfconv' (the KL term is over sfconv factors).")
+        if self.fd_weight and self.conv != "fconv":
+            raise SmallmedError(f"fd_weight={self.fd_weight} needs conv='fconv'.")
         if not 0 < self.fraction <= 1:
             raise SmallmedError(f"fraction={self.fraction}: expected a value in (0, 1].")
         if not 0 <= self.head_epochs <= self.epochs:

@@ -50,6 +50,10 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
         raise SmallmedError(f"{run_dir}: trained with a custom model ({kw['custom']}); rebuild it and load best.pt yourself.")
     model = create_model(cfg.model, kw["num_classes"], in_chans=kw["in_chans"], norm=kw["norm"],
                          input_size=kw["input_size"], stem=kw["stem"])
+    if cfg.conv != "conv":
+        from ..reparam.factorized import factorize
+
+        factorize(model, cfg.conv, rank_ratio=cfg.rank_ratio if cfg.conv != "dpc" else None)
     if cfg.method != "full":
         from ..methods import apply_method
 

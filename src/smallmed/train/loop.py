@@ -158,6 +158,19 @@ def fit(
             dist.destroy_process_group()
 
 
+def _regulariser(model: nn.Module, cfg: TrainConfig):
+    """lambda * KL flattening (sfconv) or Frobenius decay (fconv); None when neither is on."""
+    if cfg.kl_weight:
+        from ..reparam.factorized import kl_flatten_loss
+
+        return cfg.kl_weight * kl_flatten_loss(model)
+    if cfg.fd_weight:
+        from ..reparam.factorized import frobenius_decay
+
+        return cfg.fd_weight * frobenius_decay(model)
+    return None
+
+
 def _rff_callbacks(setup: Setup, model: nn.Module) -> list[Callback]:
     cfg = setup.cfg
     if not (cfg.rff_epochs or cfg.rff_alternate):
@@ -220,7 +233,7 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
             cb.on_epoch_start(epoch, model)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         t0 = time.time()
-        total, seen = 0.0, 0
+        total, seen, reg_total = 0.0, 0, 0.0
         bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -236,6 +249,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
                     f"loss became {value} at epoch {epoch + 1}, step {step + 1}; training stopped, last good "
                     f"checkpoint: {kept}. Lower --lr or check the data."
                 )
+            reg = _regulariser(model, cfg)  # a visible term of the loss, logged as its own column
+            if reg is not None:
+                reg_total += reg.item() * len(x)
+                loss = loss + reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -258,6 +275,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
             "val_acc": val["acc"], "val_balanced_acc": val["balanced_acc"], "val_auc": val["auc"],
             "trainable_params": trainable, "seconds": round(time.time() - t0, 3),
         }
+        if cfg.kl_weight or cfg.fd_weight:
+            row["reg_loss"] = reg_total / max(seen, 1)
         history.append(row)
         improved = val["loss"] < best_loss
         if improved:

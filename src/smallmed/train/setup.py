@@ -103,6 +103,10 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageD
             log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
     else:
         kw = {"num_classes": ds.num_classes, "in_chans": ds.in_chans, "custom": type(model).__name__}
+    if cfg.conv != "conv":
+        from ..reparam.factorized import factorize
+
+        log.info("%s", factorize(model, cfg.conv, rank_ratio=cfg.rank_ratio if cfg.conv != "dpc" else None))
     total_params = sum(p.numel() for p in model.parameters())  # before any reparametrisation
     pretrained_state = None
     if cfg.weights and cfg.method == "full":  # kept for the R-ratio diagnostic of seed 000
