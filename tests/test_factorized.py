@@ -117,3 +117,22 @@ def test_trainer_factorizes_logs_the_regulariser_and_reloads(tiny_cfg, tmp_path,
 def test_config_rejects_a_kl_weight_without_sfconv(tiny_cfg):
     with pytest.raises(SmallmedError, match="needs conv='sfconv'"):
         tiny_cfg(kl_weight=0.1)
+
+
+def test_sfconv_study_tiny_grid_reports_costs_and_spectra(tmp_path, tiny_npz):
+    import dataclasses as dc
+
+    from smallmed.studies import sfconv as sf
+
+    study = dc.replace(sf.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", seeds=(0, 1), epochs=1,
+                       rank_ratio=0.5, batch_size=16)
+    report = sf.run_sfconv_study(study, tmp_path / "sf")
+    text = report.read_text()
+    for v in sf.VARIANTS:
+        assert f"| {v} |" in text
+    assert "Verdict on the seed's claims" in text and "skewness" in text
+    assert (tmp_path / "sf" / "sv_hist.png").exists()
+    costs = __import__("json").loads((tmp_path / "sf" / "costs.json").read_text())
+    assert costs["conv"]["speed_ratio"] > 0 and costs["sfconv"]["params"] < costs["conv"]["params"]
+    with pytest.raises(SmallmedError, match="Did you mean 'sfconv'"):
+        sf.run_sfconv_study(dc.replace(study, variants=("conv", "sfconvv")), tmp_path / "x")

@@ -224,6 +224,23 @@ def cmd_study_rff(a) -> int:
     return 0
 
 
+def cmd_study_sfconv(a) -> int:
+    import dataclasses as dc
+
+    from .studies.sfconv import PRESETS, run_sfconv_study
+
+    study = PRESETS[a.preset]
+    for key in ("data", "model", "image_size", "epochs", "rank_ratio", "kl_weight", "data_dir"):
+        if getattr(a, key) is not None:
+            study = dc.replace(study, **{key: getattr(a, key)})
+    for key, conv in (("variants", str), ("seeds", int)):
+        if getattr(a, key):
+            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    report = run_sfconv_study(study, a.out, workers=a.workers, backend=a.backend)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -328,6 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--stride", type=int, help="default: patch / 2")
     ex.add_argument("--out", help="default: RUN_DIR/explain")
     ex.set_defaults(func=cmd_explain)
+
+    sf = ssub.add_parser("sfconv", help="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds")
+    sf.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    sf.add_argument("--out", default="runs/study-sfconv")
+    sf.add_argument("--data", help="default: retinamnist")
+    sf.add_argument("--model")
+    sf.add_argument("--image-size", type=int)
+    sf.add_argument("--epochs", type=int)
+    sf.add_argument("--rank-ratio", type=float)
+    sf.add_argument("--kl-weight", type=float)
+    sf.add_argument("--variants", nargs="+", help="subset of conv fconv fconvsn dpc sfconv-nokl sfconv")
+    sf.add_argument("--seeds", nargs="+", type=int)
+    sf.add_argument("--data-dir")
+    sf.add_argument("--workers", type=int, default=1)
+    sf.add_argument("--backend", choices=("process", "ray"), default="process")
+    sf.set_defaults(func=cmd_study_sfconv)
 
     sr = ssub.add_parser("rff", help="seed 001: receptive-field freeze, transfer to held-out classes")
     sr.add_argument("--preset", choices=("quick", "resnet"), default="quick")
