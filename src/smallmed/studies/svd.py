@@ -141,7 +141,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         f"# SVD fine-tuning study (seed 000) on {study.data}",
         "",
         f"Model {study.model} at {study.image_size} px from `{weights}`; methods {', '.join(study.methods)}; "
-        f"training fractions {', '.join(_frac_name(f) for f in study.fractions)} (nested, the same subsets for every "
+        f"training fractions {', '.join(_frac_name(f).replace('-', '/') for f in study.fractions)} (nested, the same subsets for every "
         f"method); seeds {', '.join(map(str, study.seeds))}; {study.epochs} epochs with seed 000's protocol "
         "(1 epoch head only, Adam (0.9, 0.99), lr 1e-3, plateau patience 4, batch 16, best epoch by validation "
         f"loss); augmentation `{study.augment}`; official test split. Training time summed over runs "
