@@ -9,7 +9,7 @@ from smallmed.models._adapt import adapt_input_conv
 SIZES = {"small_cnn": 16, "vgg16": 32}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("classification"))
 @pytest.mark.parametrize("in_chans", [1, 3])
 def test_contract_forward_backward_head(name, in_chans):
     size = SIZES.get(name, 28)

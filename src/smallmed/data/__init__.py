@@ -34,6 +34,14 @@ def _local_loader(name: str):
         from .boneage import load_boneage
 
         return load_boneage
+    if name == "covid-lungseg":
+        from ..errors import SmallmedError
+
+        def refuse(path, **_):
+            raise SmallmedError(f"{path}: image + mask data for segmentation; train it with --model unet "
+                                "(smallmed.data.masks.load_segmentation), not as a classification set.")
+
+        return refuse
     from .covid import load_covid_ieee8023
 
     return load_covid_ieee8023

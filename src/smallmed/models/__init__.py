@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..registry import check_choice
-from . import densenet, efficientnet, resnet, small_cnn, vgg  # noqa: F401  (registration)
+from . import densenet, efficientnet, resnet, small_cnn, unet, vgg  # noqa: F401  (registration)
 from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 STEMS = ("auto", "imagenet", "small")
 
 
-def list_models() -> list[str]:
-    return MODELS.names()
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names, optionally only those of one ``task`` (classification, segmentation)."""
+    return [n for n in MODELS.names() if task is None or MODELS.get(n).task == task]
 
 
 def create_model(

@@ -24,15 +24,16 @@ class ModelEntry:
     pretrained: dict[str, Callable] | None = None
     pretrained_normalize: str = "imagenet"
     description: str = ""
+    task: str = "classification"  # or "segmentation": logit maps [N, classes, H, W]
 
 
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
 def register_model(name: str, *, head: str, norms=("bn",), pretrained=None, pretrained_normalize="imagenet",
-                   description: str = ""):
+                   description: str = "", task: str = "classification"):
     def deco(fn):
-        MODELS.add(name, ModelEntry(fn, head, tuple(norms), pretrained, pretrained_normalize, description))
+        MODELS.add(name, ModelEntry(fn, head, tuple(norms), pretrained, pretrained_normalize, description, task))
         return fn
 
     return deco

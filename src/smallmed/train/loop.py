@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ..config import TrainConfig, dump_yaml, load_yaml
 from ..errors import NonFiniteLossError, SmallmedError
 from ..metrics import bootstrap_ci, classification_metrics, loss_variance
-from ..models import head_name
+from ..models import MODELS, head_name
 from ..report import plot_history, plot_roc, write_run_report
 from ..schedules import Callback, TwoStage
 from .checkpoint import atomic_save, atomic_write_json, atomic_write_text, load_checkpoint
@@ -140,6 +140,12 @@ def fit(
         saved = load_yaml(run_dir / "config.yaml")
         saved["out"] = str(run_dir)
         cfg = TrainConfig.from_dict(saved, source=str(run_dir / "config.yaml"))
+    if model is None and MODELS.get(cfg.model).task == "segmentation":
+        from .segment import fit_segmentation
+
+        if resume is None:
+            cfg.out = str(_prepare_run_dir(cfg, False))
+        return fit_segmentation(cfg, resume=resume is not None)
     distributed, rank, world = _distributed()
     seed_everything(cfg.seed)
     setup = prepare(cfg, model=model, dataset=dataset)  # every input check happens here, before any write
