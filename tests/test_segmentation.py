@@ -80,3 +80,15 @@ def test_covid_lungseg_loads_when_shared_data_is_here(shared_data):
     ds = load_segmentation("covid-lungseg", data_dir=shared_data)
     assert sum(len(s) for s in ds.splits.values()) == 451
     assert not set(ds.splits["train"].patient_ids) & set(ds.splits["test"].patient_ids)
+
+
+def test_sfconv_study_segmentation_preset_tiny(tmp_path):
+    import dataclasses as dc
+
+    from smallmed.studies import sfconv as sf
+
+    data = make_seg(tmp_path / "disks.npz", n=40)
+    study = dc.replace(sf.PRESETS["seg"], data=str(data), image_size=32, seeds=(0, 1), epochs=1,
+                       variants=("conv", "sfconv-nokl", "sfconv"), rank_ratio=0.5)
+    text = sf.run_sfconv_study(study, tmp_path / "st").read_text()
+    assert "test Dice" in text and "| sfconv |" in text and "KL helps" in text

@@ -347,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_explain)
 
     sf = ssub.add_parser("sfconv", help="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds")
-    sf.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    sf.add_argument("--preset", choices=("quick", "seg", "paper"), default="quick",
+                    help="quick: RetinaMNIST classification; seg: U-Net lung segmentation (covid-lungseg)")
     sf.add_argument("--out", default="runs/study-sfconv")
     sf.add_argument("--data", help="default: retinamnist")
     sf.add_argument("--model")

@@ -35,6 +35,7 @@ VARIANTS = {
     "sfconv-nokl": {"conv": "sfconv"},
     "sfconv": {"conv": "sfconv", "kl_weight": 0.01},
 }
+SEED_DICE = {"conv": 0.7476, "sfconv": 0.7652, "dpc": 0.7738, "fconvsn": 0.7503, "fconv": 0.6770, "sfconv-nokl": 0.7327}
 SEED_TABLE = {  # seed 004 table 1 (IDRiD, ResNet-type): params (M), FPS, FLOPs (G), accuracy
     "conv": (11.22, 222.23, 43.03, 0.8058), "fconv": (2.78, 38.12, 3.07, 0.7670),
     "fconvsn": (0.40, 84.67, 2.78, 0.7961), "dpc": (1.48, 204.27, 105.11, 0.8155),
@@ -54,10 +55,14 @@ class SFConvStudy:
     kl_weight: float = 0.01
     batch_size: int = 64
     data_dir: str | None = None
+    lr: float = 1e-3
 
 
 PRESETS = {
     "quick": SFConvStudy(),  # ResNet-18 (3x3 stride-1 stem) at 28 px from scratch: ~25 min on 2 CPU cores
+    # lung segmentation: U-Net on the 451 COVID-era chest X-rays with lung masks, 64 px, patient-level split
+    "seg": SFConvStudy(data="covid-lungseg", model="unet", image_size=64, seeds=(0, 1), epochs=8, batch_size=16,
+                       lr=3e-3),
     "paper": SFConvStudy(image_size=224, epochs=50, seeds=(0, 1, 2, 3, 4)),  # a GPU
 }
 
@@ -75,7 +80,7 @@ def cells(study: SFConvStudy, out: Path) -> list[TrainConfig]:
         for seed in study.seeds:
             grid.append(TrainConfig(data=study.data, data_dir=study.data_dir, model=study.model,
                                     image_size=study.image_size, epochs=study.epochs, batch_size=study.batch_size,
-                                    rank_ratio=study.rank_ratio, augment="flip", seed=seed, progress=False,
+                                    rank_ratio=study.rank_ratio, augment="flip", seed=seed, progress=False, lr=study.lr,
                                     out=str(out / "runs" / v / f"s{seed}"), **over))
     return grid
 
@@ -96,15 +101,24 @@ def run_sfconv_study(study: SFConvStudy, out: str | Path, *, workers: int = 1, b
 def variant_costs(study: SFConvStudy, grid, batch: int = 32) -> dict[str, dict]:
     """Params, GMACs and throughput of each variant's trained model, timed against plain conv."""
     from ..analysis.cost import cost
-    from ..train.inference import load_run
 
-    runs = {}
-    for cfg in grid:
-        if cfg.seed == study.seeds[0]:
-            runs[Path(cfg.out).parent.name] = load_run(cfg.out)
-    base = runs["conv"]
-    size = (base.meta["model_kwargs"]["in_chans"], base.meta["image_size"], base.meta["image_size"])
-    return {v: cost(r.model, size, baseline=base.model, batch=batch) for v, r in runs.items()}
+    runs = {Path(cfg.out).parent.name: _model_of(cfg.out) for cfg in grid if cfg.seed == study.seeds[0]}
+    base, size = runs["conv"]
+    return {v: cost(m, size, baseline=base, batch=batch) for v, (m, _) in runs.items()}
+
+
+def _model_of(run_dir: str):
+    """(model, (C, H, W)) of a finished classification or segmentation run."""
+    import torch
+
+    from ..train.inference import load_run
+    from ..train.segment import load_segmentation_run
+
+    if torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True).get("task") == "segmentation":
+        return load_segmentation_run(run_dir)
+    run = load_run(run_dir)
+    s = run.meta["image_size"]
+    return run.model, (run.meta["model_kwargs"]["in_chans"], s, s)
 
 
 def factor_spectra(run_dir: str) -> np.ndarray:
@@ -112,12 +126,11 @@ def factor_spectra(run_dir: str) -> np.ndarray:
     import torch
 
     from ..reparam.factorized import factorized_modules
-    from ..train.inference import load_run
 
-    run = load_run(run_dir)
+    model, _ = _model_of(run_dir)
     vals = []
     with torch.no_grad():
-        for _, m in factorized_modules(run.model):
+        for _, m in factorized_modules(model):
             for f in m.factors():
                 s = torch.linalg.svdvals(f.float())
                 vals.append((s / s.max()).numpy())
@@ -142,10 +155,11 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     from ..data.stats import intensity_stats
     from ..report.plots import _save, plt
 
+    seg = results[0].get("task") == "segmentation"
+    q1, q2, q1_name, q2_name = ("dice", "iou", "test Dice", "test IoU") if seg else ("acc", "auc", "test accuracy", "mean AUC")
     rows = []
     for cfg, m in zip(grid, results):
-        rows.append({"variant": Path(cfg.out).parent.name, "seed": cfg.seed, "acc": m["test"]["acc"],
-                     "auc": m["test"]["auc"], "balanced_acc": m["test"]["balanced_acc"],
+        rows.append({"variant": Path(cfg.out).parent.name, "seed": cfg.seed, q1: m["test"][q1], q2: m["test"][q2],
                      "params": m["total_params"], "seconds": m["wall_seconds"], "run": cfg.out})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -154,42 +168,43 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     atomic_write_text(out / "results.csv", buf.getvalue())
     costs = variant_costs(study, grid)
     atomic_write_text(out / "costs.json", json.dumps(costs, indent=1))
-    base_acc = {r["seed"]: r["acc"] for r in rows if r["variant"] == "conv"}
+    base_acc = {r["seed"]: r[q1] for r in rows if r["variant"] == "conv"}
     lines = [
         f"# SFConv and cheap convolutions (seed 004) on {study.data}",
         "",
-        f"{study.model} from scratch at {grid[0].image_size or 'native'} px; every conv with k > 1 replaced (rank ratio "
+        f"{study.model} from scratch at {grid[0].image_size or 'native'} px ({'BCE + soft Dice loss, ' if seg else ''}lr {study.lr:g}); every conv with k > 1 replaced (rank ratio "
         f"{study.rank_ratio:g} of min(C_out, C_in*k*k) for the factorized variants; sfconv KL weight "
-        f"{study.kl_weight:g}; fconv Frobenius decay 1e-4); {study.epochs} epochs, Adam lr 1e-3, batch "
+        f"{study.kl_weight:g}; fconv Frobenius decay 1e-4); {study.epochs} epochs, Adam, batch "
         f"{study.batch_size}, flip augmentation, best epoch by validation loss; seeds {', '.join(map(str, study.seeds))}; "
         f"official test split. Costs from the seed-{study.seeds[0]} models on this machine: parameters, GMACs per "
         "image (FLOPs = 2 x MACs, torch.utils.flop_counter), eval images/s at batch 32 timed interleaved with the "
         f"plain-conv model in one process (ratio = variant / conv). Wall time {seconds / 60:.1f} min.",
         "",
-        "| variant | params | GMACs | images/s | speed vs conv | test accuracy | mean AUC | vs conv (acc) | seed 004 (params M / FPS / FLOPs G / ACC) |",
+        f"| variant | params | GMACs | images/s | speed vs conv | {q1_name} | {q2_name} | vs conv ({q1}) | "
+        f"seed 004 ({'Dice, ROSE-1 U-Net' if seg else 'params M / FPS / FLOPs G / ACC, IDRiD'}) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     verdict = {}
     for v in study.variants:
         vr = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["seed"])
-        acc, auc = mean_ci([r["acc"] for r in vr]), mean_ci([r["auc"] for r in vr])
+        acc, auc = mean_ci([r[q1] for r in vr]), mean_ci([r[q2] for r in vr])
         c = costs[v]
         cmp = "-"
         if v != "conv":
-            pr = paired([r["acc"] for r in vr], [base_acc[r["seed"]] for r in vr])
+            pr = paired([r[q1] for r in vr], [base_acc[r["seed"]] for r in vr])
             verdict[v] = pr
             cmp = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g}"
-        seed = SEED_TABLE.get(v)
+        seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
         lines.append(f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
                      f"{_ci(acc)} | {_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")
     lines.append("")
     if "sfconv" in verdict and "sfconv-nokl" in study.variants:
-        kl = paired([r["acc"] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
-                    [r["acc"] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])])
+        kl = paired([r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
+                    [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])])
         sf, cv = verdict["sfconv"], costs["sfconv"]
         lines += ["## Verdict on the seed's claims", "",
-                  f"- KL helps (sfconv - sfconv w/o KL, accuracy): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
-                  f"p={kl['p_t']:.2g} -> {'yes' if kl['lo'] > 0 else 'no' if kl['hi'] < 0 else 'not shown'} here (seed: +0.12).",
+                  f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
+                  f"p={kl['p_t']:.2g} -> {'yes' if kl['lo'] > 0 else 'no' if kl['hi'] < 0 else 'not shown'} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
                   f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
                   f"{'worse' if sf['hi'] < 0 else 'better' if sf['lo'] > 0 else 'not distinguishable'} here, with "
                   f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
@@ -207,7 +222,12 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         ax.set_title("factor spectra with and without KL (seed 004 fig. 3)")
         _save(fig, out / "sv_hist.png")
         lines += ["![singular values](sv_hist.png)", ""]
-    ds = load_dataset(study.data, data_dir=study.data_dir)
+    if seg:
+        from ..data.masks import load_segmentation
+
+        ds = load_segmentation(study.data, data_dir=study.data_dir)
+    else:
+        ds = load_dataset(study.data, data_dir=study.data_dir)
     st = intensity_stats(ds.splits["train"].images)
     ref = natural_reference()
     lines += ["## Intensity statistics (seed 004 figure 1)", "",

@@ -172,3 +172,19 @@ def save_overlays(x, y, pred, dice, out: Path) -> None:
         ax.set_title(f"test {k}: Dice {dice[k]:.3f} (green truth, red prediction)", fontsize=8)
         ax.axis("off")
         _save(fig, out / f"test_{k}.png")
+
+
+def load_segmentation_run(run_dir: str | Path, device: str = "cpu"):
+    """(model, (C, H, W)) of a finished segmentation run's best epoch."""
+    from ..models import create_model
+
+    ck = load_checkpoint(Path(run_dir) / "best.pt")
+    cfg = TrainConfig.from_dict({**ck["config"], "out": str(run_dir)}, source=str(Path(run_dir) / "best.pt"))
+    in_chans = next(v for k, v in ck["model"].items() if k.endswith("weight") and v.ndim == 4).shape[1]
+    model = create_model(cfg.model, 1, in_chans=in_chans, norm=cfg.norm, input_size=ck["image_size"])
+    if cfg.conv != "conv":
+        from ..reparam.factorized import factorize
+
+        factorize(model, cfg.conv, rank_ratio=cfg.rank_ratio if cfg.conv != "dpc" else None)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), (in_chans, ck["image_size"], ck["image_size"])
