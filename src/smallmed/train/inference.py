@@ -44,6 +44,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     if not run_dir.is_dir():
         raise SmallmedError(f"{run_dir}: run folder not found.")
     ckpt = load_checkpoint(run_dir / "best.pt")
+    if ckpt.get("task") == "segmentation":
+        raise SmallmedError(f"{run_dir}: a segmentation run; its metrics are in metrics.json and overlays/, and "
+                            "smallmed.train.segment.load_segmentation_run(run_dir) rebuilds its model.")
     cfg = TrainConfig.from_dict({**ckpt["config"], "out": str(run_dir)}, source=str(run_dir / "best.pt"))
     kw = dict(ckpt["model_kwargs"])
     if "custom" in kw:
