@@ -136,3 +136,12 @@ def test_sfconv_study_tiny_grid_reports_costs_and_spectra(tmp_path, tiny_npz):
     assert costs["conv"]["speed_ratio"] > 0 and costs["sfconv"]["params"] < costs["conv"]["params"]
     with pytest.raises(SmallmedError, match="Did you mean 'sfconv'"):
         sf.run_sfconv_study(dc.replace(study, variants=("conv", "sfconvv")), tmp_path / "x")
+
+
+def test_cost_cli(capsys):
+    from smallmed.cli import main
+
+    assert main(["cost", "small_cnn", "--input", "32", "--conv", "sfconv", "--rank-ratio", "0.25", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "factorize(method=sfconv)" in out and "ratio: params" in out
+    assert main(["cost", "small_cnn", "--input", "32", "--conv", "sfconv", "--rank-ratio", "2"]) == 2

@@ -199,6 +199,26 @@ def cmd_rf(a) -> int:
     return 0
 
 
+def cmd_cost(a) -> int:
+    import copy
+
+    from .analysis.cost import cost
+    from .reparam.factorized import factorize
+
+    plain = _any_model(a.model, a.input, a.channels)
+    model = copy.deepcopy(plain)
+    if a.conv != "conv":
+        print(factorize(model, a.conv, rank_ratio=a.rank_ratio if a.conv != "dpc" else None))
+    c = cost(model, (a.channels, a.input, a.input), baseline=plain, batch=a.batch)
+    b = c["baseline"]
+    print(f"{'':<10} {'params':>12} {'GMACs':>9} {'images/s':>10}")
+    print(f"{'conv':<10} {b['params']:>12,} {b['gmacs']:>9.3f} {b['images_per_s']:>10.1f}")
+    print(f"{a.conv:<10} {c['params']:>12,} {c['gmacs']:>9.3f} {c['images_per_s']:>10.1f}")
+    print(f"ratio: params {c['param_ratio']:.3f}x, speed {c['speed_ratio']:.2f}x (eval, batch {a.batch}, same process; "
+          "FLOPs = 2 x MACs)")
+    return 0
+
+
 def cmd_explain(a) -> int:
     from .explain import explain_run
 
@@ -335,6 +355,15 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--stem", default="auto", help="smallmed models: auto (small below 64 px), small or imagenet")
     rf.add_argument("--json", action="store_true", help="rows as JSON instead of a table")
     rf.set_defaults(func=cmd_rf)
+
+    co = sub.add_parser("cost", help="params, GMACs and speed of a model with cheap convs vs plain convs")
+    co.add_argument("model")
+    co.add_argument("--conv", default="sfconv", help="conv | sfconv | fconv | fconvsn | dpc")
+    co.add_argument("--rank-ratio", type=float, default=0.125)
+    co.add_argument("--input", type=int, default=224)
+    co.add_argument("--channels", type=int, default=3)
+    co.add_argument("--batch", type=int, default=8)
+    co.set_defaults(func=cmd_cost)
 
     ex = sub.add_parser("explain", help="occlusion sensitivity maps of a trained run (PNG overlays)")
     ex.add_argument("run_dir")
