@@ -259,3 +259,11 @@ def test_pruned_factors_follow_a_loaded_state_dict():
     x = torch.randn(2, 4, 12, 12)
     dst.load_state_dict(src.state_dict())
     assert torch.allclose(dst.eval()(x), src.eval()(x), atol=1e-6)
+
+
+def test_r_ratio_skips_unchanged_weights():
+    from smallmed.analysis.svd import r_ratios
+
+    m = create_model("resnet18", 2, input_size=32)
+    r = r_ratios(m.state_dict(), m.state_dict())
+    assert r["n"] == 0 and r["mean"] != r["mean"]  # nan: nothing changed, nothing to say

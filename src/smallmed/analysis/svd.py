@@ -33,14 +33,17 @@ def r_ratios(pretrained: nn.Module | dict, other: nn.Module | dict, mode: str = 
              min_kernel: int = 2, min_in: int = 2) -> dict:
     """R per conv layer (k >= ``min_kernel``, in >= ``min_in``) and its mean/median over layers.
 
-    Both arguments may be models or state dicts with the same conv weight names.
+    Both arguments may be models or state dicts with the same conv weight names. Layers whose
+    weights did not change (e.g. the best epoch was the head-only one) are left out; if none
+    changed, ``n`` is 0 and the mean is nan.
     """
     a = pretrained.state_dict() if isinstance(pretrained, nn.Module) else pretrained
     b = other.state_dict() if isinstance(other, nn.Module) else other
     layers = {}
     for k, w in a.items():
         if k.endswith("weight") and w.ndim == 4 and k in b and b[k].shape == w.shape:
-            if w.shape[-1] >= min_kernel and w.shape[1] >= min_in:
+            if w.shape[-1] >= min_kernel and w.shape[1] >= min_in and not torch.equal(w, b[k]):
+                # an unchanged weight has no off-diagonal mass: R is infinite and says nothing
                 layers[k[: -len(".weight")]] = r_ratio(w.float(), b[k].float(), mode)
     vals = np.array(list(layers.values()))
     return {"layers": layers, "mean": float(vals.mean()) if len(vals) else float("nan"),
