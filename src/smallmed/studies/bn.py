@@ -221,7 +221,8 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
         lines += ["## BN at inference on small batches", "",
                   "A BN model evaluated in `train()` mode normalises each batch by its own statistics instead of "
                   "the running averages; with small batches (and single-class batches) that changes predictions. "
-                  f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics:", "",
+                  f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics "
+                  "(the last incomplete batch is dropped, so each row covers slightly different images):", "",
                   "| data | batch size | eval-mode accuracy | batch-statistics accuracy |", "|---|---|---|---|"]
         effect = {}
         for r in bn_runs:
