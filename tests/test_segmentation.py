@@ -89,6 +89,6 @@ def test_sfconv_study_segmentation_preset_tiny(tmp_path):
 
     data = make_seg(tmp_path / "disks.npz", n=40)
     study = dc.replace(sf.PRESETS["seg"], data=str(data), image_size=32, seeds=(0, 1), epochs=1,
-                       variants=("conv", "sfconv-nokl", "sfconv"), rank_ratio=0.5)
+                       variants=("conv", "fconvsn", "sfconv-nokl", "sfconv"), rank_ratio=0.5)
     text = sf.run_sfconv_study(study, tmp_path / "st").read_text()
     assert "test Dice" in text and "| sfconv |" in text and "KL helps" in text

@@ -135,7 +135,7 @@ def fit_segmentation(cfg: TrainConfig, *, resume: bool = False) -> dict:
         if val["loss"] < best_loss:
             best_loss, best_epoch = val["loss"], epoch
             atomic_save({"model": model.state_dict(), "config": cfg.to_dict(), "epoch": epoch, "mean": mean, "std": std,
-                         "image_size": size, "task": "segmentation"}, run_dir / "best.pt")
+                         "image_size": size, "in_chans": int(xtr.shape[1]), "task": "segmentation"}, run_dir / "best.pt")
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None, "epoch": epoch,
                      "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch}, run_dir / "last.pt")
@@ -180,7 +180,11 @@ def load_segmentation_run(run_dir: str | Path, device: str = "cpu"):
 
     ck = load_checkpoint(Path(run_dir) / "best.pt")
     cfg = TrainConfig.from_dict({**ck["config"], "out": str(run_dir)}, source=str(Path(run_dir) / "best.pt"))
-    in_chans = next(v for k, v in ck["model"].items() if k.endswith("weight") and v.ndim == 4).shape[1]
+    in_chans = ck.get("in_chans")
+    if in_chans is None:  # runs saved before in_chans was recorded: ask the data
+        from ..data.masks import load_segmentation
+
+        in_chans = load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed).in_chans
     model = create_model(cfg.model, 1, in_chans=in_chans, norm=cfg.norm, input_size=ck["image_size"])
     if cfg.conv != "conv":
         from ..reparam.factorized import factorize
