@@ -92,3 +92,12 @@ def test_sfconv_study_segmentation_preset_tiny(tmp_path):
                        variants=("conv", "fconvsn", "sfconv-nokl", "sfconv"), rank_ratio=0.5)
     text = sf.run_sfconv_study(study, tmp_path / "st").read_text()
     assert "test Dice" in text and "| sfconv |" in text and "KL helps" in text
+
+
+def test_cli_trains_a_unet(tmp_path, capsys):
+    from smallmed.cli import main
+
+    data = make_seg(tmp_path / "d.npz", n=24)
+    assert main(["train", "--data", str(data), "--model", "unet", "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "test dice" in capsys.readouterr().out

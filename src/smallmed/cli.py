@@ -58,7 +58,11 @@ def cmd_train(a) -> int:
         metrics = fit(None, resume=a.resume)  # type: ignore[arg-type]
     else:
         metrics = fit(_train_config(a))
-    if metrics:
+    if metrics and metrics.get("task") == "segmentation":
+        t = metrics["test"]
+        print(f"test dice {t['dice']:.4f} [{t['ci95']['dice'][0]:.4f}, {t['ci95']['dice'][1]:.4f}]  iou {t['iou']:.4f}  "
+              f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
+    elif metrics:
         t = metrics["test"]
         print(f"test auc {t['auc']:.4f}  acc {t['acc']:.4f}  tpr@fpr {t['tpr_at_fpr']:.4f}  "
               f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
