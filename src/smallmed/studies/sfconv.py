@@ -172,13 +172,14 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     lines = [
         f"# SFConv and cheap convolutions (seed 004) on {study.data}",
         "",
-        f"{study.model} from scratch at {grid[0].image_size or 'native'} px ({'BCE + soft Dice loss, ' if seg else ''}lr {study.lr:g}); every conv with k > 1 replaced (rank ratio "
+        f"{study.model} from scratch at {grid[0].image_size or 'the data' + chr(39) + 's native'} px ({'BCE + soft Dice loss, ' if seg else ''}lr {study.lr:g}); every conv with k > 1 replaced (rank ratio "
         f"{study.rank_ratio:g} of min(C_out, C_in*k*k) for the factorized variants; sfconv KL weight "
         f"{study.kl_weight:g}; fconv Frobenius decay 1e-4); {study.epochs} epochs, Adam, batch "
         f"{study.batch_size}, flip augmentation, best epoch by validation loss; seeds {', '.join(map(str, study.seeds))}; "
-        f"official test split. Costs from the seed-{study.seeds[0]} models on this machine: parameters, GMACs per "
+        f"{'patient-level 60/20/20 split' if seg else 'official test split'}. Costs from the seed-{study.seeds[0]} models on this machine: parameters, GMACs per "
         "image (FLOPs = 2 x MACs, torch.utils.flop_counter), eval images/s at batch 32 timed interleaved with the "
-        f"plain-conv model in one process (ratio = variant / conv). Wall time {seconds / 60:.1f} min.",
+        f"plain-conv model in one process (ratio = variant / conv). Wall time of this invocation {seconds / 60:.1f} min "
+        "(finished runs are reused).",
         "",
         f"| variant | params | GMACs | images/s | speed vs conv | {q1_name} | {q2_name} | vs conv ({q1}) | "
         f"seed 004 ({'Dice, ROSE-1 U-Net' if seg else 'params M / FPS / FLOPs G / ACC, IDRiD'}) |",
