@@ -101,3 +101,20 @@ def test_cli_trains_a_unet(tmp_path, capsys):
     assert main(["train", "--data", str(data), "--model", "unet", "--epochs", "1", "--batch-size", "8",
                  "--out", str(tmp_path / "run")]) == 0
     assert "test dice" in capsys.readouterr().out
+
+
+def test_masks_from_image_folders(tmp_path):
+    from PIL import Image
+
+    src = np.load(make_seg(tmp_path / "d.npz", n=10, pids=False))
+    for sub in ("images", "masks"):
+        (tmp_path / "f" / sub).mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray(src["images"][i]).save(tmp_path / "f" / "images" / f"x{i}.png")
+        Image.fromarray(src["masks"][i] * 255).save(tmp_path / "f" / "masks" / f"x{i}.png")
+    ds = load_segmentation(tmp_path / "f")
+    assert sum(len(s) for s in ds.splits.values()) == 10
+    assert set(np.unique(ds.splits["train"].masks)) <= {0, 1}
+    (tmp_path / "f" / "masks" / "x3.png").unlink()
+    with pytest.raises(SmallmedError, match="x3.png: no mask named x3"):
+        load_segmentation(tmp_path / "f")
