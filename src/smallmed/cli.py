@@ -133,35 +133,30 @@ def cmd_env(a) -> int:
     return 0
 
 
-def cmd_study_svd(a) -> int:
-    import dataclasses as dc
+def _study(presets: dict, a):
+    """The chosen preset with every study field given on the command line replaced (lists become tuples)."""
+    study = presets[a.preset]
+    changes = {}
+    for f in dataclasses.fields(study):
+        v = getattr(a, f.name, None)
+        if v is not None and v != []:
+            changes[f.name] = tuple(v) if isinstance(v, list) else v
+    return dataclasses.replace(study, **changes)
 
+
+def cmd_study_svd(a) -> int:
     from .studies.svd import PRESETS, run_svd_study
 
-    study = PRESETS[a.preset]
-    for key in ("data", "model", "image_size", "epochs", "weights", "data_dir", "source_epochs", "source_image_size"):
-        if getattr(a, key) is not None:
-            study = dc.replace(study, **{key: getattr(a, key)})
-    for key, conv in (("methods", str), ("fractions", float), ("seeds", int)):
-        if getattr(a, key):
-            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    study = _study(PRESETS, a)
     report = run_svd_study(study, a.out, workers=a.workers, backend=a.backend)
     print(f"report: {report}")
     return 0
 
 
 def cmd_study_bn(a) -> int:
-    import dataclasses as dc
-
     from .studies.bn import PRESETS, run_bn_study
 
-    study = PRESETS[a.preset]
-    for key in ("model", "weights", "epochs", "batch_size", "lr", "image_size", "max_train", "data_dir"):
-        if getattr(a, key) is not None:
-            study = dc.replace(study, **{key: getattr(a, key)})
-    for key, conv in (("data", str), ("norms", str), ("seeds", int)):
-        if getattr(a, key):
-            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    study = _study(PRESETS, a)
     report = run_bn_study(study, a.out, workers=a.workers, backend=a.backend)
     print(f"report: {report}")
     return 0
@@ -233,33 +228,18 @@ def cmd_explain(a) -> int:
 
 
 def cmd_study_rff(a) -> int:
-    import dataclasses as dc
-
     from .studies.rff import PRESETS, run_rff_study
 
-    study = PRESETS[a.preset]
-    for key in ("data", "model", "image_size", "splits", "base_epochs", "transfer_epochs", "max_train", "data_dir"):
-        if getattr(a, key) is not None:
-            study = dc.replace(study, **{key: getattr(a, key)})
-    if a.seeds:
-        study = dc.replace(study, seeds=tuple(a.seeds))
+    study = _study(PRESETS, a)
     report = run_rff_study(study, a.out)
     print(f"report: {report}")
     return 0
 
 
 def cmd_study_sfconv(a) -> int:
-    import dataclasses as dc
-
     from .studies.sfconv import PRESETS, run_sfconv_study
 
-    study = PRESETS[a.preset]
-    for key in ("data", "model", "image_size", "epochs", "rank_ratio", "kl_weight", "data_dir"):
-        if getattr(a, key) is not None:
-            study = dc.replace(study, **{key: getattr(a, key)})
-    for key, conv in (("variants", str), ("seeds", int)):
-        if getattr(a, key):
-            study = dc.replace(study, **{key: tuple(conv(v) for v in getattr(a, key))})
+    study = _study(PRESETS, a)
     report = run_sfconv_study(study, a.out, workers=a.workers, backend=a.backend)
     print(f"report: {report}")
     return 0

@@ -10,25 +10,17 @@ from __future__ import annotations
 
 from torch import nn
 
+from ._layers import conv_norm_act
 from .registry import register_model
-
-
-def _block(cin: int, cout: int, norm: str) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
-    if norm == "bn":
-        return layers + [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-    if norm == "bn-after-act":
-        return layers + [nn.ReLU(inplace=True), nn.BatchNorm2d(cout)]
-    return layers + [nn.ReLU(inplace=True)]
 
 
 class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, input_size: int = 32, norm: str = "bn") -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *_block(in_chans, 32, norm), *_block(32, 32, "none"), nn.MaxPool2d(2),
-            *_block(32, 64, norm), *_block(64, 64, "none"), nn.MaxPool2d(2),
-            *_block(64, 64, norm), *_block(64, 64, "none"),
+            *conv_norm_act(in_chans, 32, norm), *conv_norm_act(32, 32, "none"), nn.MaxPool2d(2),
+            *conv_norm_act(32, 64, norm), *conv_norm_act(64, 64, "none"), nn.MaxPool2d(2),
+            *conv_norm_act(64, 64, norm), *conv_norm_act(64, 64, "none"),
         )
         side = input_size // 4
         self.fc1 = nn.Linear(64 * side * side, 64)

@@ -11,20 +11,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._layers import conv_norm_act
 from .registry import register_model
 
 
 def _double(cin: int, cout: int, norm: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for c in (cin, cout):
-        layers.append(nn.Conv2d(c, cout, 3, padding=1, bias=norm == "none"))
-        if norm == "bn":
-            layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-        elif norm == "bn-after-act":
-            layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(cout)]
-        else:
-            layers.append(nn.ReLU(inplace=True))
-    return nn.Sequential(*layers)
+    bias = norm == "none"  # with BatchNorm in the block a conv bias is redundant
+    return nn.Sequential(*conv_norm_act(cin, cout, norm, bias=bias), *conv_norm_act(cout, cout, norm, bias=bias))
 
 
 class UNet(nn.Module):

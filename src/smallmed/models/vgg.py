@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models import vgg
 
+from ._layers import conv_norm_act
 from .registry import register_model
 
 
@@ -56,13 +57,7 @@ def make_features(cfg: list, norm: str) -> nn.Sequential:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2))
             continue
-        layers.append(nn.Conv2d(cin, v, 3, padding=1))
-        if norm == "bn":
-            layers += [nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-        elif norm == "bn-after-act":
-            layers += [nn.ReLU(inplace=True), nn.BatchNorm2d(v)]
-        else:
-            layers.append(nn.ReLU(inplace=True))
+        layers += conv_norm_act(cin, v, norm)
         cin = v
     return nn.Sequential(*layers)
 

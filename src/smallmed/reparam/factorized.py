@@ -200,23 +200,18 @@ def kl_flatten_loss(model: nn.Module, kinds: tuple[str, ...] = ("sfconv",)) -> t
     Zero for a flat spectrum, positive otherwise, differentiable (``torch.linalg.svdvals``).
     Add ``lambda * kl_flatten_loss(model)`` to the task loss (the trainer's ``--kl-weight``).
     """
-    mods = factorized_modules(model, kinds)
-    if not mods:
-        raise SmallmedError("kl_flatten_loss: the model has no sfconv layers; call factorize(model, 'sfconv') first.")
-    total = 0.0
-    for _, m in mods:
-        a, b = m.factors()
-        total = total + _kl_to_uniform(torch.linalg.svdvals(a.float())) + _kl_to_uniform(torch.linalg.svdvals(b.float()))
-    return total
+    return _sum_over_layers(model, kinds, "kl_flatten_loss", lambda a, b: _kl_to_uniform(torch.linalg.svdvals(a.float()))
+                            + _kl_to_uniform(torch.linalg.svdvals(b.float())))
 
 
 def frobenius_decay(model: nn.Module, kinds: tuple[str, ...] = ("fconv",)) -> torch.Tensor:
     """Sum of ||B A||_F^2 over factorized layers, computed as tr((B^T B)(A A^T)) (r x r matrices)."""
+    return _sum_over_layers(model, kinds, "frobenius_decay", lambda a, b: torch.trace((b.T @ b) @ (a @ a.T)))
+
+
+def _sum_over_layers(model: nn.Module, kinds: tuple[str, ...], what: str, term) -> torch.Tensor:
+    """``term(A, B)`` summed over the factorized layers of ``kinds``; an error if there are none."""
     mods = factorized_modules(model, kinds)
     if not mods:
-        raise SmallmedError("frobenius_decay: the model has no fconv layers; call factorize(model, 'fconv') first.")
-    total = 0.0
-    for _, m in mods:
-        a, b = m.factors()
-        total = total + torch.trace((b.T @ b) @ (a @ a.T))
-    return total
+        raise SmallmedError(f"{what}: the model has no {kinds[0]} layers; call factorize(model, {kinds[0]!r}) first.")
+    return sum(term(*m.factors()) for _, m in mods)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import mean_ci, paired
+from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
 
 NORMS = ("none", "bn", "bn-after-act")
 SEED_GAIN = 0.10  # seed 002 (SPEC.md section 4): BN raised test accuracy by about 10 points
@@ -133,12 +132,12 @@ def bn_batch_effect(run_dir: str | Path, batch_sizes=(2, 8, 32, 256), split: str
     for bs in [b for b in batch_sizes if b <= len(data)]:
         accs = {}
         for mode in ("eval", "batch"):
-            model = copy.deepcopy(run.model)
-            model.eval()
+            model = run.model  # eval mode: running statistics, nothing changes
             if mode == "batch":
+                model = copy.deepcopy(run.model)  # train-mode BN moves the copy's running statistics
                 for m in model.modules():
                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                        m.train()  # normalise by this batch's statistics (the copy's running stats may move)
+                        m.train()  # normalise by this batch's statistics
             correct = n = 0
             with torch.no_grad():
                 for x, y in DataLoader(data, batch_size=bs, drop_last=bs > 1):
@@ -159,11 +158,7 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
                      "balanced_acc": t["balanced_acc"], "auc": t["auc"], "best_epoch": m["best_epoch"],
                      "best_val_loss": min(_history(cfg.out)["val_loss"]), "seconds": m["wall_seconds"],
                      "train_images": m["train_images"], "run": cfg.out})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_csv(out / "results.csv", rows)
     lines = [
         f"# Batch-norm ablation (seed 002): {study.model}, {', '.join(map(data_name, study.data))}",
         "",
@@ -197,10 +192,10 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
             if norm != "none":
                 seeds = [r["seed"] for r in nr if r["seed"] in none]
                 pr = paired([r["acc"] for r in nr if r["seed"] in none], [none[s] for s in seeds])
-                cmp = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g} ({pr['wins']}/{pr['n']})"
-                word = "higher than" if pr["lo"] > 0 else "lower than" if pr["hi"] < 0 else "not distinguishable from"
+                cmp = fmt_paired(pr)
+                word = direction(pr, "higher than", "lower than")
                 verdicts.append(f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; seed 002: about +{SEED_GAIN * 100:.0f})")
-            lines.append(f"| {norm} | {_ci(acc)} | {_ci(bal)} | {_ci(auc)} | {_ci(vl)} | {reach_s} | {cmp} |")
+            lines.append(f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |")
         lines.append("")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
         for norm in study.norms:
@@ -237,8 +232,3 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
     atomic_write_text(report, "\n".join(lines))
     return report
 
-
-def _ci(c: dict) -> str:
-    if c["n"] < 2:
-        return f"{c['mean']:.4f}"
-    return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_text
-from .stats import mean_ci, paired
+from .stats import direction, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
 
@@ -237,7 +237,7 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
     a, b = mean_ci([r["acc_normal"] for r in results]), mean_ci([r["acc_rff"] for r in results])
     overhead = mean_ci([r["branch_seconds_rff"] / r["branch_seconds_normal"] - 1 for r in results])
     seed_delta = SEED_DELTA.get(study.model, SEED_DELTA["resnet50"])
-    word = "higher than" if pr["lo"] > 0 else "lower than" if pr["hi"] < 0 else "not distinguishable from"
+    word = direction(pr, "higher than", "lower than")
     lines = [
         f"# RFF transfer study (seed 001): {study.model} on {study.data}",
         "",

@@ -11,8 +11,6 @@ photographs (the seed's figure 1).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -22,9 +20,9 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import mean_ci, paired
+from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
 
 # name -> TrainConfig overrides
 VARIANTS = {
@@ -161,11 +159,7 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     for cfg, m in zip(grid, results):
         rows.append({"variant": Path(cfg.out).parent.name, "seed": cfg.seed, q1: m["test"][q1], q2: m["test"][q2],
                      "params": m["total_params"], "seconds": m["wall_seconds"], "run": cfg.out})
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_csv(out / "results.csv", rows)
     costs = variant_costs(study, grid)
     atomic_write_text(out / "costs.json", json.dumps(costs, indent=1))
     base_acc = {r["seed"]: r[q1] for r in rows if r["variant"] == "conv"}
@@ -194,10 +188,10 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         if v != "conv":
             pr = paired([r[q1] for r in vr], [base_acc[r["seed"]] for r in vr])
             verdict[v] = pr
-            cmp = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g}"
+            cmp = fmt_paired(pr, wins=False)
         seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
         lines.append(f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
-                     f"{_ci(acc)} | {_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")
+                     f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")
     lines.append("")
     if "sfconv" in verdict and "sfconv-nokl" in study.variants:
         kl = paired([r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
@@ -205,9 +199,9 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         sf, cv = verdict["sfconv"], costs["sfconv"]
         lines += ["## Verdict on the seed's claims", "",
                   f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
-                  f"p={kl['p_t']:.2g} -> {'yes' if kl['lo'] > 0 else 'no' if kl['hi'] < 0 else 'not shown'} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
+                  f"p={kl['p_t']:.2g} -> {direction(kl, 'yes', 'no', 'not shown')} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
                   f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
-                  f"{'worse' if sf['hi'] < 0 else 'better' if sf['lo'] > 0 else 'not distinguishable'} here, with "
+                  f"{direction(sf, 'better', 'worse', 'not distinguishable')} here, with "
                   f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
                   f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).", ""]
     # singular values with and without KL
@@ -244,8 +238,3 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     atomic_write_text(report, "\n".join(lines))
     return report
 
-
-def _ci(c: dict) -> str:
-    if c["n"] < 2:
-        return f"{c['mean']:.4f}"
-    return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"

@@ -29,3 +29,21 @@ def paired(a, b, level: float = 0.95) -> dict:
     out["p_t"] = float(stats.ttest_rel(a, b).pvalue) if len(d) >= 2 and np.std(d) > 0 else float("nan")
     out["wins"] = int((d > 0).sum())
     return out
+
+
+def fmt_ci(c: dict) -> str:
+    """``mean [lo, hi]`` of a :func:`mean_ci` result (just the mean when n < 2)."""
+    if c["n"] < 2:
+        return f"{c['mean']:.4f}"
+    return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"
+
+
+def fmt_paired(pr: dict, wins: bool = True) -> str:
+    """``+d [lo, hi] p=... (wins/n)`` of a :func:`paired` result."""
+    s = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g}"
+    return s + (f" ({pr['wins']}/{pr['n']})" if wins else "")
+
+
+def direction(pr: dict, up: str, down: str, same: str = "not distinguishable from") -> str:
+    """``up`` if the paired interval is above 0, ``down`` if below, else ``same``."""
+    return up if pr["lo"] > 0 else down if pr["hi"] < 0 else same

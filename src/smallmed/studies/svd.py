@@ -9,7 +9,6 @@ report beside the seed's own numbers (different data: compare the shape of the c
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import time
@@ -18,9 +17,9 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_text
+from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_cell, run_grid
-from .stats import mean_ci, paired
+from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +131,7 @@ def _rows(grid, results) -> list[dict]:
 
 def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
     rows = _rows(grid, results)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(out / "results.csv", buf.getvalue())
+    atomic_write_csv(out / "results.csv", rows)
     lines = [
         f"# SVD fine-tuning study (seed 000) on {study.data}",
         "",
@@ -171,10 +166,10 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
             if method != "full":
                 seeds = [r["seed"] for r in mr if r["seed"] in full]
                 pr = paired([r["auc"] for r in mr if r["seed"] in full], [full[s] for s in seeds])
-                cmp = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g} ({pr['wins']}/{pr['n']})"
+                cmp = fmt_paired(pr)
                 summary[(frac, method)] = pr
             seed_auc = SEED_AUC.get(round(frac, 6), {}).get(method)
-            lines.append(f"| {method} | {_ci(auc)} | {_ci(acc)} | {_ci(tpr)} | {mr[0]['trainable_params']:,} | "
+            lines.append(f"| {method} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(tpr)} | {mr[0]['trainable_params']:,} | "
                          f"{var['mean']:.3g} | {cmp} | {seed_auc if seed_auc else '-'} |")
         lines.append("")
     _plot(study, rows, out / "auc_vs_fraction.png")
@@ -187,7 +182,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         for method in study.methods:
             if (frac, method) in summary and "svd" in method:
                 pr = summary[(frac, method)]
-                word = "better than" if pr["lo"] > 0 else "worse than" if pr["hi"] < 0 else "not distinguishable from"
+                word = direction(pr, "better than", "worse than")
                 bits.append(f"{method} {word} full ({pr['mean']:+.4f})")
         lines.append(f"- fraction {_frac_name(frac).replace('-', '/')}: " + "; ".join(bits))
     lines.append("")
@@ -233,11 +228,6 @@ def _bootstrap_section(rows, grid, results) -> list[str]:
                      f"{r['tpr_at_fpr']:.4f} [{tpr_ci[0]:.4f}, {tpr_ci[1]:.4f}] |")
     return lines + [""]
 
-
-def _ci(c: dict) -> str:
-    if c["n"] < 2:
-        return f"{c['mean']:.4f}"
-    return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"
 
 
 def _plot(study: SVDStudy, rows, path: Path) -> None:

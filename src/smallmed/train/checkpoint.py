@@ -5,6 +5,8 @@ A crash or kill leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
@@ -37,6 +39,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
+
+
+def atomic_write_csv(path: str | Path, rows: list[dict]) -> None:
+    """Rows of dicts (the first row's keys are the header) as a CSV file, atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
