@@ -118,3 +118,14 @@ def test_masks_from_image_folders(tmp_path):
     (tmp_path / "f" / "masks" / "x3.png").unlink()
     with pytest.raises(SmallmedError, match="x3.png: no mask named x3"):
         load_segmentation(tmp_path / "f")
+
+
+def test_non_finite_loss_leaves_no_half_run(tmp_path):
+    from smallmed.errors import NonFiniteLossError
+
+    data = make_seg(tmp_path / "d.npz", n=24)
+    cfg = TrainConfig(data=str(data), model="unet", epochs=2, batch_size=8, lr=1e30, out=str(tmp_path / "nan"),
+                      progress=False)
+    with pytest.raises(NonFiniteLossError, match="the run folder was removed"):
+        fit(cfg)
+    assert not (tmp_path / "nan").exists()

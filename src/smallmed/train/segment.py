@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -111,8 +112,11 @@ def fit_segmentation(cfg: TrainConfig, *, resume: bool = False) -> dict:
             x, y = x.to(device), y.to(device)
             loss = seg_loss(model(x).float(), y)
             if not math.isfinite(loss.item()):
+                if not history and not resume:
+                    shutil.rmtree(run_dir, ignore_errors=True)  # nothing good to keep: leave no half run
+                kept = f"{run_dir / 'last.pt'} (after epoch {len(history)})" if history else "none (the run folder was removed)"
                 raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}; training stopped, last good "
-                                         f"checkpoint: {run_dir / 'last.pt'}. Lower --lr.")
+                                         f"checkpoint: {kept}. Lower --lr or check the data.")
             total += loss.item() * len(idx)
             seen += len(idx)
             reg = _regulariser(model, cfg)
