@@ -13,17 +13,18 @@ from .data import load_dataset
 from .errors import SmallmedError
 from .metrics import classification_metrics, tpr_at_fpr
 from .models import create_model, list_models, load_weights
-from .train import evaluate, fit
+from .train import build_model, evaluate, fit, resume
 from .train.inference import evaluate_run, load_run, predict_images
 from .reparam import apply_svd, fold, to_low_rank
 from .analysis.receptive_field import receptive_field
 from .analysis.cost import cost
-from .reparam.factorized import factorize, kl_flatten_loss
+from .reparam import FactorizeConfig, SVDConfig, factorize, frobenius_decay, kl_flatten_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SmallmedError", "TrainConfig", "apply_svd", "classification_metrics", "cost", "create_model", "evaluate",
+    "FactorizeConfig", "SVDConfig", "SmallmedError", "TrainConfig", "apply_svd", "build_model", "frobenius_decay",
+    "resume", "classification_metrics", "cost", "create_model", "evaluate",
     "evaluate_run", "factorize", "fit", "fold", "kl_flatten_loss", "list_models", "load_dataset", "load_run", "load_weights", "predict_images",
     "receptive_field", "to_low_rank", "tpr_at_fpr",
 ]

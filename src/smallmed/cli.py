@@ -38,27 +38,25 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _train_config(a: argparse.Namespace):
-    from .config import TrainConfig, load_yaml, parse_set
+    from .config import TrainConfig
 
-    base = load_yaml(a.config) if a.config else {}
     flags = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)
              if f.name != "extra" and getattr(a, f.name, None) is not None}
-    merged = {**base, **flags, **parse_set(a.set or [])}
-    if merged.get("method"):  # the seed's protocol sits beneath everything the user set
-        from .methods import protocol_defaults
-
-        merged = {**protocol_defaults(merged["method"]), **merged}
-    return TrainConfig.from_dict(merged, source=a.config or "config")
+    return TrainConfig.from_sources(yaml_path=a.config, flags=flags, sets=a.set)
 
 
 def cmd_train(a) -> int:
-    from .train import fit
+    from .train import fit, resume
 
     if a.resume:
-        metrics = fit(None, resume=a.resume)  # type: ignore[arg-type]
+        metrics = resume(a.resume)
     else:
         metrics = fit(_train_config(a))
-    if metrics and metrics.get("task") == "segmentation":
+    if metrics and metrics.get("task") == "regression":
+        t = metrics["test"]
+        print(f"test mae {t['mae']:.4f} [{t['ci95']['mae'][0]:.4f}, {t['ci95']['mae'][1]:.4f}]  rmse {t['rmse']:.4f}  "
+              f"acc {t['acc']:.4f}  best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
+    elif metrics and metrics.get("task") == "segmentation":
         t = metrics["test"]
         print(f"test dice {t['dice']:.4f} [{t['ci95']['dice'][0]:.4f}, {t['ci95']['dice'][1]:.4f}]  iou {t['iou']:.4f}  "
               f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")

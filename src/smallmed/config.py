@@ -48,21 +48,24 @@ class TrainConfig:
     svd_train: tuple[str, ...] = ("sigma", "head")  # with SVD methods: sigma, head, bn, bias
     svd_linear: bool = False  # also decompose Linear layers other than the classifier
     prune: float | None = None  # override the method's pruned fraction of singular values
+    # task (classification and segmentation follow from the data; regression scores take a loss)
+    loss: str = "auto"  # regression: mae | logcosh | mse (auto = mae); fixed for the other tasks
+    balance: str = "none"  # none | sampling (seed 003: undersample the most frequent label, oversample the rest) | weights (inverse frequency)
     # optimisation
     epochs: int = 10
-    batch_size: int = 64
+    batch_size: int | None = None  # None: 64, or 16 under a seed-000 method (see resolve below)
     eval_batch_size: int = 256  # evaluation only (eval-mode BatchNorm: results do not depend on it)
     optimizer: str = "adam"
     lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] | None = None  # None: (0.9, 0.999), or (0.9, 0.99) under a seed-000 method
     momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str = "plateau"
     patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
     factor: float = 0.1
     step_size: int | None = None  # step: epochs between decays (default: half the epochs)
-    head_epochs: int = 0  # two-stage: first train only the classifier for this many epochs
-    freeze_bn_stats: bool = True  # frozen layers' BatchNorm statistics stay fixed too
+    head_epochs: int | None = None  # two-stage: first train only the head this many epochs (None: 0, or 1 under a method)
+    freeze_bn_stats: bool | None = None  # frozen layers' BatchNorm statistics stay fixed too (None: yes, live for SVD)
     # RFF (seed 001): freeze the receptive-field-expanding layers at these 1-based epochs
     rff_epochs: tuple[int, ...] = ()
     rff_alternate: bool = False  # or on every other epoch (2, 4, ...)
@@ -78,6 +81,8 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.yaml
 
     def __post_init__(self) -> None:
+        _coerce_fields(self)
+        self._resolve_protocol()
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
         self.fprs = tuple(float(f) for f in self.fprs)
         self.svd_train = tuple(str(t) for t in self.svd_train)
@@ -89,6 +94,8 @@ class TrainConfig:
         if self.prune is not None and not 0 <= self.prune < 1:
             raise SmallmedError(f"prune={self.prune}: expected a fraction in [0, 1).")
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
+        check_choice("balance", self.balance, ("none", "sampling", "weights"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
@@ -115,6 +122,60 @@ class TrainConfig:
         if self.weight_decay < 0 or self.patience < 0 or self.num_workers < 0:
             raise SmallmedError("weight_decay, patience and num_workers must not be negative.")
 
+    def _resolve_protocol(self) -> None:
+        """Fill the fields left at None: seed 000's protocol under a fine-tuning method other than
+        ``full``, the generic defaults otherwise. Explicit values always win, so
+        ``TrainConfig(method="full-svd")``, ``for_method`` and the CLI give the same run."""
+        from .methods import METHODS, protocol_defaults
+
+        check_choice("method", self.method, METHODS)
+        base = dict(GENERIC_DEFAULTS)
+        if self.method != "full":
+            base.update({k: v for k, v in protocol_defaults(self.method).items() if k in base})
+        for k, v in base.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+
+    @classmethod
+    def from_sources(cls, *, yaml_path: str | Path | None = None, flags: dict | None = None,
+                     sets: list[str] | None = None) -> "TrainConfig":
+        """Defaults < YAML file < flags < ``--set key=value`` items; any ``method`` brings its protocol
+        beneath everything the user set.
+
+        Example:
+            >>> TrainConfig.from_sources(flags={"method": "sp-svd"}, sets=["lr=3e-4"]).batch_size
+            16
+        """
+        base = load_yaml(yaml_path) if yaml_path else {}
+        merged = {**base, **{k: v for k, v in (flags or {}).items() if v is not None}, **parse_set(sets or [])}
+        if merged.get("method"):
+            from .methods import protocol_defaults
+
+            merged = {**protocol_defaults(str(merged["method"])), **merged}
+        return cls.from_dict(merged, source=str(yaml_path) if yaml_path else "config")
+
+    @property
+    def svd(self):
+        """The SVD settings of this run as an :class:`smallmed.reparam.SVDConfig` (None without an SVD method)."""
+        from .methods import SVD_METHODS
+        from .reparam.svd import SVDConfig
+
+        if self.method not in SVD_METHODS:
+            return None
+        spec = dict(SVD_METHODS[self.method])
+        if self.prune is not None:
+            spec["prune"] = self.prune
+        return SVDConfig(mode=spec["mode"], prune=spec["prune"], train=tuple(self.svd_train), linear=self.svd_linear)
+
+    @property
+    def factorize(self):
+        """The factorized-conv settings as a :class:`smallmed.reparam.FactorizeConfig` (None for plain convs)."""
+        from .reparam.factorized import FactorizeConfig
+
+        if self.conv == "conv":
+            return None
+        return FactorizeConfig(method=self.conv, rank_ratio=None if self.conv == "dpc" else self.rank_ratio)
+
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"], d["fprs"], d["svd_train"] = list(self.betas), list(self.fprs), list(self.svd_train)
@@ -138,12 +199,80 @@ class TrainConfig:
         """
         from .methods import protocol_defaults
 
-        return cls.from_dict({**protocol_defaults(method), "method": method, **kw})
+        return cls.from_dict({**protocol_defaults(method), "method": method, **kw})  # same as the CLI
 
     def with_overrides(self, **kw) -> "TrainConfig":
         d = self.to_dict()
         d.update({k: v for k, v in kw.items() if v is not None})
         return TrainConfig.from_dict(d)
+
+
+GENERIC_DEFAULTS = {"batch_size": 64, "betas": (0.9, 0.999), "head_epochs": 0, "freeze_bn_stats": True}
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _coerce(name: str, value, hint):
+    """``value`` as the field's type, or a SmallmedError naming the key (YAML reads ``1e-3`` as a string)."""
+    import typing
+
+    if value is None:
+        return None
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) and args else hint
+    origin = typing.get_origin(base)
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+                return value.strip().lower() in _TRUE
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                f = float(value)
+                if not f.is_integer():
+                    raise ValueError
+                return int(f)
+            if isinstance(value, int):
+                return value
+            raise ValueError
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if base is str:
+            if isinstance(value, (dict, list, tuple)):
+                raise ValueError
+            return str(value)
+        if origin is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            inner = [a for a in typing.get_args(base) if a is not Ellipsis]
+            kind = inner[0] if inner else str
+            return tuple(_coerce(name, v, kind) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        kind = getattr(base, "__name__", str(base))
+        raise SmallmedError(f"{name}={value!r}: expected {'a' if kind != 'int' else 'an'} {kind}.") from None
+    return value
+
+
+def _coerce_fields(cfg) -> None:
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in fields(cfg):
+        if f.name in ("extra",):
+            continue
+        setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), hints[f.name]))
+    seed = getattr(cfg, "seed", 0)
+    if not 0 <= seed < 2**32:
+        raise SmallmedError(f"seed={seed}: expected an integer in [0, 2**32).")
 
 
 def _positive(cfg, *names: str) -> None:

@@ -21,11 +21,11 @@ def explain_run(run_dir: str | Path, images: list[str] | None = None, *, split: 
     from .train.inference import load_run
 
     run = load_run(run_dir)
-    if run.meta["task"] == "multilabel":
-        raise SmallmedError(f"{run_dir}: occlusion maps need a single-label task, not multilabel.")
+    if run.task.kind not in ("binary", "multiclass"):
+        raise SmallmedError(f"{run_dir}: occlusion maps need a single-label classification run, not {run.task.kind}.")
     size = run.meta["image_size"]
     if images:
-        chans = 1 if run.meta["model_kwargs"]["in_chans"] == 1 else 3
+        chans = 1 if run.in_chans == 1 else 3
         arrays = np.stack([read_image(p, channels=chans, size=size) for p in images])
         sp = Split(arrays, np.zeros(len(arrays), dtype=np.int64))
         labels, names = [None] * len(images), [Path(p).stem for p in images]
@@ -41,7 +41,7 @@ def explain_run(run_dir: str | Path, images: list[str] | None = None, *, split: 
     out_dir = Path(out) if out else Path(run_dir) / "explain"
     patch = patch or max(2, size // 8)
     stride = stride or max(1, patch // 2)
-    classes = run.meta["class_names"]
+    classes = run.class_names
     written = []
     dev = next(run.model.parameters()).device
     for k in range(len(data)):

@@ -18,10 +18,10 @@ trains in train mode with BN affine frozen) and are frozen for the linear probe.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from .errors import SmallmedError
-from .models import head_name
 from .registry import check_choice
 
 SVD_METHODS: dict[str, dict] = {
@@ -48,26 +48,71 @@ def protocol_defaults(method: str) -> dict:
     return d
 
 
-def apply_method(model: nn.Module, method: str, *, svd_train=("sigma", "head"), svd_linear: bool = False,
+def apply_method(model: nn.Module, method: str, *, svd=None, svd_train=("sigma", "head"), svd_linear: bool = False,
                  prune: float | None = None):
-    """Prepare ``model`` for ``method``; returns (names of parameters that train, summary or None)."""
+    """Prepare ``model`` for ``method``; returns (names of parameters that train, SVD summary or None).
+
+    ``svd`` is an :class:`smallmed.reparam.SVDConfig`; without it one is made from the method's
+    table entry and the keywords.
+    """
+    from .roles import set_trainable
+
     check_choice("method", method, METHODS)
     summary = None
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
     elif method == "fc-train":
-        head = head_name(model) + "."
-        for n, p in model.named_parameters():
-            p.requires_grad_(n.startswith(head))
+        set_trainable(model, {"head"})
     else:
         from .reparam import apply_svd
+        from .reparam.svd import SVDConfig
 
-        spec = dict(SVD_METHODS[method])
-        if prune is not None:
-            spec["prune"] = prune
-        summary = apply_svd(model, mode=spec["mode"], prune=spec["prune"], train=tuple(svd_train), linear=svd_linear)
+        if svd is None:
+            spec = dict(SVD_METHODS[method])
+            if prune is not None:
+                spec["prune"] = prune
+            svd = SVDConfig(mode=spec["mode"], prune=spec["prune"], train=tuple(svd_train), linear=svd_linear)
+        summary = apply_svd(model, svd)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     if not names:
         raise SmallmedError(f"method={method!r} leaves no trainable parameter.")
     return names, summary
+
+
+def on_fit_end(model: nn.Module, *, cfg, built, run_dir, example: torch.Tensor) -> dict:
+    """A method's own end-of-run work, called once by :func:`smallmed.fit` on the best model.
+
+    SVD methods: sigma dynamics and histograms, a plain folded checkpoint (``folded.pt``) and, when
+    pruned, the low-rank export's params/FLOPs/speed; ``full`` from pretrained weights: seed 000's
+    R ratio against them. Returns what goes into ``metrics.json``.
+    """
+    from .analysis.svd import r_ratios, write_svd_diagnostics
+    from .reparam import fold, svd_modules, to_low_rank
+    from .roles import unwrap
+    from .train.checkpoint import atomic_save
+
+    out: dict = {}
+    model = unwrap(model)
+    device = next(model.parameters()).device
+    model = model.cpu().eval()
+    s = built.svd_summary
+    try:
+        if svd_modules(model):
+            out["svd"] = {"summary": {"mode": s.mode, "prune": s.prune, "layers": len(s.rows),
+                                      "sigma_active": s.sigma_active, "trainable_by_role": s.groups},
+                          **write_svd_diagnostics(model, run_dir)}
+            atomic_save({"model": fold(model).state_dict(), "config": cfg.to_dict(), "folded_from": cfg.method},
+                        run_dir / "folded.pt")
+            if s.prune > 0:
+                _, rep = to_low_rank(model, example[:32].cpu(), layers="svd")
+                out["low_rank"] = {k: getattr(rep, k) for k in ("params_dense", "params_low_rank", "flops_dense",
+                                                                 "flops_low_rank", "images_per_s_dense",
+                                                                 "images_per_s_low_rank", "max_abs_diff")}
+                out["low_rank"]["speedup"] = rep.speedup
+        elif built.pretrained_state is not None:
+            r = r_ratios(built.pretrained_state, model.state_dict())
+            out["r_ratio"] = {k: r[k] for k in ("mean", "median", "n")}
+    finally:
+        model.to(device)
+    return out

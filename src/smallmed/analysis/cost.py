@@ -10,15 +10,43 @@ from torch import nn
 from ..errors import SmallmedError
 
 
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
+
+
 def _images_per_s(model: nn.Module, x: torch.Tensor) -> float:
+    """Images/s of one eval forward pass of ``x`` (CUDA synchronised before and after)."""
     with torch.no_grad():
-        if x.is_cuda:
-            torch.cuda.synchronize()
+        _sync(x)
         t = time.perf_counter()
         model(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
+        _sync(x)
     return len(x) / (time.perf_counter() - t)
+
+
+def flops_per_image(model: nn.Module, example: torch.Tensor) -> int:
+    """FLOPs of one image's forward pass (torch.utils.flop_counter; FLOPs = 2 x multiply-accumulates).
+
+    Example:
+        >>> flops_per_image(nn.Conv2d(1, 2, 3), torch.zeros(4, 1, 5, 5))   # 2 * 2*9 MACs * 9 positions
+        324
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(example[:1])
+    return int(fc.get_total_flops())
+
+
+def throughput(model: nn.Module, example: torch.Tensor, *, warmup: int = 3, repeats: int = 10) -> float:
+    """Images per second of eval-mode forward passes: median of ``repeats`` after ``warmup``."""
+    model.eval()
+    for _ in range(warmup):
+        _images_per_s(model, example)
+    times = sorted(_images_per_s(model, example) for _ in range(repeats))
+    return times[len(times) // 2]
 
 
 def cost(model: nn.Module, input_size: tuple[int, int, int], *, baseline: nn.Module | None = None, batch: int = 32,
@@ -30,8 +58,6 @@ def cost(model: nn.Module, input_size: tuple[int, int, int], *, baseline: nn.Mod
     images/s (median of ``repeats`` after ``warmup``). With ``baseline`` (e.g. the plain-conv
     model), both are timed interleaved in this process and ``speed_ratio`` = model / baseline.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
     if len(input_size) != 3:
         raise SmallmedError(f"input_size={input_size}: expected (channels, height, width).")
     dev = next(model.parameters()).device
@@ -41,11 +67,10 @@ def cost(model: nn.Module, input_size: tuple[int, int, int], *, baseline: nn.Mod
         models["baseline"] = baseline.eval().to(dev)
     out = {}
     for k, m in models.items():
-        with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            m(x[:1])
+        flops = flops_per_image(m, x)
         out[k] = {"params": sum(p.numel() for p in m.parameters()),
                   "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
-                  "flops": int(fc.get_total_flops()), "gmacs": fc.get_total_flops() / 2e9, "times": []}
+                  "flops": flops, "gmacs": flops / 2e9, "times": []}
     for _ in range(warmup):
         for m in models.values():
             _images_per_s(m, x)

@@ -20,12 +20,17 @@ from ..reparam.svd import SVDWeight, svd_modules
 
 
 def r_ratio(pretrained: torch.Tensor, other: torch.Tensor, mode: str = "full", groups: int = 1) -> float:
-    """R of one layer: U, V from ``pretrained``, applied to ``other`` (same shape)."""
+    """R of one layer: U, V from ``pretrained``, applied to ``other`` (same shape).
+
+    R = sum_i S_ii^2 / off with S = U^T M' V over the *full* bases; off is everything else of
+    ||M'||_F^2, including the part of M' outside the span of the pretrained singular vectors
+    (the thin bases alone would miss it and overstate R).
+    """
     p = SVDWeight(pretrained, groups, mode)
     mats = p._unfold(other.detach().to(p.U.dtype))
     s = p.U.transpose(1, 2) @ mats @ p.Vh.transpose(1, 2)  # [B, r, r]
     diag = torch.diagonal(s, dim1=1, dim2=2).pow(2).sum()
-    off = s.pow(2).sum() - diag
+    off = mats.pow(2).sum() - diag  # orthonormal full bases preserve the Frobenius norm
     return float(diag / off.clamp(min=1e-30))
 
 

@@ -25,5 +25,7 @@ class ArrayDataset(Dataset):
         if self.transform is not None:
             img = self.transform(img)
         y = self.split.labels[i]
-        target = torch.as_tensor(y, dtype=torch.float32 if np.ndim(y) else torch.int64)
+        # class index -> int64; multi-label vector or regression score -> float32
+        floating = np.ndim(y) or np.issubdtype(np.asarray(y).dtype, np.floating)
+        target = torch.as_tensor(y, dtype=torch.float32 if floating else torch.int64)
         return img.as_subclass(torch.Tensor), target

@@ -26,7 +26,7 @@ def tpr_at_fpr(y_true: np.ndarray, score: np.ndarray, fpr: float = 1e-3) -> floa
     y_true = np.asarray(y_true).astype(int)
     if y_true.min() == y_true.max():
         return float("nan")
-    fprs, tprs, _ = roc_curve(y_true, score)
+    fprs, tprs, _ = roc_curve(y_true, score, drop_intermediate=False)  # every reachable ROC point
     ok = fprs <= fpr + 1e-12
     return float(tprs[ok].max()) if ok.any() else 0.0
 

@@ -88,17 +88,10 @@ def _short(keys: list[str], n: int = 6) -> str:
 
 
 def head_name(model: nn.Module) -> str:
-    """Dotted name of the final classifier: the model's ``smallmed_head`` or its last Linear/1x1 conv."""
-    name = getattr(model, "smallmed_head", None)
-    if name:
-        return name
-    last = None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            last = n
-    if last is None:
-        raise SmallmedError(f"{type(model).__name__} has no nn.Linear classifier; set model.smallmed_head to its name.")
-    return last
+    """Dotted name of the head (see :func:`smallmed.roles.head_name`)."""
+    from ..roles import head_name as _head_name
+
+    return _head_name(model)
 
 
 def reset_classifier(model: nn.Module, num_classes: int) -> None:

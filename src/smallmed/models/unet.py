@@ -29,6 +29,10 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([_double(widths[i + 1] + widths[i], widths[i], norm) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
+    def get_classifier(self) -> nn.Module:
+        """The 1x1 output conv (timm's name for a model's head)."""
+        return self.head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
         for i, block in enumerate(self.down):

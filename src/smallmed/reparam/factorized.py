@@ -48,6 +48,11 @@ class FactorizedConv2d(nn.Module):
         self.first = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False,
                                padding_mode=padding_mode)
         self.second = nn.Conv2d(rank, out_channels, 1, bias=bias)
+        self.first.smallmed_role = self.second.smallmed_role = "factor"  # smallmed.roles
+        # fconvsn: spectral normalisation divides each factor by its top singular value; the product of
+        # the two values at construction is carried as a fixed gain so the layer starts equal to the dense conv
+        if kind == "fconvsn":
+            self.register_buffer("gain", torch.ones(()))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, kind: str) -> FactorizedConv2d:
@@ -69,6 +74,13 @@ class FactorizedConv2d(nn.Module):
 
             spectral_norm(f.first)
             spectral_norm(f.second)
+            with torch.no_grad():
+                was = f.training
+                f.eval()  # eval mode: the normalised weight is W / sigma_hat with the stored power-iteration vectors
+                s1 = f.first.parametrizations.weight.original.norm() / f.first.weight.norm()
+                s2 = f.second.parametrizations.weight.original.norm() / f.second.weight.norm()
+                f.gain.fill_(float(s1 * s2))
+                f.train(was)
         return f
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,10 +89,12 @@ class FactorizedConv2d(nn.Module):
 
     def dense_weight(self) -> torch.Tensor:
         a, b = self.factors()
-        return (b @ a).reshape(self.second.out_channels, *self.first.weight.shape[1:])
+        w = (b @ a).reshape(self.second.out_channels, *self.first.weight.shape[1:])
+        return w * self.gain if self.kind == "fconvsn" else w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
+        h = self.first(x)
+        return self.second(h * self.gain if self.kind == "fconvsn" else h)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, rank={self.rank}"
@@ -116,7 +130,26 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def factorize(model: nn.Module, method: str = "sfconv", *, rank: int | None = None, rank_ratio: float | None = None,
+@dataclass(frozen=True)
+class FactorizeConfig:
+    """Settings of :func:`factorize` as one object (PEFT's style).
+
+    Example:
+        >>> FactorizeConfig("sfconv", rank_ratio=0.25).rank_ratio
+        0.25
+    """
+
+    method: str = "sfconv"
+    rank: int | None = None
+    rank_ratio: float | None = None
+    layers: tuple[str, ...] | None = None
+    all_kernels: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+
+
+def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, rank: int | None = None, rank_ratio: float | None = None,
               layers: list[str] | None = None, all_kernels: bool = False) -> FactorizeSummary:
     """Replace eligible ``nn.Conv2d`` layers of ``model`` in place.
 
@@ -135,6 +168,10 @@ def factorize(model: nn.Module, method: str = "sfconv", *, rank: int | None = No
         >>> print(factorize(m, "sfconv", rank_ratio=0.25))
         factorize(method=sfconv): 1 layers replaced; their parameters 4,640 -> 1,352 (3.4x fewer); model 4,640 -> 1,352
     """
+    if isinstance(method, FactorizeConfig):
+        c = method
+        method, rank, rank_ratio, all_kernels = c.method, c.rank, c.rank_ratio, c.all_kernels
+        layers = list(c.layers) if c.layers else layers
     check_choice("method", method, METHODS)
     if rank is not None and rank_ratio is not None:
         raise SmallmedError("give rank or rank_ratio, not both.")

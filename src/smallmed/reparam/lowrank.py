@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import SmallmedError
 from .svd import fold, svd_modules
@@ -88,30 +86,23 @@ class LowRankReport:
     def __str__(self) -> str:
         return (f"low-rank export: {len(self.rows)} layers replaced; params {self.params_dense:,} -> "
                 f"{self.params_low_rank:,} ({self.params_low_rank / max(self.params_dense, 1):.2f}x); "
-                f"GFLOPs {self.flops_dense / 1e9:.3f} -> {self.flops_low_rank / 1e9:.3f}; CPU throughput "
+                f"GFLOPs per image {self.flops_dense / 1e9:.4f} -> {self.flops_low_rank / 1e9:.4f}; throughput "
                 f"{self.images_per_s_dense:.0f} -> {self.images_per_s_low_rank:.0f} img/s ({self.speedup:.2f}x, "
                 f"same process); max |output difference| {self.max_abs_diff:.2e}")
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:
-    """FLOPs of one forward pass (torch.utils.flop_counter; FLOPs = 2 x multiply-accumulates)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(example)
-    return int(fc.get_total_flops())
+    """FLOPs of one image (see :func:`smallmed.analysis.cost.flops_per_image`)."""
+    from ..analysis.cost import flops_per_image
+
+    return flops_per_image(model, example)
 
 
 def throughput(model: nn.Module, example: torch.Tensor, *, warmup: int = 3, repeats: int = 10) -> float:
-    """Images per second of eval-mode forward passes, median of ``repeats`` after ``warmup``."""
-    model.eval()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + repeats):
-            t = time.perf_counter()
-            model(example)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-    times.sort()
-    return len(example) / times[len(times) // 2]
+    """Images/s (see :func:`smallmed.analysis.cost.throughput`)."""
+    from ..analysis.cost import throughput as _throughput
+
+    return _throughput(model, example, warmup=warmup, repeats=repeats)
 
 
 def to_low_rank(
@@ -141,13 +132,16 @@ def to_low_rank(
         raise SmallmedError(f"energy={energy}: expected a fraction in (0, 1].")
     if rank is not None and rank < 1:
         raise SmallmedError(f"rank={rank}: expected at least 1.")
+    if layers not in ("svd", "all"):
+        raise SmallmedError(f"layers={layers!r}: expected 'svd' (the SVD-parametrised convs) or 'all'.")
     dense = copy.deepcopy(model).eval()
     modes = {name: p.mode for name, _, p in svd_modules(dense)}
     if modes:
-        fold(dense)
+        dense = fold(dense, inplace=True)
     if layers == "svd" and not modes:
         raise SmallmedError("to_low_rank(layers='svd'): the model has no SVD parametrizations; pass layers='all'.")
     low = copy.deepcopy(dense)
+    example = example.to(next(dense.parameters()).device)
     report = LowRankReport()
     for name, m in list(low.named_modules()):
         if not isinstance(m, nn.Conv2d) or parametrize.is_parametrized(m):

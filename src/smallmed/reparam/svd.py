@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import SmallmedError
-from ..models import head_name
+from ..roles import head_name, parameter_roles, set_trainable, trainable_by_role  # noqa: F401
 from ..registry import check_choice
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class SVDWeight(nn.Module):
         >>> tuple(conv.parametrizations.weight.original.shape)   # one sigma per singular value
         (1, 8)
     """
+
+    role = "sigma"  # smallmed.roles: the tensor this parametrization owns is a vector of singular values
 
     def __init__(self, weight: torch.Tensor, groups: int = 1, mode: str = "full", prune: float = 0.0) -> None:
         super().__init__()
@@ -213,7 +215,9 @@ class SVDSummary:
 
 
 def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[str, nn.Module]]:
-    head = head_name(model) if any(isinstance(m, nn.Linear) for m in model.modules()) else None
+    from ..roles import _maybe_head
+
+    head = _maybe_head(model)
     kinds = (nn.Conv2d, nn.Linear) if linear else (nn.Conv2d,)
     out = []
     for name, m in model.named_modules():
@@ -227,9 +231,32 @@ def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[st
     return out
 
 
+@dataclass(frozen=True)
+class SVDConfig:
+    """Settings of :func:`apply_svd` as one object (PEFT's style): pass it instead of keywords.
+
+    Example:
+        >>> SVDConfig(mode="spatial", prune=0.9).train
+        ('sigma', 'head')
+    """
+
+    mode: str = "full"
+    prune: float = 0.0
+    train: tuple[str, ...] = ("sigma", "head")
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] | None = None
+    linear: bool = False
+    factored: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        if not 0 <= self.prune < 1:
+            raise SmallmedError(f"prune={self.prune}: expected a fraction in [0, 1).")
+
+
 def apply_svd(
     model: nn.Module,
-    mode: str = "full",
+    mode: "str | SVDConfig" = "full",
     prune: float = 0.0,
     train: tuple[str, ...] | list[str] = ("sigma", "head"),
     *,
@@ -257,7 +284,13 @@ def apply_svd(
     Example:
         >>> model = create_model("resnet18", 2, weights="src/best.pt")   # doctest: +SKIP
         >>> print(apply_svd(model, mode="spatial", prune=0.9))            # doctest: +SKIP
+        >>> print(apply_svd(model, SVDConfig(mode="spatial", prune=0.9)))  # doctest: +SKIP
     """
+    if isinstance(mode, SVDConfig):
+        c = mode
+        mode, prune, train, linear, factored = c.mode, c.prune, c.train, c.linear, c.factored
+        include = list(c.include) if c.include else include
+        exclude = list(c.exclude) if c.exclude else exclude
     check_choice("mode", mode, MODES)
     train = tuple(train)
     for t in train:
@@ -295,54 +328,39 @@ def apply_svd(
 
 def trainable_groups(model: nn.Module) -> dict[str, int]:
     """Trainable parameter counts by role: sigma, head, bn, bias, other."""
-    roles = parameter_roles(model)
-    out: dict[str, int] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            out[roles.get(name, "other")] = out.get(roles.get(name, "other"), 0) + p.numel()
-    return out
-
-
-def parameter_roles(model: nn.Module) -> dict[str, str]:
-    """Map parameter name -> sigma | head | bn | bias | weight, by module type (never by substrings)."""
-    head = head_name(model) if any(isinstance(m, nn.Linear) for m in model.modules()) else None
-    roles: dict[str, str] = {}
-    for mname, m in model.named_modules():
-        prefix = f"{mname}." if mname else ""
-        is_head = head is not None and (mname == head or mname.startswith(head + "."))
-        for pname, p in m.named_parameters(recurse=False):
-            full = prefix + pname
-            if is_head:
-                roles[full] = "head"
-            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-                roles[full] = "bn"
-            elif pname == "bias":
-                roles[full] = "bias"
-            else:
-                roles[full] = "weight"
-    for name, m, _ in svd_modules(model):
-        roles[f"{name}.parametrizations.weight.original" if name else "parametrizations.weight.original"] = "sigma"
-    return roles
+    return trainable_by_role(model)
 
 
 def _set_trainable(model: nn.Module, train: tuple[str, ...]) -> None:
-    roles = parameter_roles(model)
-    for name, p in model.named_parameters():
-        p.requires_grad_(roles.get(name) in train)
+    set_trainable(model, tuple(train))
 
 
-def fold(model: nn.Module) -> nn.Module:
+def fold(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     """Bake the singular values back into plain weights (identical outputs) and drop U, Vh.
 
-    The result is ordinary PyTorch: its ``state_dict`` loads into the unmodified architecture.
+    Returns a folded copy (the SVD model stays as it was) unless ``inplace``. The result is
+    ordinary PyTorch: its ``state_dict`` loads into the unmodified architecture, and every
+    parameter trains again (no half-frozen state is carried over).
+
+    Example:
+        >>> conv = nn.Sequential(nn.Conv2d(2, 4, 3))
+        >>> _ = apply_svd(conv, train=("sigma",))
+        >>> plain = fold(conv)
+        >>> type(plain[0]).__name__, all(p.requires_grad for p in plain.parameters()), bool(svd_modules(conv))
+        ('Conv2d', True, True)
     """
-    mods = svd_modules(model)
-    if not mods:
+    import copy
+
+    if not svd_modules(model):
         raise SmallmedError("fold: the model has no SVD parametrizations; call apply_svd first.")
-    for _, m, _ in mods:
+    if not inplace:
+        model = copy.deepcopy(model)
+    for _, m, _ in svd_modules(model):
         _own_class(m)
         parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
         m.__dict__.pop("forward", None)  # back to the class's own forward
+    for p in model.parameters():
+        p.requires_grad_(True)
     return model
 
 

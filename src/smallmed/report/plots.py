@@ -6,12 +6,27 @@ import os
 import tempfile
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from sklearn.metrics import roc_curve
 
-matplotlib.use("Agg")  # no screen on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
+
+class _Figures:
+    """``plt.subplots`` without pyplot: figures on matplotlib's object API render to files on any
+    machine, and importing smallmed never switches a notebook's backend or imports pyplot."""
+
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kw):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kw)
+
+    @staticmethod
+    def close(fig) -> None:
+        fig.clear()
+
+
+plt = _Figures()
 
 
 def _save(fig, path: Path) -> None:

@@ -33,10 +33,11 @@ def write_run_report(run_dir: str | Path) -> Path:
     except FileNotFoundError as e:
         raise SmallmedError(f"{run_dir}: {Path(e.filename).name} missing; is this a finished run?") from None
     t, d = m["test"], m["data"]
+    classes = f", classes: {', '.join(d['classes'])}" if d.get("classes") else ""
     lines = [
         f"# {cfg['model']} on {d['name']}",
         "",
-        f"Data: `{d['source']}` ({d['task']}, classes: {', '.join(d['classes'])}), input {d['image_size']} px, "
+        f"Data: `{d['source']}` ({d['task']}{classes}), input {d['image_size']} px, "
         f"normalisation `{d['normalize']}`, {m['train_images']} training images (fraction {cfg['fraction']}), "
         f"seed {cfg['seed']}, device {m['device']}.",
         "",
@@ -45,14 +46,17 @@ def write_run_report(run_dir: str | Path) -> Path:
         "| metric | value (interval: 1000 bootstrap resamples of the test images) |",
         "|---|---|",
     ]
-    fpr_keys = [k for k in t if k.startswith("tpr_at_fpr_") and not k.endswith("per_class")]
     ci = t.get("ci95", {})
-    for k in ("auc", "acc", "balanced_acc", *fpr_keys, "loss", "n"):
-        key = "tpr_at_fpr" if k == fpr_keys[0] else k
+    fpr_keys = [k for k in t if k.startswith("tpr_at_fpr_") and not k.endswith("per_class")]
+    for k, v in t.items():
+        if isinstance(v, (dict, list)) or k == "tpr_at_fpr":
+            continue
+        key = "tpr_at_fpr" if fpr_keys and k == fpr_keys[0] else k
         band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci else ""
-        lines.append(f"| {k} | {_fmt(t[k])}{band} |")
+        lines.append(f"| {k} | {_fmt(v)}{band} |")
     if len(t.get("auc_per_class", [])) > 1:
         lines.append(f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |")
+    cols = [c for c in (hist[0] if hist else {}) if c not in ("epoch", "trainable_params")]
     lines += [
         "",
         f"Best epoch {m['best_epoch']} of {m['epochs']}; trainable parameters {m['trainable_params']:,} of "
@@ -61,13 +65,18 @@ def write_run_report(run_dir: str | Path) -> Path:
         "",
         "## Epochs",
         "",
-        "| epoch | lr | train loss | val loss | val AUC | val acc | s |",
-        "|---|---|---|---|---|---|---|",
+        "| epoch | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
     ]
     for r in hist:
-        lines.append(f"| {r['epoch']} | {float(r['lr']):.2g} | {float(r['train_loss']):.4f} | {float(r['val_loss']):.4f} "
-                     f"| {float(r['val_auc']):.4f} | {float(r['val_acc']):.4f} | {float(r['seconds']):.1f} |")
-    lines += ["", "![loss curves](loss_curves.png)", "", "![test ROC](roc_test.png)", "",
+        vals = [f"{float(r[c]):.2g}" if c == "lr" else f"{float(r[c]):.4f}" if r[c] not in ("", None) else "" for c in cols]
+        lines.append(f"| {r['epoch']} | " + " | ".join(vals) + " |")
+    plots = ["![loss curves](loss_curves.png)"]
+    if (run_dir / "roc_test.png").exists():
+        plots.append("![test ROC](roc_test.png)")
+    if (run_dir / "overlays").is_dir():
+        plots += [f"![{p.stem}](overlays/{p.name})" for p in sorted((run_dir / "overlays").glob("*.png"))]
+    lines += ["", *sum(([p, ""] for p in plots), []),
               f"Command: `smallmed train --config {run_dir / 'config.yaml'}` reproduces this run.", ""]
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(lines))

@@ -127,8 +127,8 @@ def bn_batch_effect(run_dir: str | Path, batch_sizes=(2, 8, 32, 256), split: str
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
     data = ArrayDataset(ds.splits[split], run.transform())
     out = {}
-    if run.meta["task"] != "multiclass" and run.meta["task"] != "binary":
-        raise SmallmedError(f"{run_dir}: bn_batch_effect needs a single-label task, not {run.meta['task']}.")
+    if run.task.kind not in ("multiclass", "binary"):
+        raise SmallmedError(f"{run_dir}: bn_batch_effect needs a single-label task, not {run.task.kind}.")
     for bs in [b for b in batch_sizes if b <= len(data)]:
         accs = {}
         for mode in ("eval", "batch"):

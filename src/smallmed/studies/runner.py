@@ -25,7 +25,7 @@ def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
     """Run (or resume, or skip) one cell; returns its metrics. Safe to call in a fresh process."""
     import torch
 
-    from ..train import fit
+    from ..train import fit, resume
 
     if threads:
         torch.set_num_threads(threads)
@@ -34,7 +34,7 @@ def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     if (out / "last.pt").exists():
-        return fit(None, resume=out)  # type: ignore[arg-type]
+        return resume(out)
     if out.exists():
         shutil.rmtree(out)  # started but no epoch finished: start again
     return fit(cfg)

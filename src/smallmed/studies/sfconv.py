@@ -107,16 +107,10 @@ def variant_costs(study: SFConvStudy, grid, batch: int = 32) -> dict[str, dict]:
 
 def _model_of(run_dir: str):
     """(model, (C, H, W)) of a finished classification or segmentation run."""
-    import torch
-
     from ..train.inference import load_run
-    from ..train.segment import load_segmentation_run
 
-    if torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True).get("task") == "segmentation":
-        return load_segmentation_run(run_dir)
     run = load_run(run_dir)
-    s = run.meta["image_size"]
-    return run.model, (run.meta["model_kwargs"]["in_chans"], s, s)
+    return run.model, (run.in_chans, run.image_size, run.image_size)
 
 
 def factor_spectra(run_dir: str) -> np.ndarray:

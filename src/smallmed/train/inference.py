@@ -1,4 +1,4 @@
-"""Use a finished run: rebuild its model from ``best.pt`` and evaluate or predict."""
+"""Use a finished run: rebuild its model from ``best.pt`` (one recipe) and evaluate or predict."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..data import load_dataset, read_image
+from ..data import read_image
 from ..data.dataset import Split
-from ..data.torchdata import ArrayDataset
 from ..data.transforms import build_transform
 from ..errors import SmallmedError
-from ..models import create_model
 from .checkpoint import load_checkpoint
-from .loop import evaluate, probabilities
+from .loop import evaluate, run_loader
+from .recipe import rebuild
 from .setup import resolve_device
+from .tasks import Task, task_from_info
 
 
 @dataclass
@@ -27,76 +27,116 @@ class LoadedRun:
     model: nn.Module
     config: TrainConfig
     meta: dict
+    task: Task
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.meta["recipe"]["in_chans"])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.meta["image_size"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(getattr(self.task, "class_names", []))
 
     def transform(self):
         m = self.meta
-        return build_transform(train=False, image_size=m["image_size"], channels=m["model_kwargs"]["in_chans"],
+        return build_transform(train=False, image_size=m["image_size"], channels=self.in_chans,
                                normalize=m["normalize"], mean=m["mean"], std=m["std"])
 
 
+def _legacy_meta(ckpt: dict, where: Path) -> dict:
+    """Checkpoints written before the recipe existed (classification only)."""
+    if ckpt.get("task") == "segmentation" or "model_kwargs" not in ckpt:
+        raise SmallmedError(f"{where}: written by an older smallmed without a model recipe; retrain the run.")
+    kw = ckpt["model_kwargs"]
+    return {**ckpt, "recipe": {k: kw.get(k) for k in ("num_classes", "in_chans", "input_size", "stem")} |
+            ({"custom": kw["custom"]} if "custom" in kw else {}),
+            "task_info": {"kind": ckpt["task"], "class_names": ckpt["class_names"]}}
+
+
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
-    """Rebuild the best model of a run folder (strict key and shape check).
+    """Rebuild the best model of any run folder (classification, segmentation, regression).
 
     Example:
         >>> run = load_run("runs/r18")   # doctest: +SKIP
+        >>> run.task.kind, run.image_size   # doctest: +SKIP
+        ('binary', 28)
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SmallmedError(f"{run_dir}: run folder not found.")
-    ckpt = load_checkpoint(run_dir / "best.pt")
-    if ckpt.get("task") == "segmentation":
-        raise SmallmedError(f"{run_dir}: a segmentation run; its metrics are in metrics.json and overlays/, and "
-                            "smallmed.train.segment.load_segmentation_run(run_dir) rebuilds its model.")
-    cfg = TrainConfig.from_dict({**ckpt["config"], "out": str(run_dir)}, source=str(run_dir / "best.pt"))
-    kw = dict(ckpt["model_kwargs"])
-    if "custom" in kw:
-        raise SmallmedError(f"{run_dir}: trained with a custom model ({kw['custom']}); rebuild it and load best.pt yourself.")
-    model = create_model(cfg.model, kw["num_classes"], in_chans=kw["in_chans"], norm=kw["norm"],
-                         input_size=kw["input_size"], stem=kw["stem"])
-    if cfg.conv != "conv":
-        from ..reparam.factorized import factorize
-
-        factorize(model, cfg.conv, rank_ratio=cfg.rank_ratio if cfg.conv != "dpc" else None)
-    if cfg.method != "full":
-        from ..methods import apply_method
-
-        apply_method(model, cfg.method, svd_train=cfg.svd_train, svd_linear=cfg.svd_linear, prune=cfg.prune)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise SmallmedError(f"{run_dir / 'best.pt'}: weights do not fit {cfg.model} ({str(e).splitlines()[0]}).") from None
+    where = run_dir / "best.pt"
+    ckpt = load_checkpoint(where)
+    if "recipe" not in ckpt:
+        ckpt = _legacy_meta(ckpt, where)
+    cfg = TrainConfig.from_dict({**ckpt["config"], "out": str(run_dir)}, source=str(where))
+    model = rebuild(cfg, ckpt["recipe"], ckpt["model"], where=str(where))
     model.to(resolve_device(device)).eval()
-    return LoadedRun(model, cfg, ckpt)
+    return LoadedRun(model, cfg, ckpt, task_from_info(ckpt["task_info"]))
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", data_dir: str | None = None,
                  device: str = "auto") -> dict:
     """Metrics of a run's best model on a split of its own data or of another dataset with the same classes."""
+    from .setup import load_data
+
     run = load_run(run_dir, device)
     cfg = run.config
-    ds = load_dataset(data or cfg.data, data_dir=data_dir or cfg.data_dir, split_seed=cfg.split_seed)
-    if ds.class_names != run.meta["class_names"] and ds.num_classes != len(run.meta["class_names"]):
-        raise SmallmedError(f"{data}: has {ds.num_classes} classes but the run was trained on "
-                            f"{len(run.meta['class_names'])} ({', '.join(run.meta['class_names'])}).")
+    other = cfg.with_overrides(data=data, data_dir=data_dir) if (data or data_dir) else cfg
+    ds = load_data(other, "segmentation" if run.task.kind == "segmentation" else "labels")
+    if run.task.kind in ("binary", "multiclass", "multilabel"):
+        if list(ds.class_names) != run.class_names:
+            raise SmallmedError(f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "
+                                f"({', '.join(run.class_names)}) in number or order; evaluate on data with the same classes.")
+    elif getattr(ds, "task", run.task.kind) != run.task.kind:
+        raise SmallmedError(f"{data or cfg.data}: a {getattr(ds, 'task', '?')} dataset, but the run is a {run.task.kind} run.")
     if split not in ds.splits:
         raise SmallmedError(f"split={split!r}: expected train, val or test.")
-    loader = DataLoader(ArrayDataset(ds.splits[split], run.transform()), batch_size=cfg.batch_size)
-    dev = next(run.model.parameters()).device
-    return evaluate(run.model, loader, run.meta["task"], dev, cfg.fprs)
+    loader = DataLoader(run.task.torch_dataset(ds.splits[split], run.transform()), batch_size=cfg.eval_batch_size)
+    return evaluate(run.model, loader, run.task)
 
 
 @torch.no_grad()
 def predict_images(run_dir: str | Path, images: list[str | Path], device: str = "auto") -> list[dict]:
-    """Class probabilities for image files (PNG/JPEG/TIFF/DICOM), one dict per image."""
+    """Predictions for image files (PNG/JPEG/TIFF/DICOM), one dict per image.
+
+    Classification: the predicted class and one probability per class; regression: the score.
+    An image with no contrast (constant or not finite) is refused: no model output means anything for it.
+    """
     if not images:
         raise SmallmedError("no images given; expected one or more image files.")
     run = load_run(run_dir, device)
-    chans = 1 if run.meta["model_kwargs"]["in_chans"] == 1 else 3
-    arrays = np.stack([read_image(p, channels=chans, size=run.meta["image_size"]) for p in images])
-    split = Split(arrays, np.zeros(len(arrays), dtype=np.int64))
-    loader = DataLoader(ArrayDataset(split, run.transform()), batch_size=run.config.batch_size)
-    dev = next(run.model.parameters()).device
-    probs = torch.cat([probabilities(run.meta["task"], run.model(x.to(dev)).float()).cpu() for x, _ in loader]).numpy()
-    classes = run.meta["class_names"]
+    if run.task.kind == "segmentation":
+        raise SmallmedError(f"{run_dir}: a segmentation run; predict writes class or score tables (masks: "
+                            "smallmed.load_run(run_dir).model).")
+    chans = 1 if run.in_chans == 1 else 3
+    arrays = []
+    for p in images:
+        a = read_image(p, channels=chans, size=run.image_size)
+        if a.min() == a.max():
+            raise SmallmedError(f"{p}: the image is constant (every pixel {int(a.min())}); nothing to predict from.")
+        arrays.append(a)
+    split = Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64))
+    loader = DataLoader(run.task.torch_dataset(split, run.transform()), batch_size=run.config.eval_batch_size)
+    kept = run_loader(run.model, loader, _Predict(run.task))["kept"]
+    if run.task.kind == "regression":
+        return [{"path": str(p), "score": float(v)} for p, v in zip(images, kept)]
+    classes = run.class_names
     return [{"path": str(p), "pred": classes[int(pr.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, pr)}}
-            for p, pr in zip(images, probs)]
+            for p, pr in zip(images, kept)]
+
+
+class _Predict:
+    """A task view whose loss is 0: predictions have no targets."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    def loss(self, out, y):
+        return torch.zeros(())
+
+    def collect(self, out):
+        return self.task.collect(out)

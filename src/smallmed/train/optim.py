@@ -22,7 +22,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
     skips it, so a schedule can unfreeze it later without rebuilding the optimizer. Weight decay
     applies to conv/linear weights and the head only.
     """
-    from ..reparam.svd import parameter_roles
+    from ..roles import parameter_roles
 
     roles = parameter_roles(model)
     groups: dict[str, list] = {}

@@ -13,11 +13,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
-from ..data import ImageDataset, Split, load_dataset, nested_fraction
-from ..data.torchdata import ArrayDataset
+from ..data import nested_fraction
 from ..data.transforms import build_transform, dataset_mean_std
 from ..errors import SmallmedError
-from ..models import MODELS, create_model
+from ..models import MODELS
+from .recipe import Built, build_model
+from .tasks import Task, task_for
 
 log = logging.getLogger(__name__)
 
@@ -25,32 +26,33 @@ log = logging.getLogger(__name__)
 @dataclass
 class Setup:
     cfg: TrainConfig
-    dataset: ImageDataset
+    dataset: object  # ImageDataset (classification, regression) or SegmentationDataset
+    task: Task
     train_idx: np.ndarray
-    model: nn.Module
-    model_kwargs: dict
+    built: Built
     image_size: int
+    in_chans: int
     normalize: str
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     device: torch.device
-    trainable_names: set
-    svd_summary: object = None
-    pretrained_state: dict | None = None
-    total_params: int = 0
+
+    @property
+    def model(self) -> nn.Module:
+        return self.built.model
 
     def transform(self, train: bool):
-        return build_transform(train=train, image_size=self.image_size, channels=self.model_kwargs["in_chans"],
+        return build_transform(train=train, image_size=self.image_size, channels=self.in_chans,
                                augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std)
 
     @functools.cached_property
-    def train_split(self) -> Split:
+    def train_split(self):
         """The training fraction, indexed once (fancy indexing copies the images)."""
-        return self.dataset.splits["train"].subset(self.train_idx)
+        return _subset(self.dataset.splits["train"], self.train_idx)
 
-    def dataset_for(self, split: str, *, train: bool) -> ArrayDataset:
+    def dataset_for(self, split: str, *, train: bool):
         sp = self.train_split if split == "train" else self.dataset.splits[split]
-        return ArrayDataset(sp, self.transform(train))
+        return self.task.torch_dataset(sp, self.transform(train))
 
     def loader(self, split: str, *, train: bool, sampler=None, generator=None, dataset=None) -> DataLoader:
         ds = dataset if dataset is not None else self.dataset_for(split, train=train)
@@ -66,6 +68,31 @@ class Setup:
             persistent_workers=False,
         )
 
+    def checkpoint_meta(self) -> dict:
+        """What ``best.pt`` records beside the weights so that any command can rebuild and use the model."""
+        return {"config": self.cfg.to_dict(), "recipe": self.built.recipe, "task_info": self.task.info(),
+                "image_size": self.image_size, "normalize": self.normalize,
+                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
+
+
+def _subset(split, idx: np.ndarray):
+    if hasattr(split, "subset"):
+        return split.subset(idx)
+    from ..data.masks import MaskSplit
+
+    return MaskSplit(split.images[idx], split.masks[idx], None if split.patient_ids is None else split.patient_ids[idx])
+
+
+def _labels(split) -> np.ndarray:
+    """Strata for the nested training fraction: class labels, rounded scores, or one stratum for masks."""
+    labels = getattr(split, "labels", None)
+    if labels is None:
+        return np.zeros(len(split), dtype=np.int64)
+    labels = np.asarray(labels)
+    if labels.ndim > 1:  # multi-label: stratify by the first label
+        return labels[:, 0].astype(np.int64)
+    return np.rint(labels).astype(np.int64) if np.issubdtype(labels.dtype, np.floating) else labels
+
 
 def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
@@ -78,50 +105,59 @@ def resolve_device(spec: str) -> torch.device:
     return dev
 
 
-def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset: ImageDataset | None = None) -> Setup:
+def load_data(cfg: TrainConfig, task_hint: str | None = None):
+    """The run's data: image/mask pairs for a segmentation model, labelled images otherwise."""
+    from ..data import load_dataset
+    from ..data.masks import load_segmentation
+
+    seg = task_hint == "segmentation" or (task_hint is None and MODELS.get(cfg.model).task == "segmentation")
+    if seg:
+        return load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+    return load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+
+
+def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
+    """Refuse, in one sentence, an option that does not apply to this task (never drop it silently)."""
+    kind = task.kind
+    if model_task == "segmentation" and kind != "segmentation":
+        raise SmallmedError(f"model={cfg.model!r} is a segmentation model but data={cfg.data!r} holds labelled images; "
+                            "give image + mask data, or a classification model.")
+    if model_task not in (None, "segmentation") and kind == "segmentation":
+        raise SmallmedError(f"data={cfg.data!r} holds image + mask pairs but model={cfg.model!r} is a classifier; "
+                            "use --model unet.")
+    if kind == "segmentation" and (cfg.rff_epochs or cfg.rff_alternate):
+        raise SmallmedError("rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
+                            "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options.")
+    if cfg.loss != "auto" and kind != "regression":
+        raise SmallmedError(f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed.")
+    if cfg.balance != "none" and kind == "segmentation":
+        raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
+
+
+def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -> Setup:
     """Load data, pick the training subset, build the model and resolve preprocessing.
 
-    Pass ``model`` to train any PyTorch classifier (its last Linear is the head) or ``dataset``
-    to skip loading by name.
+    Pass ``model`` to train any PyTorch model (its head is found by ``get_classifier()`` or its last
+    Linear) or ``dataset`` (an ImageDataset or SegmentationDataset) to skip loading by name.
     """
-    ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+    model_task = MODELS.get(cfg.model).task if model is None else None
+    ds = dataset if dataset is not None else load_data(cfg, model_task)
+    task = task_for(ds, cfg)
+    check_options(cfg, task, model_task)
     train = ds.splits["train"]
-    train_idx = nested_fraction(train.labels, cfg.fraction, seed=cfg.seed, groups=train.patient_ids)
+    groups = getattr(train, "patient_ids", None)
+    train_idx = nested_fraction(_labels(train), cfg.fraction, seed=cfg.seed, groups=groups)
     if len(train_idx) < 2:
         raise SmallmedError(f"fraction={cfg.fraction} leaves {len(train_idx)} training image(s); need at least 2.")
     image_size = cfg.image_size or ds.image_size
-    named = False
-    if model is None:
-        entry = MODELS.get(cfg.model)
-        named = bool(cfg.weights) and cfg.weights in (entry.pretrained or {})
-        kw = dict(num_classes=ds.num_classes, in_chans=ds.in_chans, norm=cfg.norm, input_size=image_size,
-                  stem=cfg.stem)
-        torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        model = create_model(cfg.model, weights=cfg.weights, **kw)
-        kw["stem"] = model.smallmed_stem  # resolved from "auto", so a reload builds the same layers
-        if model.smallmed_load_report is not None:
-            log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
-    else:
-        kw = {"num_classes": ds.num_classes, "in_chans": ds.in_chans, "custom": type(model).__name__}
-    if cfg.conv != "conv":
-        from ..reparam.factorized import factorize
-
-        log.info("%s", factorize(model, cfg.conv, rank_ratio=cfg.rank_ratio if cfg.conv != "dpc" else None))
-    total_params = sum(p.numel() for p in model.parameters())  # before any reparametrisation
-    pretrained_state = None
-    if cfg.weights and cfg.method == "full":  # kept for the R-ratio diagnostic of seed 000
-        pretrained_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    from ..methods import apply_method
-
-    trainable_names, svd_summary = apply_method(model, cfg.method, svd_train=cfg.svd_train,
-                                                svd_linear=cfg.svd_linear, prune=cfg.prune)
+    in_chans = ds.in_chans
+    built = build_model(cfg, num_classes=task.outputs(ds), in_chans=in_chans, input_size=image_size, model=model)
     normalize = cfg.normalize
     if normalize == "auto":
-        normalize = MODELS.get(cfg.model).pretrained_normalize if named else "dataset"
+        normalize = MODELS.get(cfg.model).pretrained_normalize if built.named_weights else "dataset"
     mean = std = None
     if normalize == "dataset":
-        mean, std = dataset_mean_std(train.images[train_idx], kw["in_chans"])
+        images = np.asarray(train.images)[train_idx]
+        mean, std = dataset_mean_std(images[..., None] if images.ndim == 3 else images, in_chans)
     device = resolve_device(cfg.device)
-    return Setup(cfg, ds, train_idx, model, kw, image_size, normalize, mean, std, device, trainable_names,
-                 svd_summary, pretrained_state, total_params)
-
+    return Setup(cfg, ds, task, train_idx, built, image_size, in_chans, normalize, mean, std, device)

@@ -1,0 +1,300 @@
+"""What a task adds to the one training loop: its loss, its metrics, its test files.
+
+:func:`smallmed.train.fit` is the same loop for every task; a :class:`Task` supplies
+
+- ``outputs(ds)``: how many output channels the model needs;
+- ``torch_dataset(split, transform)``: a ``Dataset`` of (input, target) for one split;
+- ``loss(outputs, targets)``: the training criterion (float32);
+- ``collect(outputs)``: what evaluation keeps of a batch (probabilities, masks, scores);
+- ``metrics(kept, targets)``: the metrics of a split, as a dict (the loop adds ``loss``);
+- ``columns``: which metrics go into ``history.csv`` as ``val_<name>``;
+- ``finish(run_dir, kept, targets, seed)``: test intervals, predictions and plots.
+
+Three tasks exist: :class:`ClassificationTask` (binary, multiclass, multilabel),
+:class:`SegmentationTask` (binary masks; BCE + soft Dice) and :class:`RegressionTask` (a bounded
+score, e.g. a joint-damage grade: sigmoid output scaled to the score range, MAE, log-cosh or MSE).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from ..errors import SmallmedError
+from ..metrics import bootstrap_ci, classification_metrics
+from .checkpoint import atomic_write_text
+
+
+class Task:
+    """Base class; see the module docstring for the protocol."""
+
+    kind: str = ""
+    columns: tuple[str, ...] = ()
+    headline: str = "loss"  # the metric the CLI and logs print first
+
+    def outputs(self, ds) -> int:
+        raise NotImplementedError
+
+    def torch_dataset(self, split, transform) -> Dataset:
+        from ..data.torchdata import ArrayDataset
+
+        return ArrayDataset(split, transform)
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def collect(self, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs
+
+    def metrics(self, kept: np.ndarray, targets: np.ndarray) -> dict:
+        raise NotImplementedError
+
+    def finish(self, run_dir: Path, kept: np.ndarray, targets: np.ndarray, seed: int, **kw) -> dict:
+        return {}
+
+    def info(self) -> dict:
+        """What a checkpoint must record to rebuild and use this task."""
+        return {"kind": self.kind}
+
+
+# --------------------------------------------------------------------------------------------- classification
+
+
+@dataclass
+class ClassificationTask(Task):
+    kind: str = "binary"  # binary | multiclass | multilabel
+    class_names: list[str] = field(default_factory=list)
+    fprs: tuple[float, ...] = (1e-3, 1e-2)
+    columns: tuple[str, ...] = ("acc", "balanced_acc", "auc")
+    headline: str = "auc"
+    weights: list[float] | None = None  # per-class loss weights (balance="weights")
+
+    def outputs(self, ds) -> int:
+        return len(self.class_names)
+
+    def loss(self, outputs, targets):
+        if self.kind == "multilabel":
+            return F.binary_cross_entropy_with_logits(outputs.float(), targets)
+        w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
+        return F.cross_entropy(outputs.float(), targets, weight=w)
+
+    def collect(self, outputs):
+        o = outputs.float()
+        return torch.sigmoid(o) if self.kind == "multilabel" else torch.softmax(o, dim=1)
+
+    def metrics(self, kept, targets):
+        return classification_metrics(self.kind, targets, kept, fprs=self.fprs)
+
+    def finish(self, run_dir, kept, targets, seed, **kw):
+        from ..report import plot_roc
+
+        # 95% bootstrap intervals over test images: how much one test set of this size can tell
+        ci = bootstrap_ci(self.kind, targets, kept, n=1000, seed=seed, fpr=self.fprs[0])
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["index", "label", "pred", *[f"p_{c}" for c in self.class_names]])
+        for i, (yi, pi) in enumerate(zip(targets, kept)):
+            label = yi.tolist() if np.ndim(yi) else int(yi)
+            w.writerow([i, label, int(np.argmax(pi)), *[f"{v:.6f}" for v in pi]])
+        atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        auc = classification_metrics(self.kind, targets, kept, fprs=self.fprs)["auc"]
+        plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
+                 title=f"test ROC, AUC {auc:.4f}")
+        return {"ci95": ci}
+
+    def info(self):
+        return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs)}
+
+
+# ----------------------------------------------------------------------------------------------- segmentation
+
+
+class MaskDataset(Dataset):
+    """(image, mask) pairs through one transform: geometry is sampled once for both (transforms v2)."""
+
+    def __init__(self, split, transform=None) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        im = np.asarray(self.split.images[i])
+        im = im[..., None] if im.ndim == 2 else im
+        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1))
+        mask = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(self.split.masks[i]))[None])
+        if self.transform is not None:
+            img, mask = self.transform(img, mask)
+        return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).float()
+
+
+@dataclass
+class SegmentationTask(Task):
+    kind: str = "segmentation"
+    columns: tuple[str, ...] = ("dice", "iou")
+    headline: str = "dice"
+    overlays: int = 4
+
+    def outputs(self, ds) -> int:
+        return 1
+
+    def torch_dataset(self, split, transform):
+        return MaskDataset(split, transform)
+
+    def loss(self, outputs, targets):
+        from ..metrics.segmentation import soft_dice_loss as sdl
+
+        o = outputs.float()
+        return F.binary_cross_entropy_with_logits(o, targets) + sdl(o, targets)
+
+    def collect(self, outputs):
+        return outputs.float() > 0
+
+    def metrics(self, kept, targets):
+        from ..metrics.segmentation import dice_iou
+
+        dice, iou = dice_iou(torch.as_tensor(kept[:, 0]), torch.as_tensor(targets[:, 0]))
+        return {"dice": float(dice.mean()), "iou": float(iou.mean()), "n": int(len(kept))}
+
+    def finish(self, run_dir, kept, targets, seed, inputs=None, **kw):
+        from ..metrics.segmentation import dice_iou
+
+        dice, _ = dice_iou(torch.as_tensor(kept[:, 0]), torch.as_tensor(targets[:, 0]))
+        dice = np.asarray(dice)
+        rng = np.random.default_rng(seed)
+        boots = [dice[rng.integers(0, len(dice), len(dice))].mean() for _ in range(1000)]
+        if inputs is not None:
+            save_overlays(inputs[: self.overlays], targets[: self.overlays], kept[: self.overlays],
+                          dice[: self.overlays], run_dir / "overlays")
+        buf = io.StringIO()
+        buf.write("index,dice\n" + "".join(f"{i},{d:.6f}\n" for i, d in enumerate(dice)))
+        atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        return {"ci95": {"dice": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}}
+
+
+def save_overlays(x, y, pred, dice, out: Path) -> None:
+    """Image, true mask (green) and predicted mask (red) per test image."""
+    from ..report.plots import _save, plt
+
+    for k in range(len(x)):
+        img = np.asarray(x[k]).mean(0)
+        fig, ax = plt.subplots(figsize=(3.4, 3.4))
+        ax.imshow(img, cmap="gray")
+        ax.contour(np.asarray(y[k, 0]), levels=[0.5], colors="lime", linewidths=1)
+        ax.contour(np.asarray(pred[k, 0]).astype(float), levels=[0.5], colors="red", linewidths=1)
+        ax.set_title(f"test {k}: Dice {dice[k]:.3f} (green truth, red prediction)", fontsize=8)
+        ax.axis("off")
+        _save(fig, out / f"test_{k}.png")
+
+
+# ------------------------------------------------------------------------------------------------- regression
+
+REGRESSION_LOSSES = ("mae", "logcosh", "mse")
+
+
+def log_cosh(x: torch.Tensor) -> torch.Tensor:
+    """log(cosh(x)) computed stably: |x| + log1p(exp(-2|x|)) - log 2."""
+    a = x.abs()
+    return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
+
+
+@dataclass
+class RegressionTask(Task):
+    """A bounded score in ``[low, high]`` (seed 003: a sigmoid output scaled to the score range).
+
+    ``weights`` maps a rounded true score to a loss weight (sample weights instead of resampling);
+    ``metric_weights`` do the same for the weighted RMSE (default: inverse frequency in the split).
+    """
+
+    low: float = 0.0
+    high: float = 1.0
+    loss_name: str = "mae"
+    weights: dict[int, float] | None = None
+    kind: str = "regression"
+    columns: tuple[str, ...] = ("mae", "rmse", "acc")
+    headline: str = "mae"
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise SmallmedError(f"target range [{self.low}, {self.high}]: expected low < high.")
+        if self.loss_name not in REGRESSION_LOSSES:
+            from ..registry import check_choice
+
+            check_choice("loss", self.loss_name, REGRESSION_LOSSES)
+
+    def outputs(self, ds) -> int:
+        return 1
+
+    def scale(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.low + (self.high - self.low) * torch.sigmoid(outputs.float().reshape(len(outputs), -1)[:, 0])
+
+    def loss(self, outputs, targets):
+        err = self.scale(outputs) - targets.float()
+        per = {"mae": err.abs(), "mse": err.pow(2), "logcosh": log_cosh(err)}[self.loss_name]
+        if self.weights:
+            idx = targets.round().long().clamp(int(self.low), int(self.high))
+            table = torch.zeros(int(self.high) + 1, device=per.device)
+            for k, v in self.weights.items():
+                if 0 <= int(k) <= int(self.high):
+                    table[int(k)] = float(v)
+            per = per * table[idx]
+        return per.mean()
+
+    def collect(self, outputs):
+        return self.scale(outputs)
+
+    def metrics(self, kept, targets):
+        from ..metrics.regression import regression_metrics
+
+        return regression_metrics(targets, kept, low=self.low, high=self.high)
+
+    def finish(self, run_dir, kept, targets, seed, **kw):
+        from ..metrics.regression import regression_metrics
+
+        rng = np.random.default_rng(seed)
+        n = len(kept)
+        boots = {"mae": [], "rmse": [], "acc": []}
+        for _ in range(1000):
+            i = rng.integers(0, n, n)
+            m = regression_metrics(targets[i], kept[i], low=self.low, high=self.high)
+            for k in boots:
+                boots[k].append(m[k])
+        buf = io.StringIO()
+        buf.write("index,label,pred\n" + "".join(f"{i},{t:g},{p:.6f}\n" for i, (t, p) in enumerate(zip(targets, kept))))
+        atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        return {"ci95": {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}}
+
+    def info(self):
+        return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
+
+
+def task_for(ds, cfg) -> Task:
+    """The task of a loaded dataset under a run config."""
+    from ..data.masks import SegmentationDataset
+
+    if isinstance(ds, SegmentationDataset):
+        return SegmentationTask()
+    if ds.task == "regression":
+        lo, hi = ds.info.get("range", (float(ds.splits["train"].labels.min()), float(ds.splits["train"].labels.max())))
+        loss = cfg.loss if cfg.loss != "auto" else "mae"
+        return RegressionTask(low=float(lo), high=float(hi), loss_name=loss)
+    return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs))
+
+
+def task_from_info(info: dict) -> Task:
+    """Rebuild a task from the ``task_info`` a checkpoint recorded."""
+    kind = info.get("kind")
+    if kind == "segmentation":
+        return SegmentationTask()
+    if kind == "regression":
+        return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
+    return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))))
