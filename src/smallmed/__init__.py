@@ -3,7 +3,7 @@
 Example:
     >>> import smallmed
     >>> ds = smallmed.load_dataset("pneumoniamnist")                                   # doctest: +SKIP
-    >>> model = smallmed.create_model("resnet18", ds.num_classes, in_chans=1, input_size=28)
+    >>> model = smallmed.create_model("resnet18", 2, in_chans=1, input_size=28)
     >>> cfg = smallmed.TrainConfig(data="pneumoniamnist", epochs=10, out="runs/r18")
     >>> metrics = smallmed.fit(cfg)                                                     # doctest: +SKIP
 """

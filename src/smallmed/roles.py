@@ -68,7 +68,7 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
     Example:
         >>> m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4, 2))
         >>> sorted(set(parameter_roles(m).values()))
-        ['bn', 'bias', 'head', 'weight']
+        ['bias', 'bn', 'head', 'weight']
     """
     model = unwrap(model)
     head = _maybe_head(model)

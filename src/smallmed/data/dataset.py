@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import SmallmedError
 
-TASKS = ("binary", "multiclass", "multilabel")
+TASKS = ("binary", "multiclass", "multilabel", "regression")
 SPLITS = ("train", "val", "test")
 
 
@@ -106,7 +106,12 @@ def _check_split(split: Split, name: str, task: str, num_classes: int, where: st
         raise SmallmedError(f"{where}: '{name}' images are {images.dtype}; expected uint8 (0-255).")
     if len(labels) != len(images):
         raise SmallmedError(f"{where}: '{name}' has {len(images)} images but {len(labels)} labels.")
-    if task == "multilabel":
+    if task == "regression":
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.number) or not np.isfinite(labels).all():
+            raise SmallmedError(f"{where}: '{name}' scores must be one finite number per image; got shape "
+                                f"{labels.shape}, dtype {labels.dtype}.")
+        labels = labels.astype(np.float32)
+    elif task == "multilabel":
         if labels.ndim != 2 or labels.shape[1] != num_classes:
             raise SmallmedError(
                 f"{where}: '{name}' labels have shape {labels.shape}; expected (N, {num_classes}) for multi-label."

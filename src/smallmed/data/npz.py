@@ -43,6 +43,9 @@ def _task_from_labels(labels: np.ndarray) -> str:
 def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) -> ImageDataset:
     """Load a MedMNIST file (``train_images``, ``train_labels``, ... ) or an ``images``/``labels`` file.
 
+    A file with ``{split}_scores`` instead of labels (and optionally ``score_range`` = [low, high])
+    is a regression set: a bounded score per image, e.g. a joint-damage grade.
+
     Grayscale (N, H, W) and RGB (N, H, W, 3) are both accepted; task and class names come from
     the MedMNIST catalogue when the file name is known, otherwise from the labels. A file with
     only ``images``/``labels`` (and optional ``patient_id``) is split patient-level 70/10/20.
@@ -58,6 +61,8 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
     base, _ = split_name(path.stem)
     name = name or path.stem
     info = MEDMNIST.get(base)
+    if {f"{s}_images" for s in SPLITS} <= keys and {f"{s}_scores" for s in SPLITS} <= keys:
+        return _regression(npz, path, name)
     if {f"{s}_images" for s in SPLITS} <= keys:
         missing = [f"{s}_labels" for s in SPLITS if f"{s}_labels" not in keys]
         if missing:
@@ -85,3 +90,23 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         n = all_labels.shape[1] if task == "multilabel" else int(all_labels.max()) + 1
         classes = [str(i) for i in range(max(n, 2))]
     return ImageDataset(name=name, task=task, class_names=classes, splits=splits, source=str(path))
+
+
+def _regression(npz, path: Path, name: str) -> ImageDataset:
+    splits = {}
+    for s in SPLITS:
+        scores = np.asarray(npz[f"{s}_scores"])
+        if not np.issubdtype(scores.dtype, np.number):
+            raise SmallmedError(f"{path}: '{s}_scores' holds {scores.dtype} values; expected numbers.")
+        splits[s] = Split(npz[f"{s}_images"], scores.astype(np.float32).reshape(len(scores), -1)[:, 0]
+                          if scores.ndim == 2 and scores.shape[1] == 1 else scores.astype(np.float32))
+    if "score_range" in npz.files:
+        rng = np.asarray(npz["score_range"], dtype=float).ravel()
+        if rng.size != 2 or not rng[1] > rng[0]:
+            raise SmallmedError(f"{path}: 'score_range' is {rng.tolist()}; expected [low, high] with low < high.")
+        low, high = float(rng[0]), float(rng[1])
+    else:
+        allv = np.concatenate([sp.labels for sp in splits.values()])
+        low, high = float(np.floor(allv.min())), float(np.ceil(allv.max()))
+    return ImageDataset(name=name, task="regression", class_names=[], splits=splits, source=str(path),
+                        info={"range": (low, high)})

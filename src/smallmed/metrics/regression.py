@@ -64,7 +64,7 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, low: float | N
     Example:
         >>> m = regression_metrics(np.array([0, 1, 2]), np.array([0.2, 1.4, 1.6]))
         >>> round(m["mae"], 4), m["acc"]
-        (0.3333, 0.6666666666666666)
+        (0.3333, 1.0)
     """
     y, p = np.asarray(y_true, dtype=float).reshape(-1), np.asarray(y_pred, dtype=float).reshape(-1)
     if len(y) != len(p):

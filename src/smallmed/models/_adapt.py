@@ -155,6 +155,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
     own = model.state_dict()
     report = LoadReport()
     merged = {}
+    # as timm's adapt_input_conv: only the stem (the first conv weight) may differ in input channels
+    stem = next((k for k, v in own.items() if v.ndim == 4), None)
     if skip_norm:
         bn = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
         report.norm_skipped = [k for k in own if k.startswith(bn) and not k.endswith("num_batches_tracked")]
@@ -170,7 +172,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
             report.loaded.append(k)
         elif k.startswith(head):
             report.head_replaced.append(k)
-        elif v.ndim == 4 and target.ndim == 4 and v.shape[0] == target.shape[0] and v.shape[2:] == target.shape[2:]:
+        elif (k == stem and v.ndim == 4 and target.ndim == 4 and v.shape[0] == target.shape[0]
+              and v.shape[2:] == target.shape[2:]):
             merged[k] = adapt_input_conv(v, target.shape[1]).to(target.dtype)
             report.adapted.append(k)
             report.loaded.append(k)

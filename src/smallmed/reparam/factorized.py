@@ -166,7 +166,7 @@ def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, r
     Example:
         >>> m = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1))
         >>> print(factorize(m, "sfconv", rank_ratio=0.25))
-        factorize(method=sfconv): 1 layers replaced; their parameters 4,640 -> 1,352 (3.4x fewer); model 4,640 -> 1,352
+        factorize(method=sfconv): 1 layers replaced; their parameters 4,640 -> 1,440 (3.2x fewer); model 4,640 -> 1,440
     """
     if isinstance(method, FactorizeConfig):
         c = method

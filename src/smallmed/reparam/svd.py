@@ -43,7 +43,7 @@ class SVDWeight(nn.Module):
 
     Example:
         >>> conv = nn.Conv2d(8, 16, 3)
-        >>> parametrize.register_parametrization(conv, "weight", SVDWeight(conv.weight, 1, "full"), unsafe=True)
+        >>> _ = parametrize.register_parametrization(conv, "weight", SVDWeight(conv.weight, 1, "full"), unsafe=True)
         >>> tuple(conv.parametrizations.weight.original.shape)   # one sigma per singular value
         (1, 8)
     """
