@@ -128,3 +128,17 @@ def test_ddp_two_cpu_processes_with_gloo(tmp_path):
     # each rank sees half the (even) training set per epoch: 64 images / 2 ranks / batch 16 = 2 steps
     hist = (tmp_path / "r" / "history.csv").read_text().splitlines()
     assert len(hist) == 3
+
+
+def test_internal_errors_get_one_sentence_and_exit_3(monkeypatch, tmp_path, capsys):
+    from smallmed import cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(cli, "cmd_models", lambda a: 1 / 0)
+    assert cli.main(["models"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error in models: division by zero" in err and "Traceback" not in err
+    logs = list((tmp_path / "smallmed" / "logs").glob("internal-error-*.log"))
+    assert len(logs) == 1 and "ZeroDivisionError" in logs[0].read_text()
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "models"])

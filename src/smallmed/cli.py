@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 import sys
 import typing
 
@@ -128,6 +129,38 @@ def cmd_env(a) -> int:
             info[mod] = "not installed"
     for k, v in info.items():
         print(f"{k:<12} {v}")
+    return 0
+
+
+def cmd_ra2_check(a) -> int:
+    from .ra2 import read_scores, totals
+
+    t = read_scores(a.table)
+    print("Patient_ID,Overall_Tol,Overall_erosion,Overall_narrowing")
+    for pid, s in totals(t).items():
+        print(",".join([pid, *("" if v is None else f"{v:g}" for v in s.values())]))
+    return 0
+
+
+def cmd_ra2_evaluate(a) -> int:
+    from .ra2 import challenge_metrics, read_scores
+
+    weights = None
+    if a.weights:
+        try:
+            weights = {int(k): float(v) for k, v in json.loads(a.weights).items()}
+        except (ValueError, AttributeError, TypeError):
+            raise SmallmedError(f"--weights {a.weights!r}: expected JSON like '{{\"0\": 1, \"1\": 4}}'.") from None
+    m = challenge_metrics(read_scores(a.pred, require_all=False), read_scores(a.truth), weights=weights)
+    if a.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"patients {m['patients']} (without prediction: {m['patients_without_prediction']})")
+    for k in ("sc1_weighted_mae_total", "mae_total", "sc2_weighted_rmse_narrowing", "sc3_weighted_rmse_erosion"):
+        if k in m:
+            print(f"{k:<30} {m[k]:.4f}")
+    worst = sorted(m["per_joint"].items(), key=lambda kv: -kv[1]["mae"])[:10]
+    print("largest per-joint MAE: " + ", ".join(f"{c} {v['mae']:.2f}" for c, v in worst))
     return 0
 
 
@@ -254,6 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smallmed", description=__doc__)
     p.add_argument("--version", action="version", version=f"smallmed {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--debug", action="store_true", help="re-raise internal errors with their traceback")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and evaluate a model; writes a run folder")
@@ -388,6 +422,18 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--data-dir")
     sr.set_defaults(func=cmd_study_rff)
 
+    ra = sub.add_parser("ra2", help="rheumatoid-arthritis joint damage (Sharp/van der Heijde, RA2 DREAM Challenge)")
+    rsub = ra.add_subparsers(dest="ra2_command", required=True)
+    rc = rsub.add_parser("check", help="validate a score table in the challenge's format and print its totals")
+    rc.add_argument("table")
+    rc.set_defaults(func=cmd_ra2_check)
+    re_ = rsub.add_parser("evaluate", help="the challenge's three metrics and per-joint errors of a predicted table")
+    re_.add_argument("pred", help="predicted scores (challenge CSV)")
+    re_.add_argument("truth", help="true scores (challenge CSV)")
+    re_.add_argument("--weights", help="JSON mapping score value -> weight (default: inverse frequency in the truth)")
+    re_.add_argument("--json", action="store_true", help="print everything as JSON")
+    re_.set_defaults(func=cmd_ra2_evaluate)
+
     sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
     sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)
     dm = sub.add_parser("demo", help="the main job on the shipped default data")
@@ -400,7 +446,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import os
 
     quiet = args.quiet or os.environ.get("RANK", "0") != "0"  # one voice under torchrun
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
@@ -412,6 +457,31 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; resume with `smallmed train --resume RUN_DIR`", file=sys.stderr)
         return 130
+    except Exception as e:  # the safety net: one sentence and a log, never a raw traceback
+        if args.debug:
+            raise
+        return _internal_error(args, e)
+
+
+def _internal_error(args, e: Exception) -> int:
+    import time
+    import traceback
+
+    from .data.paths import cache_dir
+
+    command = " ".join(str(v) for k, v in vars(args).items() if k.endswith("command") and v) or "smallmed"
+    log_dir = cache_dir() / "logs"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        path = log_dir / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(e)))
+        where = str(path)
+    except OSError:
+        where = "nowhere (the log folder is not writable; rerun with --debug)"
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"error: internal error in {command}: {message}; the full traceback is in {where}; please report it.",
+          file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..registry import check_choice
-from . import densenet, efficientnet, resnet, small_cnn, unet, vgg  # noqa: F401  (registration)
+from . import densenet, densenet_ra2, efficientnet, resnet, small_cnn, unet, vgg  # noqa: F401  (registration)
 from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
