@@ -8,7 +8,7 @@ from torchvision import models as tvm
 
 from smallmed import SmallmedError, create_model
 from smallmed.analysis.receptive_field import (expected_extent, format_table, gradient_extent,
-                                               receptive_field)
+                                               gradient_extents, receptive_field)
 
 
 def alexnet_v2_features():
@@ -69,6 +69,33 @@ def test_calculator_agrees_with_the_brute_force_gradient_region(name, build, siz
     rows, cols, unit, out = gradient_extent(model, size)
     assert tuple(out) == last.out, name
     assert (rows, cols) == expected_extent(last, unit, size[1:]), (name, last)
+
+
+ROW_CASES = [
+    ("alexnet", lambda: tvm.alexnet().features, (3, 224, 224)),
+    ("vgg16", lambda: create_model("vgg16", 2, input_size=96).features, (3, 96, 96)),
+    ("resnet18", lambda: _trunk(create_model("resnet18", 2, input_size=128)), (3, 128, 128)),
+    ("resnet50", lambda: _trunk(create_model("resnet50", 2, input_size=96)), (3, 96, 96)),
+    ("densenet121", lambda: create_model("densenet121", 2, input_size=64).features, (3, 64, 64)),
+    ("small_cnn", lambda: create_model("small_cnn", 2, input_size=32).features, (3, 32, 32)),
+]
+
+
+@pytest.mark.parametrize("name,build,size", ROW_CASES, ids=[c[0] for c in ROW_CASES])
+def test_every_row_agrees_with_the_brute_force_gradient_region(name, build, size):
+    """Not only the last row: every conv and pooling row is checked against gradients of that layer's
+    output. (A merge/cat row names the module that calls the op, whose output may be a later tensor:
+    DenseNet concatenates at a layer's start, so merges are covered by the convs that follow them.)"""
+    torch.manual_seed(0)
+    model = build()
+    rows = receptive_field(model, size)
+    checked = [r for r in rows if r.kind not in ("merge", "cat")]
+    found = gradient_extents(model, size, [r.name for r in checked])
+    assert len(found) == len(checked) > 3, name
+    for r in checked:
+        rws, cls, unit, out = found[r.name]
+        assert tuple(out) == r.out, (name, r.name)
+        assert (rws, cls) == expected_extent(r, unit, size[1:]), (name, r.name)
 
 
 def test_misaligned_merge_is_reported():

@@ -100,7 +100,9 @@ class TrainConfig:
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
         _positive(self, "epochs", "batch_size", "eval_batch_size", "lr")
-        check_choice("conv", self.conv, ("conv", "sfconv", "fconv", "fconvsn", "dpc"))
+        from .reparam.factorized import CONV_VARIANTS
+
+        check_choice("conv", self.conv, CONV_VARIANTS)
         if not 0 < self.rank_ratio <= 1:
             raise SmallmedError(f"rank_ratio={self.rank_ratio}: expected a value in (0, 1].")
         if self.kl_weight < 0 or self.fd_weight < 0:

@@ -309,3 +309,42 @@ def expected_extent(row: RFRow, unit: tuple[int, int], size: tuple[int, int]):
         v = u + row.r[i] - 1
         out.append((max(0, math.ceil(u)), min(size[i] - 1, math.floor(v))))
     return tuple(out)
+
+
+def gradient_extents(model: nn.Module, input_size: tuple[int, int, int], names: list[str]) -> dict:
+    """:func:`gradient_extent` for the output of every named module, from one forward pass.
+
+    Returns ``{name: (rows, cols, unit, out_hw)}`` for the central unit of each module's output.
+    """
+    import copy
+
+    m = copy.deepcopy(model).eval()
+    for _, mod in list(m.named_modules()):
+        for cname, child in list(mod.named_children()):
+            if isinstance(child, nn.MaxPool2d):
+                setattr(mod, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
+            elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+                setattr(mod, cname, nn.Identity())
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.full_like(p, 1.0 / max(1, p[0].numel() if p.dim() > 1 else 1)))
+    m.double()
+    mods = dict(m.named_modules())
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [mods[n].register_forward_hook(lambda mod, i, o, n=n: outs.setdefault(n, o)) for n in names if n in mods]
+    x = (torch.rand(1, *input_size, dtype=torch.float64) + 0.5).requires_grad_(True)
+    try:
+        m(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    res = {}
+    for n, y in outs.items():
+        if not isinstance(y, torch.Tensor) or y.dim() != 4:
+            continue
+        unit = (y.shape[-2] // 2, y.shape[-1] // 2)
+        (g,) = torch.autograd.grad(y[0, :, unit[0], unit[1]].sum(), x, retain_graph=True)
+        nz = g[0].abs().sum(0) > 0
+        rows, cols = torch.nonzero(nz.any(1)).flatten(), torch.nonzero(nz.any(0)).flatten()
+        res[n] = ((int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max())), unit, tuple(y.shape[-2:]))
+    return res

@@ -35,7 +35,7 @@ from ..registry import check_choice
 
 log = logging.getLogger(__name__)
 
-METHODS = ("conv", "sfconv", "fconv", "fconvsn", "dpc")
+CONV_VARIANTS = ("conv", "sfconv", "fconv", "fconvsn", "dpc")  # distinct from smallmed.methods.METHODS (fine-tuning)
 
 
 class FactorizedConv2d(nn.Module):
@@ -146,7 +146,7 @@ class FactorizeConfig:
     all_kernels: bool = False
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, METHODS)
+        check_choice("method", self.method, CONV_VARIANTS)
 
 
 def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, rank: int | None = None, rank_ratio: float | None = None,
@@ -172,7 +172,7 @@ def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, r
         c = method
         method, rank, rank_ratio, all_kernels = c.method, c.rank, c.rank_ratio, c.all_kernels
         layers = list(c.layers) if c.layers else layers
-    check_choice("method", method, METHODS)
+    check_choice("method", method, CONV_VARIANTS)
     if rank is not None and rank_ratio is not None:
         raise SmallmedError("give rank or rank_ratio, not both.")
     if rank is not None and rank < 1:

@@ -77,7 +77,9 @@ class TwoStage(Callback):
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+    from ..roles import unwrap
+
+    return unwrap(model)
 
 
 def rff_layers(model: nn.Module, input_size: tuple[int, int, int]) -> list[str]:
@@ -162,6 +164,8 @@ class RFFreeze(Callback):
         self.epochs = {int(e) for e in epochs}
         self.alternate = alternate
         self.norms = norms or {}
+        self._restore: list[tuple[nn.Parameter, bool]] = []  # what this callback froze, to give back
+        self._bn_restore: list[tuple[nn.Module, bool]] = []
 
     def frozen_at(self, epoch: int) -> bool:
         """``epoch`` is 0-based (the trainer's)."""
@@ -169,18 +173,33 @@ class RFFreeze(Callback):
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         if not self.frozen_at(epoch):
+            self.restore()
+            return
+        if self._restore:  # frozen in consecutive epochs: keep the first epoch's record
             return
         m = _unwrap(model)
         n_params = 0
         for name in self.layers:
             for p in m.get_submodule(name).parameters():
+                self._restore.append((p, p.requires_grad))
                 p.requires_grad_(False)
                 n_params += p.numel()
             if name in self.norms:
                 bn = m.get_submodule(self.norms[name])
+                self._bn_restore.append((bn, bn.training))
                 bn.eval()
                 for p in bn.parameters():
+                    self._restore.append((p, p.requires_grad))
                     p.requires_grad_(False)
                     n_params += p.numel()
         log.info("epoch %d: RFF froze %d layers (%s parameters): %s", epoch + 1, len(self.layers), f"{n_params:,}",
                  ", ".join(self.layers))
+
+    def restore(self) -> None:
+        """Give the frozen layers back the trainability and BatchNorm mode they had before this callback
+        froze them (a schedule that owns its freezing also undoes it, whatever runs beside it)."""
+        for p, req in self._restore:
+            p.requires_grad_(req)
+        for bn, training in self._bn_restore:
+            bn.train(training)
+        self._restore, self._bn_restore = [], []
