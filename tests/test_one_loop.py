@@ -138,7 +138,8 @@ def test_yaml_flags_set_precedence(tmp_path):
     assert TrainConfig.from_dict({"progress": "no"}).progress is False
 
 
-def test_fit_does_not_mutate_the_callers_config(tiny_cfg):
+def test_fit_does_not_mutate_the_callers_config(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # out=None writes under ./runs
     cfg = tiny_cfg(epochs=1, out=None)
     fit(cfg)
     assert cfg.out is None

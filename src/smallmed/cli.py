@@ -46,6 +46,25 @@ def _train_config(a: argparse.Namespace):
     return TrainConfig.from_sources(yaml_path=a.config, flags=flags, sets=a.set)
 
 
+HEADLINES = {"regression": ("mae", "rmse", "acc"), "segmentation": ("dice", "iou"),
+             "keypoints": ("px_error", "frac_error", "pck_0.05")}
+
+
+def summary_line(metrics: dict) -> str:
+    """One line of a finished run's test metrics, whatever its task."""
+    t = metrics["test"]
+    keys = HEADLINES.get(metrics.get("task"), ("auc", "acc", "tpr_at_fpr"))
+    parts = []
+    for k in keys:
+        v = t.get(k)
+        if v is None:
+            continue
+        ci = t.get("ci95", {}).get(k)
+        parts.append(f"{k} {v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""))
+    return (f"test {'  '.join(parts)}  best epoch {metrics['best_epoch']}  "
+            f"trainable {metrics['trainable_params']:,}")
+
+
 def cmd_train(a) -> int:
     from .train import fit, resume
 
@@ -53,18 +72,8 @@ def cmd_train(a) -> int:
         metrics = resume(a.resume)
     else:
         metrics = fit(_train_config(a))
-    if metrics and metrics.get("task") == "regression":
-        t = metrics["test"]
-        print(f"test mae {t['mae']:.4f} [{t['ci95']['mae'][0]:.4f}, {t['ci95']['mae'][1]:.4f}]  rmse {t['rmse']:.4f}  "
-              f"acc {t['acc']:.4f}  best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
-    elif metrics and metrics.get("task") == "segmentation":
-        t = metrics["test"]
-        print(f"test dice {t['dice']:.4f} [{t['ci95']['dice'][0]:.4f}, {t['ci95']['dice'][1]:.4f}]  iou {t['iou']:.4f}  "
-              f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
-    elif metrics:
-        t = metrics["test"]
-        print(f"test auc {t['auc']:.4f}  acc {t['acc']:.4f}  tpr@fpr {t['tpr_at_fpr']:.4f}  "
-              f"best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}")
+    if metrics:
+        print(summary_line(metrics))
     return 0
 
 
@@ -139,6 +148,64 @@ def cmd_ra2_check(a) -> int:
     print("Patient_ID,Overall_Tol,Overall_erosion,Overall_narrowing")
     for pid, s in totals(t).items():
         print(",".join([pid, *("" if v is None else f"{v:g}" for v in s.values())]))
+    return 0
+
+
+def cmd_ra2_train(a) -> int:
+    from pathlib import Path
+
+    from .ra2.joints import read_landmarks
+    from .ra2.localise import mean_shape
+    from .ra2.pipeline import RA2Config, find_images, train_pipeline
+
+    images = find_images(a.images)
+    shapes: dict[str, list] = {"hand": [], "foot": []}
+    from .ra2.joints import flip_points
+    from .ra2.pipeline import _gray, _kind
+
+    for limbs in images.values():
+        for limb, path in limbs.items():
+            lm = Path(a.landmarks) / f"{path.stem}.json"
+            if lm.exists():
+                h, w = _gray(path).shape
+                pts = read_landmarks(lm, limb)
+                shapes[_kind(limb)].append((flip_points(pts, w) if limb.startswith("R") else pts, (w, h)))
+    locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
+    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed,
+                    localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
+                    mean_shape={k: mean_shape(v) for k, v in shapes.items() if v})
+    info = train_pipeline(a.images, a.scores, a.out, landmarks=a.landmarks, cfg=cfg)
+    print(f"{len(info['patients'])} patients, {info['crops']} joint crops, {len(info['folds'])} fold(s) -> {a.out}")
+    for name, v in info["cv"].items():
+        print(f"{name:<14} held-out MAE {v['mae']:.3f} over {v['n']} joints (predicting 0 everywhere: {v['mae_predict_zero']:.3f})")
+    return 0
+
+
+def cmd_ra2_predict(a) -> int:
+    from .ra2.pipeline import predict_pipeline
+
+    table, notes = predict_pipeline(a.run_dir, a.images, a.out, landmarks=a.landmarks, joints_out=a.joints_out,
+                                    device=a.device)
+    for n in notes:
+        print(f"warning: {n}", file=sys.stderr)
+    print(f"{len(table.patients)} patient(s) -> {a.out}")
+    return 0
+
+
+def cmd_ra2_localiser(a) -> int:
+    from pathlib import Path
+
+    from .config import TrainConfig
+    from .ra2.localise import hand_keypoints_npz
+    from .train import fit
+
+    out = Path(a.out)
+    if out.exists() and any(out.iterdir()):
+        raise SmallmedError(f"{out}: folder exists and is not empty; choose another --out.")
+    data = hand_keypoints_npz(a.data, out.parent / f".{out.name}-hand10.npz")
+    m = fit(TrainConfig(data=str(data), model="unet", epochs=a.epochs, batch_size=16, image_size=a.image_size,
+                        augment="scale=0.9-1.1,rotate=10,translate=0.05", seed=a.seed, progress=False, out=str(out)))
+    print(summary_line(m))
     return 0
 
 
@@ -433,6 +500,35 @@ def build_parser() -> argparse.ArgumentParser:
     re_.add_argument("--weights", help="JSON mapping score value -> weight (default: inverse frequency in the truth)")
     re_.add_argument("--json", action="store_true", help="print everything as JSON")
     re_.set_defaults(func=cmd_ra2_evaluate)
+    rt = rsub.add_parser("train", help="train the three scorers (CV ensembles) on your radiographs and score table")
+    rt.add_argument("--images", required=True, help="folder of PATIENT-LH/RH/LF/RF.<jpg|png|dcm>")
+    rt.add_argument("--scores", required=True, help="score table in the challenge's CSV format")
+    rt.add_argument("--landmarks", required=True, help="folder of PATIENT-LIMB.json labelme joint points")
+    rt.add_argument("--folds", type=int, default=5)
+    rt.add_argument("--epochs", type=int, default=10)
+    rt.add_argument("--crop", type=int, default=64, help="scorer input side in px")
+    rt.add_argument("--model", default="densenet_ra2_v2", help="densenet_ra2_v2 (default) or densenet_ra2_v1, or any model")
+    rt.add_argument("--lr", type=float, default=1e-3)
+    rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--localiser-hands", help="a keypoint run (smallmed ra2 localiser) used for hands at predict time")
+    rt.add_argument("--localiser-feet", help="a keypoint run used for feet at predict time")
+    rt.add_argument("--out", required=True)
+    rt.set_defaults(func=cmd_ra2_train)
+    rp = rsub.add_parser("predict", help="score table (challenge CSV) for every patient in a folder of radiographs")
+    rp.add_argument("run_dir")
+    rp.add_argument("images", help="folder of PATIENT-LH/RH/LF/RF.<jpg|png|dcm>")
+    rp.add_argument("--out", required=True, help="CSV to write")
+    rp.add_argument("--joints-out", help="JSON of the joint points used per image (labelme shapes, original pixels)")
+    rp.add_argument("--landmarks", help="use these labelme points instead of locating joints")
+    rp.add_argument("--device", default="cpu")
+    rp.set_defaults(func=cmd_ra2_predict)
+    rl = rsub.add_parser("localiser", help="train a hand joint localiser from a 21-point hand keypoint .npz")
+    rl.add_argument("--data", required=True, help="npz with images, keypoints_xyv, keypoint_names (21-point hands)")
+    rl.add_argument("--epochs", type=int, default=20)
+    rl.add_argument("--image-size", type=int, default=96)
+    rl.add_argument("--seed", type=int, default=0)
+    rl.add_argument("--out", required=True)
+    rl.set_defaults(func=cmd_ra2_localiser)
 
     sub.add_parser("models", help="list registered models").set_defaults(func=cmd_models)
     sub.add_parser("env", help="versions, for bug reports").set_defaults(func=cmd_env)

@@ -131,7 +131,7 @@ def read_scores(path: str | Path, *, require_all: bool = True) -> ScoreTable:
         given = {t: (row.get(t) or "").strip() for t in TOTALS if t in header}
         sums = _sums(vals)
         for t, raw in given.items():
-            if raw and sums[t] is not None and abs(float(raw) - sums[t]) > 1e-6:
+            if raw and sums[t] is not None and abs(float(raw) - sums[t]) > 1e-3:
                 raise SmallmedError(f"{path}, line {line}, column {t}: {raw} but the joints sum to {sums[t]:g}.")
     if not scores:
         raise SmallmedError(f"{path}: no patient rows.")
@@ -160,6 +160,7 @@ def write_table(table: ScoreTable | dict, path: str | Path) -> Path:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
     for pid, vals in scores.items():
+        vals = {k: (None if v is None else round(float(v), 4)) for k, v in vals.items()}  # as written below
         sums = _sums(vals)
         cells = [pid, *(_fmt(sums[t]) for t in TOTALS), *(_fmt(vals.get(a.column)) for a in SCHEMA)]
         w.writerow(cells)

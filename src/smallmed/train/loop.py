@@ -52,6 +52,19 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 17) % 2**31
 
 
+def to_device(y, device):
+    """A target tensor, or a dict of them (keypoints), on ``device``."""
+    if isinstance(y, dict):
+        return {k: v.to(device, non_blocking=True) for k, v in y.items()}
+    return y.to(device, non_blocking=True)
+
+
+def _cat(parts: list):
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]).numpy() for k in parts[0]}
+    return torch.cat(parts).numpy()
+
+
 @torch.no_grad()
 def run_loader(model: nn.Module, loader: DataLoader, task: Task, device: torch.device | None = None,
                keep_inputs: int = 0) -> dict:
@@ -65,15 +78,15 @@ def run_loader(model: nn.Module, loader: DataLoader, task: Task, device: torch.d
     total, n, kept, ys, xs = 0.0, 0, [], [], []
     with parametrize.cached():  # rebuild reparametrised weights once, not once per batch
         for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True), to_device(y, device)
             out = model(x).float()
             total += task.loss(out, y).item() * len(x)
             n += len(x)
             kept.append(task.collect(out).cpu())
-            ys.append(y.cpu())
+            ys.append(to_device(y, "cpu"))
             if sum(len(a) for a in xs) < keep_inputs:
                 xs.append(x.cpu())
-    res = {"loss": total / max(n, 1), "kept": torch.cat(kept).numpy(), "targets": torch.cat(ys).numpy()}
+    res = {"loss": total / max(n, 1), "kept": torch.cat(kept).numpy(), "targets": _cat(ys)}
     if xs:
         res["inputs"] = torch.cat(xs)[:keep_inputs].numpy()
     return res
@@ -249,6 +262,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
     schedule = TwoStage(head_name(model), cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
     callbacks = [schedule, *_rff_callbacks(setup, model), *callbacks]
     _loss_weights(setup)
+    if not resuming:
+        task.init_head(model, getattr(setup.train_split, "labels", None))
     optimizer = build_optimizer(model, cfg)
     scheduler, on_val = build_scheduler(optimizer, cfg)
     history: list[dict] = []
@@ -292,7 +307,7 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         total, seen, reg_total = 0.0, 0, 0.0
         bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True), to_device(y, device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = train_model(x)
             loss = task.loss(out.float(), y)

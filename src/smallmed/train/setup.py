@@ -85,6 +85,8 @@ def _subset(split, idx: np.ndarray):
 
 def _labels(split) -> np.ndarray:
     """Strata for the nested training fraction: class labels, rounded scores, or one stratum for masks."""
+    if not hasattr(split, "labels"):
+        return np.zeros(len(split), dtype=np.int64)
     labels = getattr(split, "labels", None)
     if labels is None:
         return np.zeros(len(split), dtype=np.int64)
@@ -108,8 +110,16 @@ def resolve_device(spec: str) -> torch.device:
 def load_data(cfg: TrainConfig, task_hint: str | None = None):
     """The run's data: image/mask pairs for a segmentation model, labelled images otherwise."""
     from ..data import load_dataset
+    from ..data.keypoints import is_keypoint_file, load_keypoints
     from ..data.masks import load_segmentation
+    from ..data.paths import resolve_data
 
+    try:
+        path = resolve_data(cfg.data, cfg.data_dir)
+    except SmallmedError:
+        path = None
+    if path is not None and is_keypoint_file(path):
+        return load_keypoints(path, split_seed=cfg.split_seed)
     seg = task_hint == "segmentation" or (task_hint is None and MODELS.get(cfg.model).task == "segmentation")
     if seg:
         return load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
@@ -119,18 +129,18 @@ def load_data(cfg: TrainConfig, task_hint: str | None = None):
 def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
     """Refuse, in one sentence, an option that does not apply to this task (never drop it silently)."""
     kind = task.kind
-    if model_task == "segmentation" and kind != "segmentation":
+    if model_task == "segmentation" and kind not in ("segmentation", "keypoints"):
         raise SmallmedError(f"model={cfg.model!r} is a segmentation model but data={cfg.data!r} holds labelled images; "
                             "give image + mask data, or a classification model.")
-    if model_task not in (None, "segmentation") and kind == "segmentation":
+    if model_task not in (None, "segmentation") and kind in ("segmentation", "keypoints"):
         raise SmallmedError(f"data={cfg.data!r} holds image + mask pairs but model={cfg.model!r} is a classifier; "
                             "use --model unet.")
-    if kind == "segmentation" and (cfg.rff_epochs or cfg.rff_alternate):
+    if kind in ("segmentation", "keypoints") and (cfg.rff_epochs or cfg.rff_alternate):
         raise SmallmedError("rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
                             "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options.")
     if cfg.loss != "auto" and kind != "regression":
         raise SmallmedError(f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed.")
-    if cfg.balance != "none" and kind == "segmentation":
+    if cfg.balance != "none" and kind in ("segmentation", "keypoints"):
         raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
 
 

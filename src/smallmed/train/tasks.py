@@ -61,6 +61,9 @@ class Task:
     def finish(self, run_dir: Path, kept: np.ndarray, targets: np.ndarray, seed: int, **kw) -> dict:
         return {}
 
+    def init_head(self, model, train_labels) -> None:
+        """Optionally start the head at a sensible output for the training targets (before epoch 1)."""
+
     def info(self) -> dict:
         """What a checkpoint must record to rebuild and use this task."""
         return {"kind": self.kind}
@@ -252,6 +255,20 @@ class RegressionTask(Task):
     def collect(self, outputs):
         return self.scale(outputs)
 
+    def init_head(self, model, train_labels) -> None:
+        """Start at the mean training score, not at the middle of the range: damage scores are mostly 0,
+        and a sigmoid head that starts at mid-range needs many epochs to get there."""
+        from ..roles import head_name
+
+        head = model.get_submodule(head_name(model))
+        bias = getattr(head, "bias", None)
+        if bias is None:
+            return
+        q = (float(np.mean(train_labels)) - self.low) / (self.high - self.low)
+        q = min(max(q, 0.02), 0.98)
+        with torch.no_grad():
+            bias.fill_(math.log(q / (1 - q)))
+
     def metrics(self, kept, targets):
         from ..metrics.regression import regression_metrics
 
@@ -277,12 +294,107 @@ class RegressionTask(Task):
         return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
 
 
+# ------------------------------------------------------------------------------------------------- keypoints
+
+
+class KeypointTorchDataset(Dataset):
+    """(image, {"xy": [K, 2], "vis": [K]}): keypoints follow every geometric augmentation (transforms v2)."""
+
+    def __init__(self, split, transform=None) -> None:
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        im = np.asarray(self.split.images[i])
+        im = im[..., None] if im.ndim == 2 else im
+        h, w = im.shape[:2]
+        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1))
+        kp = torch.as_tensor(self.split.keypoints[i], dtype=torch.float32)
+        pts = tv_tensors.KeyPoints(kp[:, :2], canvas_size=(h, w))
+        if self.transform is not None:
+            img, pts = self.transform(img, pts)
+        xy = pts.as_subclass(torch.Tensor).float()
+        hh, ww = img.shape[-2:]
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] <= ww - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= hh - 1)
+        vis = ((kp[:, 2] > 0) & inside).float()
+        return img.as_subclass(torch.Tensor), {"xy": xy, "vis": vis}
+
+
+def soft_argmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Expected (x, y) in pixels of softmax(logits) over each [H, W] map: [N, K, H, W] -> [N, K, 2].
+
+    Example:
+        >>> m = torch.full((1, 1, 5, 5), -1e4); m[0, 0, 1, 3] = 0.0
+        >>> soft_argmax(m).tolist()
+        [[[3.0, 1.0]]]
+    """
+    n, k, h, w = logits.shape
+    p = torch.softmax(logits.float().reshape(n, k, -1) / temperature, dim=-1).reshape(n, k, h, w)
+    xs = torch.arange(w, device=logits.device, dtype=p.dtype)
+    ys = torch.arange(h, device=logits.device, dtype=p.dtype)
+    return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
+
+
+@dataclass
+class KeypointTask(Task):
+    """Joint localisation by integral regression: one logit map per keypoint (a U-Net's output), its
+    soft-argmax is the predicted position, the loss is the L1 distance in units of the image side."""
+
+    names: list[str] = field(default_factory=list)
+    kind: str = "keypoints"
+    columns: tuple[str, ...] = ("px_error", "frac_error")
+    headline: str = "px_error"
+
+    def outputs(self, ds) -> int:
+        return len(self.names)
+
+    def torch_dataset(self, split, transform):
+        return KeypointTorchDataset(split, transform)
+
+    def loss(self, outputs, targets):
+        side = float(max(outputs.shape[-2:]))
+        err = (soft_argmax(outputs) - targets["xy"]).abs().sum(-1) / side
+        vis = targets["vis"]
+        return (err * vis).sum() / vis.sum().clamp(min=1)
+
+    def collect(self, outputs):
+        xy = soft_argmax(outputs)
+        side = torch.full(xy.shape[:2] + (1,), float(max(outputs.shape[-2:])), device=xy.device)
+        return torch.cat([xy, side], -1)  # x, y and the image side they were measured on
+
+    def metrics(self, kept, targets):
+        from ..metrics.keypoints import keypoint_errors
+
+        return keypoint_errors(kept[..., :2], targets["xy"], targets["vis"], kept[..., 2], self.names)
+
+    def finish(self, run_dir, kept, targets, seed, **kw):
+        buf = io.StringIO()
+        buf.write("index,joint,x_true,y_true,x_pred,y_pred,visible\n")
+        for i in range(len(kept)):
+            for j, name in enumerate(self.names):
+                t, p = targets["xy"][i, j], kept[i, j]
+                buf.write(f"{i},{name},{t[0]:.2f},{t[1]:.2f},{p[0]:.2f},{p[1]:.2f},{int(targets['vis'][i, j])}\n")
+        atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        err = np.linalg.norm(kept[..., :2] - targets["xy"], axis=-1)[targets["vis"] > 0]
+        rng = np.random.default_rng(seed)
+        boots = [err[rng.integers(0, len(err), len(err))].mean() for _ in range(1000)] if len(err) else [np.nan]
+        return {"ci95": {"px_error": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}}
+
+    def info(self):
+        return {"kind": self.kind, "names": list(self.names)}
+
+
 def task_for(ds, cfg) -> Task:
     """The task of a loaded dataset under a run config."""
+    from ..data.keypoints import KeypointDataset
     from ..data.masks import SegmentationDataset
 
     if isinstance(ds, SegmentationDataset):
         return SegmentationTask()
+    if isinstance(ds, KeypointDataset):
+        return KeypointTask(names=list(ds.names))
     if ds.task == "regression":
         lo, hi = ds.info.get("range", (float(ds.splits["train"].labels.min()), float(ds.splits["train"].labels.max())))
         loss = cfg.loss if cfg.loss != "auto" else "mae"
@@ -295,6 +407,8 @@ def task_from_info(info: dict) -> Task:
     kind = info.get("kind")
     if kind == "segmentation":
         return SegmentationTask()
+    if kind == "keypoints":
+        return KeypointTask(names=list(info["names"]))
     if kind == "regression":
         return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
     return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))))

@@ -1,0 +1,87 @@
+"""Joint localisation for the RA2 pipeline: a heatmap U-Net trained by :func:`smallmed.fit` (the
+keypoint task: integral regression over one logit map per joint), and a mean-shape baseline.
+
+Images are squashed to the model's square input (as the 100 px hand set was made) and coordinates
+scaled back to the original pixels. Right limbs are mirrored to the left first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SmallmedError
+from .joints import HAND21, to_left
+
+
+def hand_keypoints_npz(src: str | Path, out: str | Path) -> Path:
+    """The 10 RA2 hand joints from a 21-point hand keypoint file, right hands mirrored to the left."""
+    from ..data.npz import open_npz
+    from ..train.checkpoint import _atomic
+
+    src = Path(src)
+    npz = open_npz(src, ("images", "keypoints_xyv", "keypoint_names"))
+    names = [str(n) for n in npz["keypoint_names"]]
+    missing = [v for v in HAND21.values() if v not in names]
+    if missing:
+        raise SmallmedError(f"{src}: keypoint(s) {', '.join(missing)} missing; expected a 21-point hand set.")
+    images = npz["images"].copy()
+    kp = npz["keypoints_xyv"][:, [names.index(v) for v in HAND21.values()]].astype(np.float32).copy()
+    if "hand_side" in npz.files:
+        right = np.asarray(npz["hand_side"]).astype(str) == "right"
+        images[right] = images[right][:, :, ::-1]
+        kp[right, :, 0] = images.shape[2] - 1 - kp[right, :, 0]
+    arrays = {"images": images, "keypoints_xyv": kp, "keypoint_names": np.array(list(HAND21))}
+    if "split" in npz.files:
+        arrays["split"] = npz["split"]
+    out = Path(out)
+    _atomic(out, lambda f: np.savez(f, **arrays))
+    return out
+
+
+class Localiser:
+    """A trained keypoint run used on full radiographs: ``locate(image, limb) -> {point: (x, y)}``."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        from ..train.inference import load_run
+
+        self.run = load_run(run_dir, device)
+        if self.run.task.kind != "keypoints":
+            raise SmallmedError(f"{run_dir}: a {self.run.task.kind} run, not a joint localiser.")
+        self.names = list(self.run.task.names)
+        self.transform = self.run.transform()
+
+    @torch.no_grad()
+    def locate(self, image: np.ndarray, limb: str) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+        """Joint positions in the original image's pixels and a confidence per joint (peak softmax mass)."""
+        from PIL import Image
+
+        from ..train.tasks import soft_argmax
+
+        h, w = image.shape[:2]
+        left = to_left(image, limb)
+        s = self.run.image_size
+        small = np.asarray(Image.fromarray(left).resize((s, s), Image.BILINEAR))
+        x = self.transform(torch.from_numpy(small)[None])[None].to(next(self.run.model.parameters()).device)
+        logits = self.run.model(x).float()
+        xy = soft_argmax(logits)[0].cpu().numpy()
+        prob = torch.softmax(logits.flatten(2), -1).amax(-1)[0].cpu().numpy()
+        pts, conf = {}, {}
+        for j, n in enumerate(self.names):
+            px, py = xy[j, 0] * w / s, xy[j, 1] * h / s
+            if limb.startswith("R"):
+                px = w - 1 - px
+            pts[n], conf[n] = (float(px), float(py)), float(prob[j])
+        return pts, conf
+
+
+def mean_shape(landmarks: list[tuple[dict[str, tuple[float, float]], tuple[int, int]]]) -> dict[str, tuple[float, float]]:
+    """Mean landmark position in units of the image size over left-oriented examples: the baseline a
+    localiser has to beat (it needs no training data beyond the landmarks themselves)."""
+    acc: dict[str, list] = {}
+    for pts, (w, h) in landmarks:
+        for n, (x, y) in pts.items():
+            acc.setdefault(n, []).append((x / w, y / h))
+    return {n: tuple(np.mean(v, axis=0).tolist()) for n, v in acc.items()}

@@ -1,0 +1,308 @@
+"""The RA2 pipeline: radiographs -> joints -> crops -> three scorers (CV ensembles) -> the challenge table.
+
+``train_pipeline`` builds joint crops from a group's own radiographs, landmarks and score table and
+trains the three scorers of seed 003 (hand erosion 0-5, foot erosion 0-10, narrowing 0-4) through
+:func:`smallmed.fit` (the regression task: run folders, resume, seeds), one model per
+cross-validation fold, folds split by patient. ``predict_pipeline`` finds each patient's four
+images (``PATIENT-LH/RH/LF/RF.<jpg|png|dcm>``), locates the joints, scores every crop with every
+fold model, averages them (the ensemble), sets scores under 0.5 to 0 and writes the table. A
+missing or unreadable image, or a limb with no localiser, leaves that limb's scores empty in the
+table (never invented) and is reported in one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import SmallmedError
+from .joints import LIMB_POINTS, crops_for_limb, flip_points, read_landmarks, to_left, write_landmarks
+from .schema import BY_COLUMN, SCHEMA, ScoreTable, read_scores, write_table
+
+log = logging.getLogger(__name__)
+
+LIMBS = ("LH", "RH", "LF", "RF")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm", ".tif", ".tiff")
+NAME = re.compile(r"^(?P<pid>.+)-(?P<limb>LH|RH|LF|RF)$")
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str
+    low: int
+    high: int
+    loss: str
+
+    def takes(self, column: str) -> bool:
+        a = BY_COLUMN[column]
+        if self.name == "narrowing":
+            return a.kind == "narrowing"
+        return a.kind == "erosion" and a.hand == (self.name == "hand_erosion")
+
+
+# seed 003: MAE for erosion, log-cosh for narrowing
+SCORERS = (Scorer("hand_erosion", 0, 5, "mae"), Scorer("foot_erosion", 0, 10, "mae"),
+           Scorer("narrowing", 0, 4, "logcosh"))
+
+
+@dataclass
+class RA2Config:
+    """Settings of ``smallmed ra2 train`` (saved as ``ra2.json`` in the run folder)."""
+
+    folds: int = 5
+    epochs: int = 10
+    crop: int = 64  # scorer input side (the seed used 64 or 128)
+    model: str = "densenet_ra2_v2"
+    lr: float = 1e-3
+    batch_size: int = 32
+    balance: str = "sampling"  # seed 003: undersample the most common score, oversample the rest
+    augment: str = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, rotation 30
+    seed: int = 0
+    localisers: dict = field(default_factory=dict)  # "hand"/"foot" -> keypoint run folder
+    mean_shape: dict = field(default_factory=dict)  # "hand"/"foot" -> {point: (x/w, y/h)} fallback
+
+    def __post_init__(self) -> None:
+        from ..models import MODELS
+
+        MODELS.get(self.model)
+        for name in ("folds", "epochs", "crop", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise SmallmedError(f"{name}={v!r}: expected a positive integer.")
+        if self.crop < 16:
+            raise SmallmedError(f"crop={self.crop}: expected at least 16 px.")
+        if not self.lr > 0:
+            raise SmallmedError(f"lr={self.lr}: expected a positive value.")
+
+
+def find_images(folder: str | Path) -> dict[str, dict[str, Path]]:
+    """{patient: {limb: path}} from files named ``PATIENT-LH.jpg`` etc.; other files are ignored."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SmallmedError(f"{folder}: image folder not found.")
+    out: dict[str, dict[str, Path]] = {}
+    for p in sorted(folder.iterdir()):
+        m = NAME.match(p.stem)
+        if p.suffix.lower() in IMAGE_SUFFIXES and m:
+            limbs = out.setdefault(m["pid"], {})
+            if m["limb"] in limbs:
+                raise SmallmedError(f"{p}: a second {m['limb']} image of patient {m['pid']} ({limbs[m['limb']].name}).")
+            limbs[m["limb"]] = p
+    if not out:
+        raise SmallmedError(f"{folder}: no images named PATIENT-LH/RH/LF/RF.<jpg|png|dcm>.")
+    return out
+
+
+def _gray(path: Path) -> np.ndarray:
+    from ..data import read_image
+
+    return read_image(path, channels=1)[..., 0]
+
+
+def _kind(limb: str) -> str:
+    return "hand" if limb.endswith("H") else "foot"
+
+
+def limb_crops(image: np.ndarray, points: dict, limb: str, size: int) -> dict[str, np.ndarray]:
+    """Crops of every assessment of one limb; ``points`` are in the original image's pixels."""
+    left = to_left(image, limb)
+    pts = flip_points(points, image.shape[1]) if limb.startswith("R") else points
+    return crops_for_limb(left, pts, limb, size)
+
+
+def build_crops(images: dict[str, dict[str, Path]], table: ScoreTable, landmarks: str | Path, size: int):
+    """(crops [N, s, s], scores [N], patients [N], columns [N]) for every scored joint with an image and landmarks."""
+    landmarks = Path(landmarks)
+    X, y, pids, cols = [], [], [], []
+    for pid, vals in table.scores.items():
+        for limb, path in images.get(pid, {}).items():
+            lm = landmarks / f"{path.stem}.json"
+            if not lm.exists():
+                log.warning("%s: no landmark file %s; its joints are left out of training", path, lm)
+                continue
+            crops = limb_crops(_gray(path), read_landmarks(lm, limb), limb, size)
+            for col, c in crops.items():
+                if vals.get(col) is not None:
+                    X.append(c)
+                    y.append(vals[col])
+                    pids.append(pid)
+                    cols.append(col)
+    if not X:
+        raise SmallmedError(f"no joint could be cropped: check that {landmarks} has PATIENT-LIMB.json files for the images.")
+    return np.stack(X), np.array(y, np.float32), np.array(pids), np.array(cols)
+
+
+def _folds(patients: list[str], k: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    """(train patients, held-out patients) per fold; with one patient, one model trained and checked on it."""
+    rng = np.random.default_rng(seed)
+    order = list(rng.permutation(patients))
+    k = min(k, len(order))
+    if k < 2:
+        return [(order, order)]
+    return [([p for p in order if p not in order[i::k]], order[i::k]) for i in range(k)]
+
+
+def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Path, *, landmarks: str | Path,
+                   cfg: RA2Config | None = None) -> dict:
+    """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
+    from ..data.dataset import ImageDataset, Split
+    from ..train import fit
+    from ..train.checkpoint import atomic_write_json
+    from ..config import TrainConfig
+
+    cfg = cfg or RA2Config()
+    out = Path(out)
+    if out.exists() and (out / "ra2.json").exists():
+        raise SmallmedError(f"{out}: already holds a trained RA2 pipeline; choose another --out.")
+    table = read_scores(scores_csv)
+    images = find_images(images_dir)
+    missing = [p for p in table.patients if p not in images]
+    if missing:
+        log.warning("%d patient(s) of %s have no images in %s (e.g. %s); they are left out",
+                    len(missing), scores_csv, images_dir, missing[0])
+    X, y, pids, cols = build_crops(images, table, landmarks, cfg.crop)
+    patients = sorted(set(pids.tolist()))
+    folds = _folds(patients, cfg.folds, cfg.seed)
+    if len(folds) < cfg.folds:
+        log.warning("%d patient(s): %d fold(s) instead of %d%s", len(patients), len(folds), cfg.folds,
+                    " (one model, checked on its own training patient: no held-out error)" if len(folds) == 1 else "")
+    runs: dict[str, list[str]] = {}
+    cv: dict[str, dict] = {}
+    for sc in SCORERS:
+        sel = np.array([sc.takes(c) for c in cols])
+        if not sel.any():
+            log.warning("no %s joints in the training data; that scorer is not trained", sc.name)
+            continue
+        runs[sc.name], preds, truth = [], [], []
+        for f, (tr, ho) in enumerate(folds):
+            mtr, mho = sel & np.isin(pids, tr), sel & np.isin(pids, ho)
+            if not mtr.any() or not mho.any():
+                continue
+            splits = {"train": Split(X[mtr], y[mtr]), "val": Split(X[mho], y[mho]), "test": Split(X[mho], y[mho])}
+            ds = ImageDataset(f"ra2-{sc.name}-fold{f}", "regression", [], splits, source=str(scores_csv),
+                              info={"range": (sc.low, sc.high), "split": f"patients held out: {', '.join(ho)}"})
+            tcfg = TrainConfig(data=str(scores_csv), model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                               lr=cfg.lr, loss=sc.loss, balance=cfg.balance, augment=cfg.augment, normalize="sample",
+                               scheduler="none", weight_decay=1e-4, seed=cfg.seed + f, progress=False,
+                               out=str(out / sc.name / f"fold{f}"))
+            m = fit(tcfg, dataset=ds)
+            runs[sc.name].append(f"{sc.name}/fold{f}")
+            rows = np.loadtxt(out / sc.name / f"fold{f}" / "test_predictions.csv", delimiter=",", skiprows=1, ndmin=2)
+            preds.append(rows[:, 2])
+            truth.append(rows[:, 1])
+            log.info("%s fold %d: held-out MAE %.3f", sc.name, f, m["test"]["mae"])
+        if preds:
+            p, t = np.concatenate(preds), np.concatenate(truth)
+            cv[sc.name] = {"mae": float(np.abs(p - t).mean()), "n": int(len(t)),
+                           "mae_predict_zero": float(np.abs(t).mean())}
+    info = {"config": asdict(cfg), "scorers": {s.name: asdict(s) for s in SCORERS if s.name in runs}, "runs": runs,
+            "folds": [{"train": tr, "held_out": ho} for tr, ho in folds], "cv": cv,
+            "patients": patients, "crops": int(len(X))}
+    atomic_write_json(out / "ra2.json", info)
+    return info
+
+
+class Pipeline:
+    """A trained RA2 run folder: ``score(images) -> ScoreTable``."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        from ..train.inference import load_run
+
+        self.dir = Path(run_dir)
+        if not (self.dir / "ra2.json").exists():
+            raise SmallmedError(f"{self.dir}: no ra2.json; not a run folder of `smallmed ra2 train`.")
+        self.info = json.loads((self.dir / "ra2.json").read_text())
+        self.cfg = RA2Config(**self.info["config"])
+        self.scorers = {name: [load_run(self.dir / r, device) for r in runs] for name, runs in self.info["runs"].items()}
+        self.localisers = {}
+        for kind, run in self.cfg.localisers.items():
+            from .localise import Localiser
+
+            self.localisers[kind] = Localiser(run, device)
+
+    def locate(self, image: np.ndarray, limb: str, landmarks: Path | None):
+        """(points, confidence, how) of one limb image; ``how`` says where the points came from."""
+        if landmarks is not None and landmarks.exists():
+            return read_landmarks(landmarks, limb), {}, "landmarks"
+        kind = _kind(limb)
+        if kind in self.localisers:
+            pts, conf = self.localisers[kind].locate(image, limb)
+            return pts, conf, "localiser"
+        if kind in self.cfg.mean_shape:
+            h, w = image.shape[:2]
+            rel = self.cfg.mean_shape[kind]
+            pts = {n: (x * w, y * h) for n, (x, y) in rel.items()}
+            if limb.startswith("R"):
+                pts = flip_points(pts, w)
+            return pts, {}, "mean shape"
+        raise SmallmedError(f"no {kind} localiser in {self.dir} and no landmark file; pass --landmarks or train "
+                            f"with --localiser-{kind}s.")
+
+    @torch.no_grad()
+    def score_crops(self, crops: dict[str, np.ndarray]) -> dict[str, float]:
+        from ..data.dataset import Split
+        from ..train.loop import run_loader
+        from torch.utils.data import DataLoader
+
+        out = {}
+        for name, runs in self.scorers.items():
+            sc = next(s for s in SCORERS if s.name == name)
+            cols = [c for c in crops if sc.takes(c)]
+            if not cols:
+                continue
+            split = Split(np.stack([crops[c] for c in cols])[..., None], np.zeros(len(cols), np.float32))
+            preds = []
+            for run in runs:
+                loader = DataLoader(run.task.torch_dataset(split, run.transform()), batch_size=64)
+                preds.append(run_loader(run.model, loader, run.task)["kept"])
+            mean = np.mean(preds, axis=0)  # the fold models' ensemble
+            for c, v in zip(cols, mean):
+                out[c] = 0.0 if v < 0.5 else float(v)  # seed 003: scores under 0.5 count as no damage
+        return out
+
+    def predict(self, images_dir: str | Path, *, landmarks: str | Path | None = None,
+                joints_out: str | Path | None = None) -> tuple[ScoreTable, list[str]]:
+        """The score table of every patient in ``images_dir`` and the sentences about what is missing."""
+        images = find_images(images_dir)
+        notes, scores, joints = [], {}, {}
+        for pid, limbs in images.items():
+            vals: dict[str, float | None] = {a.column: None for a in SCHEMA}
+            for limb in LIMBS:
+                path = limbs.get(limb)
+                if path is None:
+                    notes.append(f"patient {pid}: no {limb} image ({pid}-{limb}.jpg/png/dcm); its {limb} scores are left empty.")
+                    continue
+                try:
+                    img = _gray(path)
+                    lm = Path(landmarks) / f"{path.stem}.json" if landmarks else None
+                    pts, conf, how = self.locate(img, limb, lm)
+                except SmallmedError as e:
+                    notes.append(f"{path}: {e} Its {limb} scores are left empty.")
+                    continue
+                wanted = [p for p in LIMB_POINTS[limb] if p in pts]
+                if not wanted:
+                    notes.append(f"{path}: no joint found; its {limb} scores are left empty.")
+                    continue
+                joints[path.name] = {**write_landmarks({p: pts[p] for p in wanted}, path.name,
+                                                       (img.shape[1], img.shape[0]), conf), "source": how}
+                vals.update(self.score_crops(limb_crops(img, pts, limb, self.cfg.crop)))
+            scores[pid] = vals
+        table = ScoreTable(scores, str(images_dir))
+        if joints_out:
+            from ..train.checkpoint import atomic_write_json
+
+            atomic_write_json(Path(joints_out), joints)
+        return table, notes
+
+
+def predict_pipeline(run_dir, images_dir, out_csv, *, landmarks=None, joints_out=None, device: str = "cpu"):
+    """Write the challenge table for every patient in ``images_dir``; returns (table, notes)."""
+    table, notes = Pipeline(run_dir, device).predict(images_dir, landmarks=landmarks, joints_out=joints_out)
+    write_table(table, out_csv)
+    return table, notes
