@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +191,137 @@ def test_sampling_scheme_counts():
     assert np.bincount(y[idx]).tolist() == [12, 12, 12, 12]
     assert len(set(idx[y[idx] == 0].tolist())) == 12  # undersampled without replacement
     assert set(idx[y[idx] == 2].tolist()) == set(np.flatnonzero(y == 2).tolist())  # every rare image kept
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+
+
+def _ra2_set(root: Path, n_patients: int = 3, seed: int = 0, real_hands: np.ndarray | None = None):
+    """A tiny RA2-format set: PATIENT-LIMB.png images, labelme landmarks and a score table."""
+    import json
+
+    from PIL import Image
+
+    from smallmed.ra2.joints import FOOT_POINTS, HAND_POINTS, write_landmarks
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True)
+    (root / "lm").mkdir()
+    rows = _random_rows(n_patients, seed)
+    for i, r in enumerate(rows):
+        pid = r["Patient_ID"]
+        for limb in ("LH", "RH", "LF", "RF"):
+            names = HAND_POINTS if limb.endswith("H") else FOOT_POINTS
+            if real_hands is not None:
+                img = np.asarray(Image.fromarray(real_hands[(4 * i + len(pid)) % len(real_hands)]).resize((160, 200)))
+            else:
+                img = rng.integers(0, 80, (200, 160)).astype(np.uint8)
+            pts = {n: (float(rng.uniform(20, 140)), float(rng.uniform(20, 180))) for n in names}
+            Image.fromarray(img).save(root / "img" / f"{pid}-{limb}.png")
+            (root / "lm" / f"{pid}-{limb}.json").write_text(json.dumps(write_landmarks(pts, f"{pid}-{limb}.png", (160, 200))))
+    _table(root / "scores.csv", rows)
+    return root
+
+
+def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
+    from smallmed.cli import main
+
+    root = _ra2_set(tmp_path / "set")
+    args = ["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
+            "--landmarks", str(root / "lm"), "--folds", "5", "--epochs", "1", "--crop", "24", "--model", "small_cnn",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "3 fold(s)" in out and "held-out MAE" in out  # 3 patients: 3 folds, not 5, and it says so
+    info = json.loads((tmp_path / "run" / "ra2.json").read_text())
+    assert len(info["runs"]["narrowing"]) == 3 and set(info["mean_shape"] if "mean_shape" in info else info["config"]["mean_shape"]) == {"hand", "foot"}
+    # predict on the same images with a missing limb and an unreadable one
+    pred_dir = tmp_path / "new"
+    pred_dir.mkdir()
+    for p in (root / "img").iterdir():
+        if p.name != "P001-LF.png":
+            (pred_dir / p.name).write_bytes(p.read_bytes())
+    (pred_dir / "P002-RH.png").write_bytes(b"not an image")
+    assert main(["ra2", "predict", str(tmp_path / "run"), str(pred_dir), "--out", str(tmp_path / "pred.csv"),
+                 "--joints-out", str(tmp_path / "joints.json")]) == 0
+    err = capsys.readouterr().err
+    assert "patient P001: no LF image" in err and "P002-RH.png: not a readable image" in err
+    pred = read_scores(tmp_path / "pred.csv", require_all=False)
+    header = (tmp_path / "pred.csv").read_text().splitlines()[0].split(",")
+    assert header == list(COLUMNS)
+    assert pred.scores["P001"]["LF_mtp_E__1"] is None and pred.scores["P002"]["RH_mcp_E__1"] is None
+    assert all(v is not None for k, v in pred.scores["P000"].items())
+    tot = totals(pred)
+    assert tot["P001"]["Overall_Tol"] is None  # a missing limb: no invented total
+    p0 = pred.scores["P000"]
+    assert tot["P000"]["Overall_Tol"] == pytest.approx(sum(p0.values()), abs=1e-3)
+    assert all(v == 0 or v >= 0.5 for v in p0.values())  # scores under 0.5 count as 0
+    joints = json.loads((tmp_path / "joints.json").read_text())
+    assert len(joints["P000-LH.png"]["shapes"]) == 13 and joints["P000-LF.png"]["imageWidth"] == 160
+    assert main(["-q", "ra2", "evaluate", str(tmp_path / "pred.csv"), str(root / "scores.csv")]) == 0
+
+
+def test_pipeline_bad_inputs(tmp_path, capsys):
+    from smallmed.cli import main
+
+    root = _ra2_set(tmp_path / "set", n_patients=1)
+    base = ["ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"), "--landmarks"]
+    assert main([*base, str(tmp_path / "nolm"), "--out", str(tmp_path / "r")]) == 2
+    assert "no joint could be cropped" in capsys.readouterr().err
+    assert main(["ra2", "predict", str(tmp_path / "nothing"), str(root / "img"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    (tmp_path / "empty").mkdir()
+    assert main([*base[:3], str(tmp_path / "empty"), *base[4:], str(root / "lm"), "--out", str(tmp_path / "r2")]) == 2
+    assert "no images named PATIENT-LH" in capsys.readouterr().err
+
+
+def test_flip_and_joint_reassignment():
+    from smallmed.ra2.joints import Detection, assign_joints, flip_points, to_left
+
+    img = np.arange(12).reshape(3, 4)
+    assert to_left(img, "RH")[0].tolist() == [3, 2, 1, 0] and to_left(img, "LF") is img
+    assert flip_points(flip_points({"a": (1.5, 2.0)}, 4), 4) == {"a": (1.5, 2.0)}
+    dets = [Detection("pip_2", 0.9, (1, 1)), Detection("pip_2", 0.7, (2, 2)), Detection("pip_2", 0.3, (3, 3)),
+            Detection("mcp_2", 0.8, (4, 4))]
+    got = assign_joints(dets, ("pip_2", "pip_3", "mcp_2", "mcp_3"))
+    assert {k: v.xy for k, v in got.items()} == {"pip_2": (1, 1), "pip_3": (2, 2), "mcp_2": (4, 4), "mcp_3": (3, 3)}
+
+
+def test_keypoint_task_learns_positions(tmp_path):
+    """The localiser's task in the one loop: a bright dot's position is learnt (px error drops)."""
+    from smallmed import TrainConfig, fit
+
+    rng = np.random.default_rng(0)
+    n, s = 96, 32
+    images = rng.integers(0, 30, (n, s, s)).astype(np.uint8)
+    kp = np.zeros((n, 1, 3), np.float32)
+    for i in range(n):
+        x, y = rng.integers(4, s - 4, 2)
+        images[i, y - 1:y + 2, x - 1:x + 2] = 255
+        kp[i, 0] = (x, y, 2)
+    split = np.array(["train"] * 64 + ["val"] * 16 + ["test"] * 16)
+    np.savez(tmp_path / "kp.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(["dot"]), split=split)
+    m = fit(TrainConfig(data=str(tmp_path / "kp.npz"), model="unet", epochs=6, batch_size=16, lr=3e-3,
+                        augment="hflip,rotate=10", progress=False, out=str(tmp_path / "r")))
+    assert m["task"] == "keypoints" and m["test"]["px_error"] < 6  # a random guess is ~12 px off on 32 px
+    from smallmed.ra2.localise import Localiser
+
+    pts, conf = Localiser(tmp_path / "r").locate(np.ascontiguousarray(np.kron(images[-1], np.ones((2, 2), np.uint8))), "LH")
+    assert abs(pts["dot"][0] - 2 * kp[-1, 0, 0]) < 12 and 0 < conf["dot"] <= 1
+
+
+@pytest.mark.shared_data
+def test_hand_localiser_data_from_the_21_point_set(tmp_path):
+    src = SHARED / "hand_xray_keypoints_100px.npz"
+    if not src.exists():
+        pytest.skip(f"hand keypoints not present at {SHARED}")
+    from smallmed.data.keypoints import load_keypoints
+    from smallmed.ra2.localise import hand_keypoints_npz
+
+    ds = load_keypoints(hand_keypoints_npz(src, tmp_path / "h.npz"))
+    assert ds.names[0] == "mcp_ip" and len(ds.names) == 10
+    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [454, 80, 34]
+    # after mirroring right hands, every thumb MCP sits right of the little-finger MCP (a left hand)
+    tr = ds.splits["train"].keypoints
+    assert (tr[:, 5, 0] > tr[:, 9, 0]).mean() > 0.95
