@@ -354,3 +354,22 @@ def test_regression_is_a_task_of_the_same_loop(tmp_path, loss, balance):
 def test_loss_option_refused_for_classification(tiny_cfg):
     with pytest.raises(SmallmedError, match="applies to regression"):
         fit(tiny_cfg(loss="logcosh"))
+
+
+def test_integer_grades_as_regression(tmp_path):
+    from conftest import make_medmnist
+
+    from smallmed import load_run
+
+    data = make_medmnist(tmp_path / "grades.npz", classes=5, n=(80, 20, 20))
+    m = fit(TrainConfig(data=str(data), model="small_cnn", task="regression", epochs=2, progress=False,
+                        augment="none", out=str(tmp_path / "g")))
+    assert m["task"] == "regression" and 0 <= m["test"]["acc"] <= 1
+    run = load_run(tmp_path / "g")
+    assert (run.task.low, run.task.high) == (0.0, 4.0)
+    from smallmed import evaluate_run
+
+    assert "mae" in evaluate_run(tmp_path / "g", device="cpu")
+    with pytest.raises(SmallmedError, match="task='regression'"):
+        fit(TrainConfig(data=str(_seg_npz(tmp_path / "s.npz")), model="unet", task="regression", epochs=1,
+                        progress=False, out=str(tmp_path / "x")))

@@ -251,6 +251,14 @@ def cmd_study_svd(a) -> int:
     return 0
 
 
+def cmd_study_ra2(a) -> int:
+    from .studies.ra2 import PRESETS, run_ra2_study
+
+    report = run_ra2_study(_study(PRESETS, a), a.out)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_study_bn(a) -> int:
     from .studies.bn import PRESETS, run_bn_study
 
@@ -412,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     sv.add_argument("--backend", choices=("process", "ray"), default="process")
     sv.set_defaults(func=cmd_study_svd)
+
+    s3 = ssub.add_parser("ra2", help="seed 003: joint localisation, the scoring recipe on knee grades, RA2 end to end")
+    s3.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    s3.add_argument("--out", default="runs/study-ra2")
+    s3.add_argument("--seeds", nargs="+", type=int)
+    s3.add_argument("--variants", nargs="+", help="base and some of v1 logcosh weights")
+    s3.add_argument("--knee-epochs", type=int)
+    s3.add_argument("--knee-size", type=int)
+    s3.add_argument("--knee-max-train", type=int)
+    s3.add_argument("--localiser-epochs", type=int)
+    s3.add_argument("--e2e-epochs", type=int)
+    s3.add_argument("--folds", type=int)
+    s3.add_argument("--data-dir")
+    s3.set_defaults(func=cmd_study_ra2)
 
     sb = ssub.add_parser("bn", help="seed 002: batch norm none / before / after the ReLU x seeds")
     sb.add_argument("--data", nargs="+", help="datasets (default: retinamnist pneumoniamnist)")

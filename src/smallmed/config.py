@@ -49,6 +49,7 @@ class TrainConfig:
     svd_linear: bool = False  # also decompose Linear layers other than the classifier
     prune: float | None = None  # override the method's pruned fraction of singular values
     # task (classification and segmentation follow from the data; regression scores take a loss)
+    task: str = "auto"  # auto: from the data; regression: integer class labels as a bounded score (a grade)
     loss: str = "auto"  # regression: mae | logcosh | mse (auto = mae); fixed for the other tasks
     balance: str = "none"  # none | sampling (seed 003: undersample the most frequent label, oversample the rest) | weights (inverse frequency)
     # optimisation
@@ -95,6 +96,7 @@ class TrainConfig:
             raise SmallmedError(f"prune={self.prune}: expected a fraction in [0, 1).")
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
+        check_choice("task", self.task, ("auto", "regression"))
         check_choice("balance", self.balance, ("none", "sampling", "weights"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))

@@ -135,3 +135,20 @@ def _check_split(split: Split, name: str, task: str, num_classes: int, where: st
             )
     pids = None if split.patient_ids is None else np.asarray(split.patient_ids).astype(str)
     return Split(images=images, labels=labels, patient_ids=pids, paths=split.paths)
+
+
+def as_regression(ds: ImageDataset) -> ImageDataset:
+    """Integer class labels as a bounded score 0..K-1 (an ordinal grade such as Kellgren-Lawrence).
+
+    Example:
+        >>> ds = as_regression(load_dataset("knee_oa_kl_96.npz"))   # doctest: +SKIP
+        >>> ds.task, ds.info["range"]                               # doctest: +SKIP
+        ('regression', (0.0, 4.0))
+    """
+    if ds.task == "regression":
+        return ds
+    if ds.task not in ("binary", "multiclass"):
+        raise SmallmedError(f"{ds.source or ds.name}: {ds.task} labels cannot be read as one score per image.")
+    splits = {k: Split(v.images, v.labels.astype(np.float32), v.patient_ids, v.paths) for k, v in ds.splits.items()}
+    return ImageDataset(ds.name, "regression", [], splits, ds.source,
+                        {**ds.info, "range": (0.0, float(ds.num_classes - 1)), "grades": list(ds.class_names)})

@@ -64,7 +64,7 @@ class Localiser:
         left = to_left(image, limb)
         s = self.run.image_size
         small = np.asarray(Image.fromarray(left).resize((s, s), Image.BILINEAR))
-        x = self.transform(torch.from_numpy(small)[None])[None].to(next(self.run.model.parameters()).device)
+        x = self.transform(torch.from_numpy(small.copy())[None])[None].to(next(self.run.model.parameters()).device)
         logits = self.run.model(x).float()
         xy = soft_argmax(logits)[0].cpu().numpy()
         prob = torch.softmax(logits.flatten(2), -1).amax(-1)[0].cpu().numpy()

@@ -231,16 +231,19 @@ class Pipeline:
         if landmarks is not None and landmarks.exists():
             return read_landmarks(landmarks, limb), {}, "landmarks"
         kind = _kind(limb)
-        if kind in self.localisers:
-            pts, conf = self.localisers[kind].locate(image, limb)
-            return pts, conf, "localiser"
+        shape = None
         if kind in self.cfg.mean_shape:
             h, w = image.shape[:2]
-            rel = self.cfg.mean_shape[kind]
-            pts = {n: (x * w, y * h) for n, (x, y) in rel.items()}
+            shape = {n: (x * w, y * h) for n, (x, y) in self.cfg.mean_shape[kind].items()}
             if limb.startswith("R"):
-                pts = flip_points(pts, w)
-            return pts, {}, "mean shape"
+                shape = flip_points(shape, w)
+        if kind in self.localisers:
+            pts, conf = self.localisers[kind].locate(image, limb)
+            # points the localiser was not trained for (the wrist of a 21-point hand set) come from the mean shape
+            extra = {n: xy for n, xy in (shape or {}).items() if n not in pts}
+            return {**pts, **extra}, conf, "localiser" + (f" + mean shape ({', '.join(extra)})" if extra else "")
+        if shape is not None:
+            return shape, {}, "mean shape"
         raise SmallmedError(f"no {kind} localiser in {self.dir} and no landmark file; pass --landmarks or train "
                             f"with --localiser-{kind}s.")
 

@@ -87,6 +87,10 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     cfg = run.config
     other = cfg.with_overrides(data=data, data_dir=data_dir) if (data or data_dir) else cfg
     ds = load_data(other, "segmentation" if run.task.kind == "segmentation" else "labels")
+    if run.task.kind == "regression" and getattr(ds, "task", None) in ("binary", "multiclass"):
+        from ..data.dataset import as_regression
+
+        ds = as_regression(ds)
     if run.task.kind in ("binary", "multiclass", "multilabel"):
         if list(ds.class_names) != run.class_names:
             raise SmallmedError(f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "

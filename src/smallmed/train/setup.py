@@ -152,6 +152,13 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     """
     model_task = MODELS.get(cfg.model).task if model is None else None
     ds = dataset if dataset is not None else load_data(cfg, model_task)
+    if cfg.task == "regression":
+        from ..data.dataset import as_regression
+
+        if not hasattr(ds, "task") or ds.task not in ("binary", "multiclass", "regression"):
+            raise SmallmedError(f"task='regression' needs one integer label or score per image; {cfg.data} has "
+                                f"{getattr(ds, 'task', 'masks or keypoints')}.")
+        ds = as_regression(ds)
     task = task_for(ds, cfg)
     check_options(cfg, task, model_task)
     train = ds.splits["train"]
