@@ -69,7 +69,15 @@ def cmd_train(a) -> int:
     from .train import fit, resume
 
     if a.resume:
-        metrics = resume(a.resume)
+        from .config import TrainConfig
+
+        given = [f.name for f in dataclasses.fields(TrainConfig)
+                 if f.name not in ("extra", "progress") and getattr(a, f.name, None) is not None]
+        other = [n for n in given if n != "epochs"] + (["--config"] if a.config else []) + (["--set"] if a.set else [])
+        if other:
+            raise SmallmedError(f"--resume continues a run with its own settings; {', '.join('--' + n.replace('_', '-') for n in other)} "
+                                "cannot change them (only --epochs can extend a run); start a new run with --out to change settings.")
+        metrics = resume(a.resume, epochs=a.epochs)
     else:
         metrics = fit(_train_config(a))
     if metrics:
@@ -246,7 +254,7 @@ def cmd_study_svd(a) -> int:
     from .studies.svd import PRESETS, run_svd_study
 
     study = _study(PRESETS, a)
-    report = run_svd_study(study, a.out, workers=a.workers, backend=a.backend)
+    report = run_svd_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
     print(f"report: {report}")
     return 0
 
@@ -254,7 +262,7 @@ def cmd_study_svd(a) -> int:
 def cmd_study_ra2(a) -> int:
     from .studies.ra2 import PRESETS, run_ra2_study
 
-    report = run_ra2_study(_study(PRESETS, a), a.out)
+    report = run_ra2_study(_study(PRESETS, a), a.out, fresh=a.fresh)
     print(f"report: {report}")
     return 0
 
@@ -263,7 +271,7 @@ def cmd_study_bn(a) -> int:
     from .studies.bn import PRESETS, run_bn_study
 
     study = _study(PRESETS, a)
-    report = run_bn_study(study, a.out, workers=a.workers, backend=a.backend)
+    report = run_bn_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
     print(f"report: {report}")
     return 0
 
@@ -337,7 +345,7 @@ def cmd_study_rff(a) -> int:
     from .studies.rff import PRESETS, run_rff_study
 
     study = _study(PRESETS, a)
-    report = run_rff_study(study, a.out)
+    report = run_rff_study(study, a.out, fresh=a.fresh)
     print(f"report: {report}")
     return 0
 
@@ -346,7 +354,7 @@ def cmd_study_sfconv(a) -> int:
     from .studies.sfconv import PRESETS, run_sfconv_study
 
     study = _study(PRESETS, a)
-    report = run_sfconv_study(study, a.out, workers=a.workers, backend=a.backend)
+    report = run_sfconv_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
     print(f"report: {report}")
     return 0
 
@@ -419,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--data-dir")
     sv.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     sv.add_argument("--backend", choices=("process", "ray"), default="process")
+    sv.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
     sv.set_defaults(func=cmd_study_svd)
 
     s3 = ssub.add_parser("ra2", help="seed 003: joint localisation, the scoring recipe on knee grades, RA2 end to end")
@@ -433,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--e2e-epochs", type=int)
     s3.add_argument("--folds", type=int)
     s3.add_argument("--data-dir")
+    s3.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
     s3.set_defaults(func=cmd_study_ra2)
 
     sb = ssub.add_parser("bn", help="seed 002: batch norm none / before / after the ReLU x seeds")
@@ -451,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--data-dir")
     sb.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     sb.add_argument("--backend", choices=("process", "ray"), default="process")
+    sb.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
     sb.set_defaults(func=cmd_study_bn)
 
     rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (any smallmed or torchvision model)")
@@ -495,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--data-dir")
     sf.add_argument("--workers", type=int, default=1)
     sf.add_argument("--backend", choices=("process", "ray"), default="process")
+    sf.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
     sf.set_defaults(func=cmd_study_sfconv)
 
     sr = ssub.add_parser("rff", help="seed 001: receptive-field freeze, transfer to held-out classes")
@@ -509,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--max-train", type=int)
     sr.add_argument("--seeds", nargs="+", type=int)
     sr.add_argument("--data-dir")
+    sr.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
     sr.set_defaults(func=cmd_study_rff)
 
     ra = sub.add_parser("ra2", help="rheumatoid-arthritis joint damage (Sharp/van der Heijde, RA2 DREAM Challenge)")
@@ -573,12 +586,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with `smallmed train --resume RUN_DIR`", file=sys.stderr)
+        print(_interrupted(args, argv), file=sys.stderr)
         return 130
     except Exception as e:  # the safety net: one sentence and a log, never a raw traceback
         if args.debug:
             raise
         return _internal_error(args, e)
+
+
+def _interrupted(args, argv) -> str:
+    """What to type to go on after Ctrl-C: the real run folder, or the same study command."""
+    import shlex
+
+    if args.command == "train":
+        run = getattr(args, "resume", None) or getattr(args, "out", None)
+        if run:
+            return f"interrupted; resume with `smallmed train --resume {run}`"
+        return "interrupted; resume with `smallmed train --resume RUN_DIR` (the folder printed under runs/)"
+    if args.command in ("study", "demo"):
+        cmd = " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+        return f"interrupted; finished runs are kept: run `smallmed {cmd}` again to resume"
+    return "interrupted"
 
 
 def _internal_error(args, e: Exception) -> int:

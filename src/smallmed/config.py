@@ -97,6 +97,11 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
         check_choice("task", self.task, ("auto", "regression"))
+        from .models import MODELS
+
+        entry = MODELS.get(self.model)  # unknown names: did-you-mean, before anything runs
+        check_choice(f"norm for {self.model}", self.norm, entry.norms)
+        check_choice("stem", self.stem, ("auto", "imagenet", "small"))
         check_choice("balance", self.balance, ("none", "sampling", "weights"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))

@@ -83,7 +83,7 @@ def cells(study: BNStudy, out: Path) -> list[TrainConfig]:
     return grid
 
 
-def run_bn_study(study: BNStudy, out: str | Path, *, workers: int = 1, backend: str = "process") -> Path:
+def run_bn_study(study: BNStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False) -> Path:
     """Run (or resume) the study and write ``out/report.md``; returns its path."""
     out = Path(out)
     if "none" not in study.norms or len(study.norms) < 2:
@@ -93,6 +93,9 @@ def run_bn_study(study: BNStudy, out: str | Path, *, workers: int = 1, backend: 
     for d in study.data:
         resolve_data(d, study.data_dir)
     grid = cells(study, out)  # configs are checked before anything runs
+    from .settings import check_settings
+
+    check_settings(out, study, fresh=fresh)
     t0 = time.time()
     results = run_grid(grid, workers=workers, backend=backend)
     return write_report(study, out, grid, results, time.time() - t0)

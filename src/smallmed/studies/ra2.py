@@ -297,7 +297,7 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
 # --------------------------------------------------------------------------------------------------- study
 
 
-def run_ra2_study(study: RA2Study, out: str | Path) -> Path:
+def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> Path:
     out = Path(out)
     for name in (study.hands, study.knee, study.examples):
         _path(study, name)  # every input is found before anything runs
@@ -306,8 +306,9 @@ def run_ra2_study(study: RA2Study, out: str | Path) -> Path:
         raise SmallmedError(f"variants {list(study.variants)}: expected 'base' and some of {', '.join(VARIANTS)}.")
     if len(study.seeds) < 1 or study.folds < 2:
         raise SmallmedError("the RA2 study needs at least one seed and 2 folds.")
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic(out / "study.json", lambda f: f.write(json.dumps(asdict(study), indent=2).encode()))
+    from .settings import check_settings
+
+    check_settings(out, study, fresh=fresh)
     t0 = time.time()
     loc = localisation(study, out)
     grid, index = knee_cells(study, out)

@@ -187,14 +187,18 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
     return out
 
 
-def run_rff_study(study: RFFStudy, out: str | Path) -> Path:
+def run_rff_study(study: RFFStudy, out: str | Path, *, fresh: bool = False) -> Path:
     """Run (or resume) every (split, seed) cell and write ``out/report.md``."""
     from ..models import MODELS
+    from .settings import check_settings
 
     MODELS.get(study.model)  # a clear error before loading data
+    if study.splits < 1 or not study.seeds:
+        raise SmallmedError(f"splits={study.splits}, seeds={list(study.seeds)}: expected at least one split and one seed.")
     out = Path(out)
     x, y, names = _tensors(study)
     splits = class_splits(len(names), study.transfer_classes, study.splits)
+    check_settings(out, study, fresh=fresh)
     results = []
     t0 = time.time()
     for k, (base, transfer) in enumerate(splits):

@@ -47,7 +47,11 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
         workers: parallel processes (each gets cores // workers torch threads).
         backend: ``process`` (one machine) or ``ray`` (an existing Ray cluster, or a local one).
     """
+    from .settings import check_cell
+
     dicts = [c.to_dict() for c in cells]
+    for d in dicts:
+        check_cell(d)  # every reused cell was trained exactly as this grid asks, or the study stops here
     todo = [i for i, d in enumerate(dicts) if not (Path(d["out"]) / "metrics.json").exists()]
     log.info("study: %d runs, %d already finished", len(cells), len(cells) - len(todo))
     results: dict[int, dict] = {}

@@ -83,7 +83,7 @@ def cells(study: SFConvStudy, out: Path) -> list[TrainConfig]:
     return grid
 
 
-def run_sfconv_study(study: SFConvStudy, out: str | Path, *, workers: int = 1, backend: str = "process") -> Path:
+def run_sfconv_study(study: SFConvStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False) -> Path:
     out = Path(out)
     if "conv" not in study.variants:
         raise SmallmedError("the SFConv study compares against plain 'conv': include it in --variants.")
@@ -91,6 +91,9 @@ def run_sfconv_study(study: SFConvStudy, out: str | Path, *, workers: int = 1, b
 
     grid = cells(study, out)
     resolve_data(study.data, study.data_dir)
+    from .settings import check_settings
+
+    check_settings(out, study, fresh=fresh)
     t0 = time.time()
     results = run_grid(grid, workers=workers, backend=backend)
     return write_report(study, out, grid, results, time.time() - t0)

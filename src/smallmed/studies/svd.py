@@ -96,7 +96,7 @@ def cells(study: SVDStudy, out: Path, weights: str) -> list[TrainConfig]:
     return grid
 
 
-def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend: str = "process") -> Path:
+def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False) -> Path:
     """Run (or resume) the study and write ``out/report.md``; returns its path."""
     out = Path(out)
     if "full" not in study.methods:
@@ -111,6 +111,11 @@ def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend
     resolve_data(study.data, study.data_dir)  # a missing target fails now, not after the source
     if study.weights is None:
         resolve_data(study.source_data, study.data_dir)
+    from .settings import check_settings
+
+    check_settings(out, study, fresh=fresh)
+    if fresh:
+        grid = cells(study, out, weights)
     if study.weights is None:
         log.info("pretraining the source model on %s (%d epochs)", study.source_data, study.source_epochs)
         run_cell(source_config(study, out).to_dict())

@@ -150,18 +150,44 @@ def fit(
     return _run(copy.deepcopy(cfg), resuming=False, model=model, dataset=dataset, callbacks=callbacks)
 
 
-def resume(run_dir: str | Path, *, callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict:
+def resume(run_dir: str | Path, *, epochs: int | None = None,
+           callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict:
     """Continue a run from its ``last.pt`` with the config it was started with.
 
+    A finished run is left as it is (its metrics are returned) unless ``epochs`` asks for more than
+    it was trained for: then it continues from its last epoch to ``epochs`` and is evaluated again
+    (for the plateau and constant schedules, whose steps do not depend on the total). A folder with
+    a config but no ``last.pt`` (killed before the first epoch ended) starts over, with a warning.
+
     Example:
-        >>> smallmed.resume("runs/r18")   # doctest: +SKIP
+        >>> smallmed.resume("runs/r18")              # doctest: +SKIP
+        >>> smallmed.resume("runs/r18", epochs=20)   # doctest: +SKIP
     """
+    import json
+
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise SmallmedError(f"{run_dir}: no config.yaml; not a smallmed run folder to resume.")
     saved = load_yaml(run_dir / "config.yaml")
     saved["out"] = str(run_dir)
     cfg = TrainConfig.from_dict(saved, source=str(run_dir / "config.yaml"))
+    finished = run_dir / "metrics.json"
+    if epochs is not None and epochs != cfg.epochs:
+        if epochs < cfg.epochs:
+            raise SmallmedError(f"--epochs {epochs}: the run was set up for {cfg.epochs}; a resumed run can only be "
+                                "extended, not shortened.")
+        if cfg.scheduler in ("cosine", "step") and not (cfg.scheduler == "step" and cfg.step_size):
+            raise SmallmedError(f"--epochs {epochs}: the run's {cfg.scheduler} schedule depends on the total number of "
+                                "epochs, so extending it would not continue the same run; start a new run instead.")
+        cfg.epochs = epochs
+        if finished.exists():
+            finished.unlink()  # it is no longer the final result; the extended run writes it again
+        log.info("extending %s to %d epochs", run_dir, epochs)
+    elif finished.exists():
+        log.warning("%s: already finished (%d epochs); nothing to do", run_dir, cfg.epochs)
+        return json.loads(finished.read_text())
+    if not (run_dir / "last.pt").exists():
+        log.warning("%s: no last.pt (no epoch had finished); starting the run over", run_dir)
     return _run(cfg, resuming=True, model=None, dataset=None, callbacks=callbacks)
 
 

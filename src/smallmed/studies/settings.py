@@ -1,0 +1,74 @@
+"""A study never reuses cells trained with other settings.
+
+``check_settings(out, study, fresh=...)`` compares the study's saved ``study.json`` with the
+settings of this invocation before anything runs. Fields that only add or remove cells (seeds,
+methods, variants, ...) may change: finished cells are reused and new ones run. Any other
+difference (epochs, learning rate, image size, ...) would put results of two protocols in one
+report: the command refuses in one sentence naming the differences, or with ``fresh`` deletes the
+folder and starts over. :func:`check_cell` does the same per training run, against its
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..errors import SmallmedError
+
+# fields that choose which cells exist, not how a cell is trained
+GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits"}
+# TrainConfig fields that do not change a cell's result
+NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "extra"}
+
+
+def _plain(obj) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
+
+
+def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
+    keys = sorted((set(saved) | set(now)) - ignore)
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
+    """Refuse (or with ``fresh`` start over) when ``out`` holds a study run with other settings; then
+    record this invocation's settings in ``out/study.json``."""
+    from ..train.checkpoint import atomic_write_text
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SmallmedError(f"--out {out}: exists and is a file; expected a study folder.")
+    saved_path = out / "study.json"
+    now = _plain(study)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    elif saved_path.exists():
+        try:
+            saved = json.loads(saved_path.read_text())
+        except ValueError:
+            raise SmallmedError(f"{saved_path}: not readable JSON; pass --fresh to start the study over.") from None
+        diffs = _diff(saved, now, GRID_FIELDS)
+        if diffs:
+            raise SmallmedError(f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "
+                                "saved settings, choose another --out, or pass --fresh to start over.")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved_path, json.dumps(now, indent=2) + "\n")
+
+
+def check_cell(cfg_dict: dict) -> None:
+    """Refuse to reuse a cell folder whose ``config.yaml`` differs in anything that changes its result."""
+    path = Path(cfg_dict["out"]) / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    now = json.loads(json.dumps(cfg_dict, default=str))
+    saved = json.loads(json.dumps(saved, default=str))
+    diffs = _diff(saved, now, NEUTRAL_KEYS)
+    if diffs:
+        raise SmallmedError(f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
+                            f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out.")
