@@ -241,7 +241,13 @@ def cmd_ra2_evaluate(a) -> int:
 
 def _study(presets: dict, a):
     """The chosen preset with every study field given on the command line replaced (lists become tuples)."""
+    from .train.checkpoint import check_out_dir
+
+    check_out_dir(a.out)  # a folder that cannot be written fails before any data is read
     study = presets[a.preset]
+    for s in getattr(a, "seeds", None) or []:
+        if not 0 <= s < 2**32:
+            raise SmallmedError(f"--seeds {s}: expected integers in [0, 2**32).")
     changes = {}
     for f in dataclasses.fields(study):
         v = getattr(a, f.name, None)

@@ -102,6 +102,9 @@ class TrainConfig:
         entry = MODELS.get(self.model)  # unknown names: did-you-mean, before anything runs
         check_choice(f"norm for {self.model}", self.norm, entry.norms)
         check_choice("stem", self.stem, ("auto", "imagenet", "small"))
+        from .data.transforms import parse_augment
+
+        parse_augment(self.augment)  # a bad augmentation spec fails here, before any file is written
         check_choice("balance", self.balance, ("none", "sampling", "weights"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
@@ -225,8 +228,11 @@ def _coerce(name: str, value, hint):
     """``value`` as the field's type, or a SmallmedError naming the key (YAML reads ``1e-3`` as a string)."""
     import typing
 
+    optional = type(None) in typing.get_args(hint)
     if value is None:
-        return None
+        if optional:
+            return None
+        raise SmallmedError(f"{name}=None: expected a value ({getattr(hint, '__name__', hint)}).")
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) and args else hint
     origin = typing.get_origin(base)

@@ -102,6 +102,8 @@ def _check_split(split: Split, name: str, task: str, num_classes: int, where: st
         raise SmallmedError(
             f"{where}: '{name}' images have shape {images.shape}; expected (N, H, W) or (N, H, W, 1|3)."
         )
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.number):
+        raise SmallmedError(f"{where}: '{name}' images are {images.dtype} values; expected numeric pixels (uint8).")
     if images.dtype != np.uint8:
         raise SmallmedError(f"{where}: '{name}' images are {images.dtype}; expected uint8 (0-255).")
     if len(labels) != len(images):
@@ -120,6 +122,8 @@ def _check_split(split: Split, name: str, task: str, num_classes: int, where: st
             raise SmallmedError(f"{where}: '{name}' multi-label labels must be 0 or 1.")
         labels = labels.astype(np.float32)
     else:
+        if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+            raise SmallmedError(f"{where}: '{name}' labels are {labels.dtype} values; expected integer class indices.")
         if labels.ndim == 2 and labels.shape[1] == 1:
             labels = labels[:, 0]
         if labels.ndim != 1:

@@ -17,8 +17,9 @@ def open_npz(path: Path, required: tuple[str, ...] = ()) -> np.lib.npyio.NpzFile
     """``np.load`` without pickles, with one-sentence errors for unreadable files and missing keys."""
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise SmallmedError(f"{path}: not a readable .npz file ({e}).") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        reason = "empty file" if isinstance(e, EOFError) or (path.exists() and path.stat().st_size == 0) else str(e)
+        raise SmallmedError(f"{path}: not a readable .npz file ({reason}).") from None
     missing = [k for k in required if k not in npz.files]
     if missing:
         raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(npz.files) or 'none'}.")
@@ -27,6 +28,11 @@ def open_npz(path: Path, required: tuple[str, ...] = ()) -> np.lib.npyio.NpzFile
 
 def _as_2d(labels: np.ndarray, path: Path, split: str) -> np.ndarray:
     labels = np.asarray(labels)
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == bool):
+        key = "labels" if split == "all" else f"{split}_labels"
+        raise SmallmedError(f"{path}: '{key}' holds {labels.dtype} values; expected integer class indices.")
+    if labels.size == 0:
+        raise SmallmedError(f"{path}: '{split}' has no labels.")
     if labels.ndim == 1:
         return labels[:, None]
     if labels.ndim != 2:
@@ -68,7 +74,10 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         if missing:
             raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys))}.")
         splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
-        all_labels = np.concatenate([_as_2d(sp.labels, path, s) for s, sp in splits.items() if len(sp.labels)])
+        empty = [s for s, sp in splits.items() if len(sp.labels) == 0 or len(sp.images) == 0]
+        if empty:
+            raise SmallmedError(f"{path}: split '{empty[0]}' is empty; every split needs at least one image.")
+        all_labels = np.concatenate([_as_2d(sp.labels, path, s) for s, sp in splits.items()])
     elif {"images", "labels"} <= keys:
         images, labels = npz["images"], npz["labels"]
         pids = npz["patient_id"] if "patient_id" in keys else None

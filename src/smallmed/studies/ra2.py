@@ -299,13 +299,13 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
 
 def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> Path:
     out = Path(out)
-    for name in (study.hands, study.knee, study.examples):
-        _path(study, name)  # every input is found before anything runs
     unknown = [v for v in study.variants if v not in VARIANTS]
     if unknown or "base" not in study.variants:
         raise SmallmedError(f"variants {list(study.variants)}: expected 'base' and some of {', '.join(VARIANTS)}.")
     if len(study.seeds) < 1 or study.folds < 2:
         raise SmallmedError("the RA2 study needs at least one seed and 2 folds.")
+    for name in (study.hands, study.knee, study.examples):
+        _path(study, name)  # every input is found before anything runs
     from .settings import check_settings
 
     check_settings(out, study, fresh=fresh)

@@ -40,9 +40,9 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
     record this invocation's settings in ``out/study.json``."""
     from ..train.checkpoint import atomic_write_text
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise SmallmedError(f"--out {out}: exists and is a file; expected a study folder.")
+    from ..train.checkpoint import check_out_dir
+
+    out = check_out_dir(out)
     saved_path = out / "study.json"
     now = _plain(study)
     if fresh and out.exists():

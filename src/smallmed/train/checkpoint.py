@@ -26,10 +26,17 @@ def _atomic(path: Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what the user's umask gives a new file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -88,3 +95,65 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SmallmedError(f"{path}: not a smallmed checkpoint (no 'model' entry).")
     return ckpt
+
+
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file, lies under a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SmallmedError(f"{flag} {path}: exists and is a file; expected a folder.")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SmallmedError(f"{flag} {path}: {probe} is a file, so no folder can be made under it.")
+    if not os.access(probe, os.W_OK | os.X_OK) or str(probe.resolve()).startswith(("/proc", "/sys")):
+        raise SmallmedError(f"{flag} {path}: {probe} is not writable.")
+    return path
+
+
+class RunLock:
+    """``out/.lock`` holding this process's pid: a second command writing the same folder refuses in one
+    sentence; a lock left by a killed process (its pid no longer runs) is taken over."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self.held = False
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise SmallmedError(f"{self.path.parent}: another smallmed process (pid {pid}) is writing this "
+                                        "folder; wait for it or choose another --out.") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise SmallmedError(f"{self.path}: could not take the lock.")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -192,7 +192,11 @@ def resume(run_dir: str | Path, *, epochs: int | None = None,
 
 
 def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict:
+    from .checkpoint import RunLock, check_out_dir
+
     distributed, rank, world = _distributed()
+    if cfg.out:
+        check_out_dir(cfg.out)  # before the data is even loaded
     seed_everything(cfg.seed)
     setup = prepare(cfg, model=model, dataset=dataset)  # every input check happens here, before any write
     run_dir = _prepare_run_dir(cfg, resuming)
@@ -204,7 +208,21 @@ def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict
         if setup.device.type == "cuda":
             torch.cuda.set_device(setup.device)
     try:
-        return _fit(setup, run_dir, resuming, list(callbacks), distributed, rank, world, main)
+        if not main:
+            return _fit(setup, run_dir, resuming, list(callbacks), distributed, rank, world, main)
+        existed = run_dir.exists()
+        try:
+            with RunLock(run_dir):
+                return _fit(setup, run_dir, resuming, list(callbacks), distributed, rank, world, main)
+        except BaseException:
+            # a failure before the first checkpoint leaves no half-written folder behind; a killed or
+            # interrupted run with a last.pt keeps it, so that it can be resumed
+            if not existed and run_dir.exists() and not (run_dir / "last.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        finally:
+            if not existed and run_dir.exists() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # the lock's folder, when nothing else was written
     finally:
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
