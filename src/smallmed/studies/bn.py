@@ -49,7 +49,7 @@ PRESETS = {
     # 2 CPU cores, about 30 minutes: VGG16 (no ImageNet weights offline: from scratch) at 28 px,
     # RetinaMNIST's 1080 training images and 1200 of PneumoniaMNIST's 4708
     "quick": BNStudy(epochs=6, seeds=(0, 1, 2)),
-    # the seed's length with more seeds and all images, for a GPU or a long CPU run
+    # longer, with more seeds and all images, for a GPU or a long CPU run (the seed itself trained 100 epochs)
     "paper": BNStudy(epochs=30, seeds=(0, 1, 2, 3, 4), max_train=0),
 }
 

@@ -65,7 +65,12 @@ def check_cell(cfg_dict: dict) -> None:
     path = Path(cfg_dict["out"]) / "config.yaml"
     if not path.exists():
         return
+    from ..config import TrainConfig
+
     saved = yaml.safe_load(path.read_text()) or {}
+    # a field added to smallmed after the cell ran had its default then
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     now = json.loads(json.dumps(cfg_dict, default=str))
     saved = json.loads(json.dumps(saved, default=str))
     diffs = _diff(saved, now, NEUTRAL_KEYS)

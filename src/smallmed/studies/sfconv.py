@@ -172,7 +172,7 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         f"plain-conv model in one process (ratio = variant / conv). Wall time of this invocation {seconds / 60:.1f} min "
         "(finished runs are reused).",
         "",
-        f"| variant | params | GMACs | images/s | speed vs conv | {q1_name} | {q2_name} | vs conv ({q1}) | "
+        f"| variant | params | GMACs | images/s | speed vs conv | {q1_name} | {q2_name} | vs conv ({q1}; {q2}, paired over seeds) | "
         f"seed 004 ({'Dice, ROSE-1 U-Net' if seg else 'params M / FPS / FLOPs G / ACC, IDRiD'}) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -186,6 +186,9 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
             pr = paired([r[q1] for r in vr], [base_acc[r["seed"]] for r in vr])
             verdict[v] = pr
             cmp = fmt_paired(pr, wins=False)
+            base_q2 = {r["seed"]: r[q2] for r in rows if r["variant"] == "conv"}
+            pr2 = paired([r[q2] for r in vr], [base_q2[r["seed"]] for r in vr])
+            cmp += f"; {q2}: " + fmt_paired(pr2, wins=False)
         seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
         lines.append(f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
                      f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")

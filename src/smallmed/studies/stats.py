@@ -8,8 +8,12 @@ import numpy as np
 from scipy import stats
 
 
-def mean_ci(values, level: float = 0.95) -> dict:
-    """Mean, sample sd and the t-interval of the mean (nan interval for fewer than 2 values)."""
+MIN_SEEDS = 3  # fewer replicates: no t-interval and no p-value is printed (compare paired over test images)
+
+
+def mean_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0)) -> dict:
+    """Mean, sample sd and the t-interval of the mean, clipped to the metric's ``bounds`` (nan interval
+    for fewer than 2 values). Default bounds: a rate in [0, 1]; pass None for unbounded quantities."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:
         return {"mean": float("nan"), "sd": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
@@ -18,32 +22,39 @@ def mean_ci(values, level: float = 0.95) -> dict:
         return {"mean": m, "sd": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 1}
     sd = float(v.std(ddof=1))
     h = float(stats.t.ppf((1 + level) / 2, len(v) - 1) * sd / math.sqrt(len(v)))
-    return {"mean": m, "sd": sd, "lo": m - h, "hi": m + h, "n": int(len(v))}
+    lo, hi = m - h, m + h
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {"mean": m, "sd": sd, "lo": lo, "hi": hi, "n": int(len(v))}
 
 
 def paired(a, b, level: float = 0.95) -> dict:
     """Paired difference a - b over matched runs: mean, t-interval, paired t-test p-value."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     d = a - b
-    out = mean_ci(d, level)
+    out = mean_ci(d, level, bounds=(-1.0, 1.0) if (np.abs(np.concatenate([a, b])) <= 1).all() else None)
     out["p_t"] = float(stats.ttest_rel(a, b).pvalue) if len(d) >= 2 and np.std(d) > 0 else float("nan")
     out["wins"] = int((d > 0).sum())
     return out
 
 
 def fmt_ci(c: dict) -> str:
-    """``mean [lo, hi]`` of a :func:`mean_ci` result (just the mean when n < 2)."""
-    if c["n"] < 2:
-        return f"{c['mean']:.4f}"
+    """``mean [lo, hi]`` of a :func:`mean_ci` result (just the mean, marked, with fewer than 3 replicates)."""
+    if c["n"] < MIN_SEEDS:
+        return f"{c['mean']:.4f} (n={c['n']}: too few for an interval)"
     return f"{c['mean']:.4f} [{c['lo']:.4f}, {c['hi']:.4f}]"
 
 
 def fmt_paired(pr: dict, wins: bool = True) -> str:
-    """``+d [lo, hi] p=... (wins/n)`` of a :func:`paired` result."""
+    """``+d [lo, hi] p=... (wins/n)`` of a :func:`paired` result; no interval or p with fewer than 3 pairs."""
+    if pr["n"] < MIN_SEEDS:
+        return f"{pr['mean']:+.4f} (n={pr['n']}: too few for an interval or p)" + (f" ({pr['wins']}/{pr['n']})" if wins else "")
     s = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g}"
     return s + (f" ({pr['wins']}/{pr['n']})" if wins else "")
 
 
 def direction(pr: dict, up: str, down: str, same: str = "not distinguishable from") -> str:
     """``up`` if the paired interval is above 0, ``down`` if below, else ``same``."""
+    if pr["n"] < MIN_SEEDS:
+        return same + " (too few seeds to tell)"
     return up if pr["lo"] > 0 else down if pr["hi"] < 0 else same

@@ -134,6 +134,34 @@ def _rows(grid, results) -> list[dict]:
     return rows
 
 
+def _split_text(study) -> str:
+    from ..data import load_dataset
+
+    try:
+        split = load_dataset(study.data, data_dir=study.data_dir).info.get("split")
+    except Exception:
+        split = None
+    return f"split: {split}" if split else "the data's official split"
+
+
+def _source_and_r(out: Path, grid, results) -> list[str]:
+    """The source model's own test numbers and seed 000's R ratio of the fully fine-tuned runs."""
+    lines = []
+    src = out / "source" / "metrics.json"
+    if src.exists():
+        m = json.loads(src.read_text())
+        lines.append(f"Source model (`{out / 'source'}`): {m['data']['name']}, {m['epochs']} epochs, test AUC "
+                     f"{m['test'].get('auc', float('nan')):.4f}, accuracy {m['test'].get('acc', float('nan')):.4f}.")
+    for frac in sorted({c.fraction for c in grid}, reverse=True):
+        rs = [m["r_ratio"]["mean"] for c, m in zip(grid, results)
+              if c.fraction == frac and c.method == "full" and m.get("r_ratio") and m["r_ratio"].get("n")]
+        if rs:
+            lines.append(f"R ratio of `full` (diagonal over off-diagonal energy of the tuned weights in the pretrained "
+                         f"singular bases, full bases; mean over layers) at fraction {_frac_name(frac).replace('-', '/')}: "
+                         + ", ".join(f"{r:.1f}" for r in rs) + f" (seeds {', '.join(str(c.seed) for c in grid if c.fraction == frac and c.method == 'full')}).")
+    return lines + [""] if lines else []
+
+
 def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
     rows = _rows(grid, results)
     atomic_write_csv(out / "results.csv", rows)
@@ -144,11 +172,12 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         f"training fractions {', '.join(_frac_name(f).replace('-', '/') for f in study.fractions)} (nested, the same subsets for every "
         f"method); seeds {', '.join(map(str, study.seeds))}; {study.epochs} epochs with seed 000's protocol "
         "(1 epoch head only, Adam (0.9, 0.99), lr 1e-3, plateau patience 4, batch 16, best epoch by validation "
-        f"loss); augmentation `{study.augment}`; official test split. Training time summed over runs "
+        f"loss); augmentation `{study.augment}`; {_split_text(study)}. Training time summed over runs "
         f"{sum(r['seconds'] for r in rows) / 60:.1f} min (this invocation: {seconds / 60:.1f} min; finished runs are "
         "reused).",
         "",
-        "Cells: mean [95% t-interval over seeds]. 'vs full': paired difference in test AUC over seeds "
+        *_source_and_r(out, grid, results),
+        "Cells: mean [95% t-interval over seeds, clipped to [0, 1]; unit of replication: the seed; none with fewer than 3 seeds]. 'vs full': paired difference in test AUC over seeds "
         "(same subset and seed), its 95% interval, paired t-test p and the number of seeds won. "
         "'seed 000' is the paper's AUC on CovidAID (other data and model: compare the shape of the claim). "
         "'trainable' counts every sigma tensor entry; with pruning only the unmasked ones can change "
@@ -166,7 +195,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         for method in study.methods:
             mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
             auc, acc, tpr = (mean_ci([r[k] for r in mr]) for k in ("auc", "acc", "tpr_at_fpr"))
-            var = mean_ci([r["val_loss_variance"] for r in mr])
+            var = mean_ci([r["val_loss_variance"] for r in mr], bounds=None)
             cmp = "-"
             if method != "full":
                 seeds = [r["seed"] for r in mr if r["seed"] in full]
