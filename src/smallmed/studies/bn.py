@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, direction, fmt_ci, fmt_paired, mean_ci, paired
 
 NORMS = ("none", "bn", "bn-after-act")
 SEED_GAIN = 0.10  # seed 002 (SPEC.md section 4): BN raised test accuracy by about 10 points
@@ -188,7 +188,8 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
                   "|---|---|---|---|---|---|---|"]
         for norm in study.norms:
             nr = sorted((r for r in dr if r["norm"] == norm), key=lambda r: r["seed"])
-            acc, bal, auc, vl = (mean_ci([r[k] for r in nr]) for k in ("acc", "balanced_acc", "auc", "best_val_loss"))
+            acc, bal, auc, vl = (mean_ci([r[k] for r in nr], bounds=None if k == "best_val_loss" else RATE)
+                                 for k in ("acc", "balanced_acc", "auc", "best_val_loss"))
             reach = [epochs_to_reach(_history(r["run"])["val_loss"], target) for r in nr]
             reach_s = "-" if any(e is None for e in reach) else f"{np.mean(reach):.1f}"
             cmp = "-"

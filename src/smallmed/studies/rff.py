@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_text
-from .stats import direction, mean_ci, paired
+from .stats import RATE, direction, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
 
@@ -238,7 +238,7 @@ def _erf_maps(study: RFFStudy, x, y, out: Path) -> None:
 
 def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[str], seconds: float) -> Path:
     pr = paired([r["acc_rff"] for r in results], [r["acc_normal"] for r in results])
-    a, b = mean_ci([r["acc_normal"] for r in results]), mean_ci([r["acc_rff"] for r in results])
+    a, b = mean_ci([r["acc_normal"] for r in results], bounds=RATE), mean_ci([r["acc_rff"] for r in results], bounds=RATE)
     overhead = mean_ci([r["branch_seconds_rff"] / r["branch_seconds_normal"] - 1 for r in results])
     seed_delta = SEED_DELTA.get(study.model, SEED_DELTA["resnet50"])
     word = direction(pr, "higher than", "lower than")

@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, direction, fmt_ci, fmt_paired, mean_ci, paired
 
 # name -> TrainConfig overrides
 VARIANTS = {
@@ -179,7 +179,7 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     verdict = {}
     for v in study.variants:
         vr = sorted((r for r in rows if r["variant"] == v), key=lambda r: r["seed"])
-        acc, auc = mean_ci([r[q1] for r in vr]), mean_ci([r[q2] for r in vr])
+        acc, auc = mean_ci([r[q1] for r in vr], bounds=RATE), mean_ci([r[q2] for r in vr], bounds=RATE)
         c = costs[v]
         cmp = "-"
         if v != "conv":

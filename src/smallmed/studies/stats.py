@@ -11,9 +11,12 @@ from scipy import stats
 MIN_SEEDS = 3  # fewer replicates: no t-interval and no p-value is printed (compare paired over test images)
 
 
-def mean_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = (0.0, 1.0)) -> dict:
-    """Mean, sample sd and the t-interval of the mean, clipped to the metric's ``bounds`` (nan interval
-    for fewer than 2 values). Default bounds: a rate in [0, 1]; pass None for unbounded quantities."""
+RATE = (0.0, 1.0)  # bounds of accuracy, AUC, TPR, Dice
+
+
+def mean_ci(values, level: float = 0.95, bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, sample sd and the t-interval of the mean, clipped to the metric's ``bounds`` (``RATE`` for
+    accuracy, AUC, TPR; nan interval for fewer than 2 values)."""
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:
         return {"mean": float("nan"), "sd": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}

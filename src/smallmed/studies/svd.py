@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_cell, run_grid
-from .stats import direction, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, direction, fmt_ci, fmt_paired, mean_ci, paired
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         full = {r["seed"]: r["auc"] for r in fr if r["method"] == "full"}
         for method in study.methods:
             mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
-            auc, acc, tpr = (mean_ci([r[k] for r in mr]) for k in ("auc", "acc", "tpr_at_fpr"))
+            auc, acc, tpr = (mean_ci([r[k] for r in mr], bounds=RATE) for k in ("auc", "acc", "tpr_at_fpr"))
             var = mean_ci([r["val_loss_variance"] for r in mr], bounds=None)
             cmp = "-"
             if method != "full":
@@ -273,7 +273,7 @@ def _plot(study: SVDStudy, rows, path: Path) -> None:
     for method in study.methods:
         xs, ys, es = [], [], []
         for frac in sorted(study.fractions):
-            c = mean_ci([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == method])
+            c = mean_ci([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == method], bounds=RATE)
             xs.append(frac)
             ys.append(c["mean"])
             es.append(0 if np.isnan(c["lo"]) else c["mean"] - c["lo"])
