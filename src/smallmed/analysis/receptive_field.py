@@ -269,17 +269,12 @@ def final(rows: list[RFRow]) -> RFRow:
     return rows[-1]
 
 
-def gradient_extent(model: nn.Module, input_size: tuple[int, int, int], unit: tuple[int, int] | None = None):
-    """Brute-force check: (rows, cols) of input pixels with non-zero gradient for one output unit.
-
-    Every weight is made positive, max pools become average pools (a max passes gradient to one
-    pixel only) and BatchNorm is the identity, so the gradient is non-zero exactly on the receptive
-    field (clipped to the image). ``unit`` defaults to the central output unit. Works on a copy.
-    """
+def _probe_copy(model: nn.Module) -> nn.Module:
+    """A float64 eval copy with positive weights, max pools as average pools and BN as identity."""
     import copy
 
     m = copy.deepcopy(model).eval()
-    for name, mod in list(m.named_modules()):
+    for _, mod in list(m.named_modules()):
         for cname, child in list(mod.named_children()):
             if isinstance(child, nn.MaxPool2d):
                 setattr(mod, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
@@ -288,8 +283,18 @@ def gradient_extent(model: nn.Module, input_size: tuple[int, int, int], unit: tu
     with torch.no_grad():
         for p in m.parameters():
             p.copy_(torch.full_like(p, 1.0 / max(1, p[0].numel() if p.dim() > 1 else 1)))
+    return m.double()
+
+
+def gradient_extent(model: nn.Module, input_size: tuple[int, int, int], unit: tuple[int, int] | None = None):
+    """Brute-force check: (rows, cols) of input pixels with non-zero gradient for one output unit.
+
+    Every weight is made positive, max pools become average pools (a max passes gradient to one
+    pixel only) and BatchNorm is the identity, so the gradient is non-zero exactly on the receptive
+    field (clipped to the image). ``unit`` defaults to the central output unit. Works on a copy.
+    """
+    m = _probe_copy(model)
     x = torch.rand(1, *input_size, dtype=torch.float64) + 0.5
-    m.double()
     x.requires_grad_(True)
     y = m(x)
     if unit is None:
@@ -316,19 +321,7 @@ def gradient_extents(model: nn.Module, input_size: tuple[int, int, int], names: 
 
     Returns ``{name: (rows, cols, unit, out_hw)}`` for the central unit of each module's output.
     """
-    import copy
-
-    m = copy.deepcopy(model).eval()
-    for _, mod in list(m.named_modules()):
-        for cname, child in list(mod.named_children()):
-            if isinstance(child, nn.MaxPool2d):
-                setattr(mod, cname, nn.AvgPool2d(child.kernel_size, child.stride, child.padding, child.ceil_mode))
-            elif isinstance(child, nn.modules.batchnorm._BatchNorm):
-                setattr(mod, cname, nn.Identity())
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.full_like(p, 1.0 / max(1, p[0].numel() if p.dim() > 1 else 1)))
-    m.double()
+    m = _probe_copy(model)
     mods = dict(m.named_modules())
     outs: dict[str, torch.Tensor] = {}
     hooks = [mods[n].register_forward_hook(lambda mod, i, o, n=n: outs.setdefault(n, o)) for n in names if n in mods]

@@ -121,8 +121,15 @@ class ClassificationTask(Task):
 # ----------------------------------------------------------------------------------------------- segmentation
 
 
-class MaskDataset(Dataset):
-    """(image, mask) pairs through one transform: geometry is sampled once for both (transforms v2)."""
+def _image(array) -> tv_tensors.Image:
+    """An [H, W] or [H, W, C] uint8 array as a (C, H, W) tv_tensors.Image."""
+    im = np.asarray(array)
+    im = im[..., None] if im.ndim == 2 else im
+    return tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1))
+
+
+class _SplitDataset(Dataset):
+    """A torch view of one split through one transform."""
 
     def __init__(self, split, transform=None) -> None:
         self.split, self.transform = split, transform
@@ -130,10 +137,12 @@ class MaskDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
+
+class MaskDataset(_SplitDataset):
+    """(image, mask) pairs through one transform: geometry is sampled once for both (transforms v2)."""
+
     def __getitem__(self, i: int):
-        im = np.asarray(self.split.images[i])
-        im = im[..., None] if im.ndim == 2 else im
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1))
+        img = _image(self.split.images[i])
         mask = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(self.split.masks[i]))[None])
         if self.transform is not None:
             img, mask = self.transform(img, mask)
@@ -297,20 +306,12 @@ class RegressionTask(Task):
 # ------------------------------------------------------------------------------------------------- keypoints
 
 
-class KeypointTorchDataset(Dataset):
+class KeypointTorchDataset(_SplitDataset):
     """(image, {"xy": [K, 2], "vis": [K]}): keypoints follow every geometric augmentation (transforms v2)."""
 
-    def __init__(self, split, transform=None) -> None:
-        self.split, self.transform = split, transform
-
-    def __len__(self) -> int:
-        return len(self.split)
-
     def __getitem__(self, i: int):
-        im = np.asarray(self.split.images[i])
-        im = im[..., None] if im.ndim == 2 else im
-        h, w = im.shape[:2]
-        img = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1))
+        img = _image(self.split.images[i])
+        h, w = img.shape[-2:]
         kp = torch.as_tensor(self.split.keypoints[i], dtype=torch.float32)
         pts = tv_tensors.KeyPoints(kp[:, :2], canvas_size=(h, w))
         if self.transform is not None:
