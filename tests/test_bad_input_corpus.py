@@ -28,6 +28,18 @@ def corpus(tmp_path):
     (d / "bad.yaml").write_text("epochs: abc\n")
     (d / "bool.yaml").write_text("progress: maybe\n")
     (d / "scores.csv").write_text("Patient_ID,LH_mcp_E__ip\nP1,9\n")
+    import torch
+
+    y1 = np.zeros(8, np.uint8)
+    np.savez(d / "oneclass.npz", **{f"{s}_images": np.random.default_rng(0).integers(0, 255, (8, 8, 8)).astype(np.uint8)
+                                   for s in ("train", "val", "test")},
+             train_labels=y1, val_labels=np.array([0, 1] * 4, np.uint8), test_labels=np.array([0, 1] * 4, np.uint8))
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "a.png")
+    (d / "m.csv").write_text("path,label\na.png,x\na.png,\n")
+    (d / "fake").mkdir()
+    torch.save({"model": {}, "obj": Path("x")}, d / "fake" / "best.pt")  # a pickled Python object
     return d
 
 
@@ -57,7 +69,15 @@ def _cases(d: Path):
         (["explain", str(d / "nope")], "run folder not found"),
         (["study", "svd", "--seeds", "-1", "--out", str(d / "s")], "--seeds -1"),
         (["study", "bn", "--data", ok, "--model", "densenet121", "--out", str(d / "s")], "norm for densenet121"),
-        (["study", "rff", "--splits", "0", "--out", str(d / "s")], "at least one split"),
+        (["study", "rff", "--splits", "0", "--out", str(d / "s")], "--splits 0: expected at least 1"),
+        (["study", "bn", "--max-train", "-5", "--out", str(d / "s")], "--max-train -5"),
+        (["data", "stats", ok, "--image-size", "-5"], "--image-size -5"),
+        (["explain", str(d / "nope"), "--n", "0"], "--n 0"),
+        (["explain", str(d / "nope"), "--patch", "0"], "--patch 0"),
+        (train + ["--epochs", "3", "--rff-epochs", "5", "--out", str(d / "r")], "rff_epochs=[5]"),
+        (["train", "--data", str(d / "oneclass.npz"), "--model", "small_cnn", "--out", str(d / "r")], "one class only"),
+        (["train", "--data", str(d / "m.csv"), "--out", str(d / "r")], "row 3: empty label"),
+        (["evaluate", str(d / "fake")], "safe load refuses"),
         (["study", "sfconv", "--out", f], "exists and is a file"),
         (["study", "ra2", "--variants", "v9", "--out", str(d / "s"), "--data-dir", str(d)], "v9"),
         (["ra2", "check", str(d / "scores.csv")], "missing"),

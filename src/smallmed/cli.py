@@ -103,10 +103,19 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def _at_least(a, **minimum) -> None:
+    """Refuse a numeric flag below its minimum, naming the flag as typed."""
+    for name, lo in minimum.items():
+        v = getattr(a, name, None)
+        if v is not None and v < lo:
+            raise SmallmedError(f"--{name.replace('_', '-')} {v}: expected at least {lo}.")
+
+
 def cmd_data_stats(a) -> int:
     from .data import dataset_stats, load_dataset
     from .data.stats import format_stats
 
+    _at_least(a, image_size=4)
     st = dataset_stats(load_dataset(a.data, data_dir=a.data_dir, image_size=a.image_size))
     print(json.dumps(st, indent=2) if a.json else format_stats(st))
     return 0
@@ -244,6 +253,8 @@ def _study(presets: dict, a):
     from .train.checkpoint import check_out_dir
 
     check_out_dir(a.out)  # a folder that cannot be written fails before any data is read
+    _at_least(a, max_train=0, epochs=1, image_size=4, batch_size=1, splits=1, knee_epochs=1, knee_size=8,
+              knee_max_train=0, localiser_epochs=1, e2e_epochs=1, folds=2)
     study = presets[a.preset]
     for s in getattr(a, "seeds", None) or []:
         if not 0 <= s < 2**32:
@@ -341,6 +352,7 @@ def cmd_cost(a) -> int:
 def cmd_explain(a) -> int:
     from .explain import explain_run
 
+    _at_least(a, n=1, patch=1, stride=1)
     written = explain_run(a.run_dir, a.images, split=a.split, n=a.n, patch=a.patch, stride=a.stride, out=a.out)
     for path in written:
         print(path)

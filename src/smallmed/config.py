@@ -123,6 +123,9 @@ class TrainConfig:
             raise SmallmedError(f"fd_weight={self.fd_weight} needs conv='fconv'.")
         if not 0 < self.fraction <= 1:
             raise SmallmedError(f"fraction={self.fraction}: expected a value in (0, 1].")
+        bad = [e for e in self.rff_epochs if not 1 <= e <= self.epochs]
+        if bad:
+            raise SmallmedError(f"rff_epochs={list(self.rff_epochs)}: epoch {bad[0]} is outside 1..epochs ({self.epochs}).")
         if not 0 <= self.head_epochs <= self.epochs:
             raise SmallmedError(f"head_epochs={self.head_epochs}: expected 0..epochs ({self.epochs}).")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -94,7 +94,10 @@ def load_csv(path: str | Path, *, image_size: int | None = None, split_seed: int
     if not rows:
         raise SmallmedError(f"{path}: no rows; expected one row per image.")
     files = [(path.parent / r["path"]).resolve() for r in rows]
-    raw_labels = [r["label"].strip() for r in rows]
+    raw_labels = [(r["label"] or "").strip() for r in rows]
+    empty = [i for i, lbl in enumerate(raw_labels) if not lbl]
+    if empty:
+        raise SmallmedError(f"{path}, row {empty[0] + 2}: empty label; every row needs a class.")
     pids = np.array([r.get("patient_id") or f"row{i}" for i, r in enumerate(rows)]) if "patient_id" in fields else None
     split_col = [r["split"].strip().lower() for r in rows] if "split" in fields else None
     return _build(path, files, raw_labels, pids, split_col, image_size, split_seed)

@@ -352,6 +352,9 @@ def write_report(study: RA2Study, out: Path, loc: dict, knee: dict, e2e: dict, s
     for method, v in loc["feet_ra2"].items():
         lines.append(f"| RA2 example feet (4 images, leave one out) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
                      f"{v['frac_error']:.4f} | - | {v['n']} |")
+    pj, pm = ht["localiser"]["per_joint"], ht["mean_shape"]["per_joint"]
+    lines += ["", "Per joint on the hand set's test split (error / width, U-Net vs mean shape): " + ", ".join(
+        f"{j} {pj[j]['frac_error']:.3f} / {pm[j]['frac_error']:.3f}" for j in pj)]
     lines += ["", "Per joint on the RA2 example hands (error / width, U-Net vs mean shape): " + ", ".join(
         f"{j} {loc['hands_ra2'].get('localiser', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f} / "
         f"{loc['hands_ra2'].get('mean_shape', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f}"

@@ -91,7 +91,7 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise SmallmedError(f"{path}: not a readable checkpoint ({e}).") from None
+        raise SmallmedError(f"{path}: not a readable checkpoint ({load_failure(e)}).") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise SmallmedError(f"{path}: not a smallmed checkpoint (no 'model' entry).")
     return ckpt
@@ -157,3 +157,12 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def load_failure(e: Exception) -> str:
+    """torch.load's reason in a few words, without its advice to load unsafely."""
+    text = str(e)
+    if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        return "it holds Python objects that a safe load refuses; smallmed never unpickles arbitrary code"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:200]

@@ -166,6 +166,11 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     train_idx = nested_fraction(_labels(train), cfg.fraction, seed=cfg.seed, groups=groups)
     if len(train_idx) < 2:
         raise SmallmedError(f"fraction={cfg.fraction} leaves {len(train_idx)} training image(s); need at least 2.")
+    if task.kind in ("binary", "multiclass"):
+        present = np.unique(np.asarray(train.labels)[train_idx])
+        if len(present) < 2:
+            raise SmallmedError(f"{getattr(ds, 'source', '') or cfg.data}: the training split (fraction {cfg.fraction}) "
+                                f"holds one class only ({task.class_names[int(present[0])]}); a classifier needs at least two.")
     image_size = cfg.image_size or ds.image_size
     in_chans = ds.in_chans
     built = build_model(cfg, num_classes=task.outputs(ds), in_chans=in_chans, input_size=image_size, model=model)
