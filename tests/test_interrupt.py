@@ -154,3 +154,60 @@ def test_rffreeze_restores_its_own_layers():
     cb.on_epoch_start(2, model)  # no other schedule runs: RFFreeze gives its layers back itself
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
     assert all(model.get_submodule(b).training for b in cb.norms.values())
+
+
+HOLD_AT_CALL = textwrap.dedent("""
+    import sys, time, pathlib
+    import smallmed.train.checkpoint as C
+    import smallmed.train.loop as L
+    import smallmed.studies.bn as B
+    hold, marker = int(sys.argv[1]), pathlib.Path(sys.argv[2])
+    calls = [0]
+    orig = C.atomic_write_csv
+    def write(path, rows):
+        orig(path, rows)
+        calls[0] += 1
+        if calls[0] == hold:
+            marker.write_text("ready")
+            time.sleep(600)
+    L.atomic_write_csv = B.atomic_write_csv = write
+    from smallmed.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def _results(path: Path) -> list[dict]:
+    import csv
+
+    rows = list(csv.DictReader(open(path, newline="")))
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # wall time differs by nature
+
+
+def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path):
+    """SIGKILL after the first epoch file, in the second cell, and while writing the report: the same
+    command then finishes with the results.csv of an uninterrupted run."""
+    data = make_medmnist(tmp_path / "d.npz", n=(64, 16, 16), size=16)
+
+    def args(out):
+        return ["-q", "study", "bn", "--data", str(data), "--model", "small_cnn", "--norms", "none", "bn",
+                "--seeds", "0", "--epochs", "2", "--batch-size", "16", "--max-train", "0", "--out", str(out)]
+
+    ref = subprocess.run([sys.executable, "-m", "smallmed.cli", *args(tmp_path / "ref")], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    for hold in (1, 3, 5):  # history of cell 1 epoch 1; cell 2 epoch 1; results.csv
+        out, marker = tmp_path / f"k{hold}", tmp_path / f"m{hold}"
+        victim = subprocess.Popen([sys.executable, "-c", HOLD_AT_CALL, str(hold), str(marker), *args(out)], env=ENV,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 240
+        while not marker.exists() and victim.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), victim.stderr.read().decode()[-2000:]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        again = subprocess.run([sys.executable, "-m", "smallmed.cli", *args(out)], env=ENV, capture_output=True,
+                               text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        got = [{k: v.replace(str(out), "OUT") for k, v in r.items()} for r in _results(out / "results.csv")]
+        want = [{k: v.replace(str(tmp_path / "ref"), "OUT") for k, v in r.items()} for r in _results(tmp_path / "ref" / "results.csv")]
+        assert got == want, hold
