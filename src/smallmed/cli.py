@@ -17,6 +17,29 @@ from .errors import SmallmedError
 log = logging.getLogger("smallmed")
 
 
+def _add_study_flags(p: argparse.ArgumentParser, module: str, cls: str) -> None:
+    """A flag for every field of a study dataclass that has no hand-written flag yet, typed from its hint."""
+    import importlib
+
+    study = getattr(importlib.import_module(f"smallmed.studies.{module}"), cls)
+    hints = typing.get_type_hints(study)
+    have = {o for a in p._actions for o in a.option_strings}
+    for f in dataclasses.fields(study):
+        flag = "--" + f.name.replace("_", "-")
+        if flag in have:
+            continue
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif typing.get_origin(hint) is tuple:
+            kind = next((a for a in typing.get_args(hint) if a in (int, float, str)), str)
+            p.add_argument(flag, type=kind, nargs="+", default=None, metavar="X")
+        else:
+            base = args[0] if args else hint
+            p.add_argument(flag, type=base if base in (int, float) else str, default=None)
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size``), typed from the dataclass."""
     from .config import TrainConfig
@@ -446,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     sv.add_argument("--backend", choices=("process", "ray"), default="process")
     sv.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+    _add_study_flags(sv, "svd", "SVDStudy")
     sv.set_defaults(func=cmd_study_svd)
 
     s3 = ssub.add_parser("ra2", help="seed 003: joint localisation, the scoring recipe on knee grades, RA2 end to end")
@@ -461,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     s3.add_argument("--folds", type=int)
     s3.add_argument("--data-dir")
     s3.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+    _add_study_flags(s3, "ra2", "RA2Study")
     s3.set_defaults(func=cmd_study_ra2)
 
     sb = ssub.add_parser("bn", help="seed 002: batch norm none / before / after the ReLU x seeds")
@@ -480,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
     sb.add_argument("--backend", choices=("process", "ray"), default="process")
     sb.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+    _add_study_flags(sb, "bn", "BNStudy")
     sb.set_defaults(func=cmd_study_bn)
 
     rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (any smallmed or torchvision model)")
@@ -525,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--workers", type=int, default=1)
     sf.add_argument("--backend", choices=("process", "ray"), default="process")
     sf.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+    _add_study_flags(sf, "sfconv", "SFConvStudy")
     sf.set_defaults(func=cmd_study_sfconv)
 
     sr = ssub.add_parser("rff", help="seed 001: receptive-field freeze, transfer to held-out classes")
@@ -540,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--seeds", nargs="+", type=int)
     sr.add_argument("--data-dir")
     sr.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+    _add_study_flags(sr, "rff", "RFFStudy")
     sr.set_defaults(func=cmd_study_rff)
 
     ra = sub.add_parser("ra2", help="rheumatoid-arthritis joint damage (Sharp/van der Heijde, RA2 DREAM Challenge)")
