@@ -325,3 +325,23 @@ def test_hand_localiser_data_from_the_21_point_set(tmp_path):
     # after mirroring right hands, every thumb MCP sits right of the little-finger MCP (a left hand)
     tr = ds.splits["train"].keypoints
     assert (tr[:, 5, 0] > tr[:, 9, 0]).mean() > 0.95
+
+
+def test_ra2_localiser_command_on_a_generated_21_point_set(tmp_path, capsys):
+    from smallmed.cli import main
+    from smallmed.ra2.joints import HAND21
+
+    names = ["wrist", *sorted(set(HAND21.values())), *[f"extra{i}" for i in range(10)]][:21]
+    rng = np.random.default_rng(0)
+    n = 40
+    images = rng.integers(0, 40, (n, 32, 32)).astype(np.uint8)
+    kp = np.concatenate([rng.uniform(4, 28, (n, 21, 2)), np.full((n, 21, 1), 2.0)], -1).astype(np.float32)
+    split = np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6)
+    side = np.array(["left"] * 30 + ["right"] * 10)
+    np.savez(tmp_path / "h21.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(names), split=split,
+             hand_side=side)
+    assert main(["-q", "ra2", "localiser", "--data", str(tmp_path / "h21.npz"), "--epochs", "1", "--image-size", "32",
+                 "--out", str(tmp_path / "loc")]) == 0
+    assert "px_error" in capsys.readouterr().out
+    m = json.loads((tmp_path / "loc" / "metrics.json").read_text())
+    assert m["task"] == "keypoints" and set(m["test"]["per_joint"]) == set(HAND21)

@@ -232,7 +232,8 @@ def knee_results(study: RA2Study, grid, index) -> dict:
         p = np.mean(ps, axis=0)
         per.setdefault("ensemble", {})[s] = regression_metrics(truth, p, low=0, high=4)
         preds.setdefault("ensemble", {})[s] = p
-    return {"per": per, "preds": preds, "truth": truth}
+    secs = sum(json.loads((Path(c.out) / "metrics.json").read_text())["wall_seconds"] for c in grid)
+    return {"per": per, "preds": preds, "truth": truth, "seconds": secs}
 
 
 def _paired_images(truth, a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 2000) -> dict:
@@ -328,7 +329,8 @@ def write_report(study: RA2Study, out: Path, loc: dict, knee: dict, e2e: dict, s
     lines = [
         "# RA2 joint-damage scoring (seed 003), measured on the real data available offline",
         "",
-        f"Wall time of this invocation {seconds / 60:.1f} min on this machine (finished runs are reused).",
+        f"Wall time of this invocation {seconds / 60:.1f} min on this machine (finished runs are reused); "
+        f"training time summed over the knee runs {knee.get('seconds', 0) / 60:.1f} min.",
         "",
         "## (a) Joint localisation",
         "",
@@ -398,8 +400,12 @@ def write_report(study: RA2Study, out: Path, loc: dict, knee: dict, e2e: dict, s
             rows.append({"recipe": v, "seed": s, **{k: per[v][s][k] for k in ("acc", "mae", "rmse", "weighted_rmse", "mae_rounded")}})
     atomic_write_csv(out / "knee_results.csv", rows)
     zero = np.abs(truth).mean()
+    train_y = np.load(out / "data" / "knee_subset.npz")["train_labels"].ravel()
+    med = float(np.median(train_y))
+    const = float(np.abs(truth - med).mean())
     lines += ["", f"Reference points: predicting grade 0 for every knee gives MAE {zero:.3f} and accuracy "
-              f"{(np.rint(truth) == 0).mean():.3f} on this test split; Chen et al. 2019 report accuracy {CHEN_2019['acc']:.3f} "
+              f"{(np.rint(truth) == 0).mean():.3f} on this test split; predicting the training median (grade {med:g}) "
+              f"for every knee gives MAE {const:.3f} and accuracy {(np.rint(truth) == med).mean():.3f}; Chen et al. 2019 report accuracy {CHEN_2019['acc']:.3f} "
               f"and MAE {CHEN_2019['mae']:.3f} at 224 px with all training knees and full training (7x our resolution per side, "
               f"{5778 / max(1, study.knee_max_train or 5778):.0f}x our training images): not a like-for-like comparison.", ""]
     lines += [
@@ -428,8 +434,16 @@ def write_report(study: RA2Study, out: Path, loc: dict, knee: dict, e2e: dict, s
                      f"pediatric-trained localiser {'transfers better than' if better else 'does not beat'} the mean shape there.")
     b = mean_ci([per["base"][s]["mae"] for s in per["base"]])["mean"]
     best = min(per, key=lambda v: np.mean([per[v][s]["mae"] for s in per[v]]))
-    lines.append(f"- Scoring recipe: base MAE {b:.3f} (predicting 0: {zero:.3f}); lowest mean MAE: {best}. Read the paired "
-                 "columns for which differences exceed seed and test-set noise.")
+    bm = float(np.mean([per[best][s]["mae"] for s in per[best]]))
+    if bm >= const - 0.02:
+        lines.append(f"- Scoring recipe: **no recipe learned more than a constant here**: the best mean MAE ({best}, "
+                     f"{bm:.3f}) is not below predicting the training median for every knee ({const:.3f}), and accuracies "
+                     "sit at single-grade rates. At this scale (32 px, 600 knees, 3 epochs on 2 CPU cores) the "
+                     "comparisons between recipes measure noise around a constant, not the recipes; the `paper` preset "
+                     "(64 px, all knees, 30 epochs) is what would test them.")
+    else:
+        lines.append(f"- Scoring recipe: base MAE {b:.3f} (training median for every knee: {const:.3f}); lowest mean MAE: "
+                     f"{best}. Read the paired columns for which differences exceed seed and test-set noise.")
     lines.append("- End to end: the table is written in the challenge's format for both patients; with one training "
                  "patient the scores carry no skill (compare with the 'if all 0' errors).")
     report = out / "report.md"
