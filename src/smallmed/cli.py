@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="class probabilities for image files, as CSV on stdout")
+    pr = sub.add_parser("predict", help="class probabilities (or scores, for a regression run) for image files, as CSV on stdout")
     pr.add_argument("run_dir")
     pr.add_argument("images", nargs="+")
     pr.add_argument("--device", default="auto")
