@@ -101,3 +101,25 @@ def test_fast_auc_and_tpr_equal_sklearn_with_ties(seed):
         auc, tpr = _fast_auc_tpr(y, s, fpr)
         assert auc == pytest.approx(roc_auc_score(y, s))
         assert tpr == pytest.approx(tpr_at_fpr(y, s, fpr))
+
+
+def test_delong_matches_sklearn_auc_and_a_paired_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    from smallmed.studies.stats import delong_test
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    a = y * 1.0 + rng.normal(0, 1.0, 300)
+    b = 0.5 * a + rng.normal(0, 1.0, 300)  # correlated with a, weaker (noisier)
+    r = delong_test(y, a, b)
+    assert r["auc_a"] == pytest.approx(roc_auc_score(y, a)) and r["auc_b"] == pytest.approx(roc_auc_score(y, b))
+    diffs = []
+    for _ in range(2000):  # the same resampled images for both scores
+        i = rng.integers(0, 300, 300)
+        if y[i].min() != y[i].max():
+            diffs.append(roc_auc_score(y[i], a[i]) - roc_auc_score(y[i], b[i]))
+    assert r["se"] == pytest.approx(np.std(diffs), rel=0.15)
+    assert 0 <= r["p"] <= 1 and r["p"] < 0.05 and r["diff"] > 0
+    same = delong_test(y, a, a)
+    assert same["diff"] == 0 and same["p"] == 1.0

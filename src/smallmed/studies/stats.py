@@ -61,3 +61,44 @@ def direction(pr: dict, up: str, down: str, same: str = "not distinguishable fro
     if pr["n"] < MIN_SEEDS:
         return same + " (too few seeds to tell)"
     return up if pr["lo"] > 0 else down if pr["hi"] < 0 else same
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    return stats.rankdata(x)  # average ranks of ties: the mid-ranks DeLong's method uses
+
+
+def delong_test(y_true, score_a, score_b) -> dict:
+    """DeLong's test for the difference of two correlated ROC AUCs on the same test images
+    (DeLong et al. 1988, fast form of Sun and Xu 2014).
+
+    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``se`` of the difference and two-sided ``p``.
+
+    Example:
+        >>> y = np.array([0, 0, 1, 1, 0, 1])
+        >>> r = delong_test(y, np.array([.1, .4, .35, .8, .2, .9]), np.array([.1, .4, .35, .8, .2, .9]))
+        >>> r["diff"], r["p"]
+        (0.0, 1.0)
+    """
+    y = np.asarray(y_true).astype(int).ravel()
+    pos, neg = y == 1, y == 0
+    m, n = int(pos.sum()), int(neg.sum())
+    if m < 2 or n < 2:
+        from ..errors import SmallmedError
+
+        raise SmallmedError(f"DeLong's test needs at least 2 positives and 2 negatives; got {m} and {n}.")
+    v10, v01, aucs = [], [], []
+    for s in (np.asarray(score_a, float).ravel(), np.asarray(score_b, float).ravel()):
+        sp, sn = s[pos], s[neg]
+        tz = _midrank(np.concatenate([sp, sn]))
+        tx, ty = _midrank(sp), _midrank(sn)
+        auc = (tz[:m].sum() - m * (m + 1) / 2) / (m * n)
+        v10.append((tz[:m] - tx) / n)  # structural components of the positives
+        v01.append(1.0 - (tz[m:] - ty) / m)  # and of the negatives
+        aucs.append(float(auc))
+    s10, s01 = np.cov(np.vstack(v10)), np.cov(np.vstack(v01))
+    cov = s10 / m + s01 / n
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = aucs[0] - aucs[1]
+    se = math.sqrt(max(var, 0.0))
+    p = 1.0 if se == 0 else float(2 * stats.norm.sf(abs(diff) / se))
+    return {"auc_a": aucs[0], "auc_b": aucs[1], "diff": float(diff), "se": se, "p": p}
