@@ -14,28 +14,45 @@ from pathlib import Path
 import pytest
 import torch
 
-from smallmed import TrainConfig, fit, resume
+from smallmed import fit, resume
 from tests.conftest import make_medmnist
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
 
-# Run the CLI, but after epoch HOLD's files are written, drop a marker and wait to be killed: the kill lands
-# on a known progress point on any machine, never on a timer.
-HOLDING_CLI = textwrap.dedent("""
+# Run the CLI, but after the N-th CSV written through atomic_write_csv (history rows per epoch, a study's
+# results.csv) drop a marker and wait to be killed: the kill lands on a known progress point on any machine,
+# never on a timer.
+HOLD_AT_CALL = textwrap.dedent("""
     import sys, time, pathlib
+    import smallmed.train.checkpoint as C
     import smallmed.train.loop as L
+    import smallmed.studies.bn as B
     hold, marker = int(sys.argv[1]), pathlib.Path(sys.argv[2])
-    orig = L.atomic_write_csv
+    calls = [0]
+    orig = C.atomic_write_csv
     def write(path, rows):
         orig(path, rows)
-        if len(rows) == hold:
+        calls[0] += 1
+        if calls[0] == hold:
             marker.write_text("ready")
             time.sleep(600)
-    L.atomic_write_csv = write
+    L.atomic_write_csv = B.atomic_write_csv = write
     from smallmed.cli import main
     sys.exit(main(sys.argv[3:]))
 """)
+
+
+def _kill_at(hold: int, marker: Path, args: list[str]) -> None:
+    """Start the CLI with ``args``, SIGKILL it once it holds at its ``hold``-th CSV write."""
+    victim = subprocess.Popen([sys.executable, "-c", HOLD_AT_CALL, str(hold), str(marker), *args], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not marker.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), victim.stderr.read().decode()[-2000:]
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
 
 
 def _train_args(data, out, *extra):
@@ -48,15 +65,7 @@ def test_sigkill_on_a_progress_marker_then_resume_gives_the_same_result(tmp_path
     ref = subprocess.run([sys.executable, "-m", "smallmed.cli", *_train_args(data, tmp_path / "a")], env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    marker = tmp_path / "marker"
-    victim = subprocess.Popen([sys.executable, "-c", HOLDING_CLI, "2", str(marker), *_train_args(data, tmp_path / "b")],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not marker.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert marker.exists(), victim.stderr.read().decode()[-2000:]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
+    _kill_at(2, tmp_path / "marker", _train_args(data, tmp_path / "b"))  # after epoch 2's history row
     assert not (tmp_path / "b" / "metrics.json").exists()
     resumed = subprocess.run([sys.executable, "-m", "smallmed.cli", "-q", "train", "--resume", str(tmp_path / "b")],
                              env=ENV, capture_output=True, text=True, timeout=300)
@@ -156,25 +165,6 @@ def test_rffreeze_restores_its_own_layers():
     assert all(model.get_submodule(b).training for b in cb.norms.values())
 
 
-HOLD_AT_CALL = textwrap.dedent("""
-    import sys, time, pathlib
-    import smallmed.train.checkpoint as C
-    import smallmed.train.loop as L
-    import smallmed.studies.bn as B
-    hold, marker = int(sys.argv[1]), pathlib.Path(sys.argv[2])
-    calls = [0]
-    orig = C.atomic_write_csv
-    def write(path, rows):
-        orig(path, rows)
-        calls[0] += 1
-        if calls[0] == hold:
-            marker.write_text("ready")
-            time.sleep(600)
-    L.atomic_write_csv = B.atomic_write_csv = write
-    from smallmed.cli import main
-    sys.exit(main(sys.argv[3:]))
-""")
-
 
 def _results(path: Path) -> list[dict]:
     import csv
@@ -196,15 +186,8 @@ def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
     for hold in (1, 3, 5):  # history of cell 1 epoch 1; cell 2 epoch 1; results.csv
-        out, marker = tmp_path / f"k{hold}", tmp_path / f"m{hold}"
-        victim = subprocess.Popen([sys.executable, "-c", HOLD_AT_CALL, str(hold), str(marker), *args(out)], env=ENV,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.time() + 240
-        while not marker.exists() and victim.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.exists(), victim.stderr.read().decode()[-2000:]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        out = tmp_path / f"k{hold}"
+        _kill_at(hold, tmp_path / f"m{hold}", args(out))
         again = subprocess.run([sys.executable, "-m", "smallmed.cli", *args(out)], env=ENV, capture_output=True,
                                text=True, timeout=300)
         assert again.returncode == 0, again.stderr[-2000:]

@@ -1,6 +1,5 @@
 """SVD fine-tuning: round trips after perturbation, parameter counts, pruning, fold, low-rank export."""
 
-import copy
 
 import pytest
 import torch

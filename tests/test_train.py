@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from smallmed import SmallmedError, TrainConfig, fit
+from smallmed import SmallmedError, TrainConfig, fit, resume
 from smallmed.errors import NonFiniteLossError
 from smallmed.schedules import Callback, TwoStage, freeze_bn_stats, set_trainable
 
@@ -52,7 +52,7 @@ def test_killed_mid_epoch_then_resumed_matches_uninterrupted(tiny_cfg, tmp_path)
             callbacks=[Interrupt(epoch=2, step=1)])
     assert not (tmp_path / "b" / "metrics.json").exists()
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1  # epochs 1-2 done
-    resumed = fit(None, resume=tmp_path / "b")
+    resumed = resume(tmp_path / "b")
     assert resumed["test"] == full["test"]
     assert resumed["best_epoch"] == full["best_epoch"]
     a = torch.load(tmp_path / "a" / "best.pt", weights_only=True)["model"]

@@ -194,26 +194,13 @@ def cmd_ra2_check(a) -> int:
 def cmd_ra2_train(a) -> int:
     from pathlib import Path
 
-    from .ra2.joints import read_landmarks
-    from .ra2.localise import mean_shape
-    from .ra2.pipeline import RA2Config, find_images, train_pipeline
+    from .ra2.pipeline import RA2Config, find_images, landmark_mean_shapes, train_pipeline
 
-    images = find_images(a.images)
-    shapes: dict[str, list] = {"hand": [], "foot": []}
-    from .ra2.joints import flip_points
-    from .ra2.pipeline import _gray, _kind
-
-    for limbs in images.values():
-        for limb, path in limbs.items():
-            lm = Path(a.landmarks) / f"{path.stem}.json"
-            if lm.exists():
-                h, w = _gray(path).shape
-                pts = read_landmarks(lm, limb)
-                shapes[_kind(limb)].append((flip_points(pts, w) if limb.startswith("R") else pts, (w, h)))
+    shapes = landmark_mean_shapes(find_images(a.images), a.landmarks)
     locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
     cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed,
                     localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
-                    mean_shape={k: mean_shape(v) for k, v in shapes.items() if v})
+                    mean_shape=shapes)
     info = train_pipeline(a.images, a.scores, a.out, landmarks=a.landmarks, cfg=cfg)
     print(f"{len(info['patients'])} patients, {info['crops']} joint crops, {len(info['folds'])} fold(s) -> {a.out}")
     for name, v in info["cv"].items():

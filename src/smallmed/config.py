@@ -87,9 +87,6 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
         self.fprs = tuple(float(f) for f in self.fprs)
         self.svd_train = tuple(str(t) for t in self.svd_train)
-        from .methods import METHODS
-
-        check_choice("method", self.method, METHODS)
         for t in self.svd_train:
             check_choice("svd_train", t, ("sigma", "head", "bn", "bias"))
         if self.prune is not None and not 0 <= self.prune < 1:
@@ -97,11 +94,11 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
         check_choice("task", self.task, ("auto", "regression"))
-        from .models import MODELS
+        from .models import MODELS, STEMS
 
         entry = MODELS.get(self.model)  # unknown names: did-you-mean, before anything runs
         check_choice(f"norm for {self.model}", self.norm, entry.norms)
-        check_choice("stem", self.stem, ("auto", "imagenet", "small"))
+        check_choice("stem", self.stem, STEMS)
         from .data.transforms import parse_augment
 
         parse_augment(self.augment)  # a bad augmentation spec fails here, before any file is written
@@ -229,6 +226,7 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 def _coerce(name: str, value, hint):
     """``value`` as the field's type, or a SmallmedError naming the key (YAML reads ``1e-3`` as a string)."""
+    import types
     import typing
 
     optional = type(None) in typing.get_args(hint)
@@ -237,7 +235,7 @@ def _coerce(name: str, value, hint):
             return None
         raise SmallmedError(f"{name}=None: expected a value ({getattr(hint, '__name__', hint)}).")
     args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = args[0] if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType) and args else hint
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and args else hint
     origin = typing.get_origin(base)
     try:
         if base is bool:

@@ -12,7 +12,6 @@ declares ``role = "sigma"``), never by name substrings. The head is found as tim
 from __future__ import annotations
 
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .errors import SmallmedError
 

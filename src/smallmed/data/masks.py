@@ -34,6 +34,10 @@ class MaskSplit:
     def __len__(self) -> int:
         return len(self.images)
 
+    def subset(self, idx) -> "MaskSplit":
+        idx = np.asarray(idx, dtype=np.int64)
+        return MaskSplit(self.images[idx], self.masks[idx], None if self.patient_ids is None else self.patient_ids[idx])
+
 
 @dataclass
 class SegmentationDataset:

@@ -109,6 +109,22 @@ def _kind(limb: str) -> str:
     return "hand" if limb.endswith("H") else "foot"
 
 
+def landmark_mean_shapes(images: dict[str, dict[str, Path]], landmarks: str | Path) -> dict[str, dict]:
+    """{"hand"|"foot": mean shape} over every image with a landmark file, right limbs mirrored to the left:
+    the fallback localiser for limbs (or points) without a trained one."""
+    from .localise import mean_shape
+
+    shapes: dict[str, list] = {"hand": [], "foot": []}
+    for limbs in images.values():
+        for limb, path in limbs.items():
+            lm = Path(landmarks) / f"{path.stem}.json"
+            if lm.exists():
+                h, w = _gray(path).shape
+                pts = read_landmarks(lm, limb)
+                shapes[_kind(limb)].append((flip_points(pts, w) if limb.startswith("R") else pts, (w, h)))
+    return {k: mean_shape(v) for k, v in shapes.items() if v}
+
+
 def limb_crops(image: np.ndarray, points: dict, limb: str, size: int) -> dict[str, np.ndarray]:
     """Crops of every assessment of one limb; ``points`` are in the original image's pixels."""
     left = to_left(image, limb)

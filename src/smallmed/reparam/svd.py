@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import SmallmedError
-from ..roles import head_name, parameter_roles, set_trainable, trainable_by_role  # noqa: F401
+from ..roles import set_trainable, trainable_by_role
 from ..registry import check_choice
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -249,9 +249,7 @@ def _paired_images(truth, a: np.ndarray, b: np.ndarray, seed: int = 0, n: int = 
 
 
 def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
-    from ..ra2.joints import flip_points, read_landmarks
-    from ..ra2.localise import mean_shape
-    from ..ra2.pipeline import RA2Config, _gray, _kind, find_images, predict_pipeline, train_pipeline
+    from ..ra2.pipeline import RA2Config, find_images, landmark_mean_shapes, predict_pipeline, train_pipeline
     from ..ra2.schema import SCHEMA, ScoreTable, read_scores, totals, write_table
 
     ex = _path(study, study.examples)
@@ -271,14 +269,8 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
                 for path in images[p].values():
                     shutil.copy(path, work / "images" / path.name)
             write_table(ScoreTable({p: table.scores[p] for p in train_p}), work / "scores.csv")
-            shapes = {"hand": [], "foot": []}
-            for p in train_p:
-                for limb, path in images[p].items():
-                    h, w = _gray(path).shape
-                    pts = read_landmarks(ex / "landmarks" / f"{path.stem}.json", limb)
-                    shapes[_kind(limb)].append((flip_points(pts, w) if limb.startswith("R") else pts, (w, h)))
             cfg = RA2Config(folds=1, epochs=study.e2e_epochs, crop=study.crop, localisers={"hand": localiser_run},
-                            mean_shape={k: mean_shape(v) for k, v in shapes.items() if v})
+                            mean_shape=landmark_mean_shapes(find_images(work / "images"), ex / "landmarks"))
             train_pipeline(work / "images", work / "scores.csv", work / "run", landmarks=ex / "landmarks", cfg=cfg)
             (work / "test").mkdir()
             for path in images[held].values():

@@ -93,7 +93,7 @@ def run_loader(model: nn.Module, loader: DataLoader, task: Task, device: torch.d
 
 
 def evaluate(model: nn.Module, loader: DataLoader, task: Task | str, device: torch.device | str | None = None,
-             fprs: tuple[float, ...] = (1e-3, 1e-2), amp: bool = False, class_names: list[str] | None = None) -> dict:
+             fprs: tuple[float, ...] = (1e-3, 1e-2), class_names: list[str] | None = None) -> dict:
     """Loss and every metric of ``task`` for ``model`` on ``loader`` (device: the model's own by default).
 
     ``task`` is a :class:`~smallmed.train.tasks.Task` or a classification kind (``"binary"``,
@@ -128,7 +128,6 @@ def fit(
     model: nn.Module | None = None,
     dataset=None,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
-    resume: str | Path | None = None,
 ) -> dict:
     """Train, keep the best epoch by validation loss, evaluate it on the test split.
 
@@ -145,8 +144,6 @@ def fit(
         >>> m["test"]["auc"]   # doctest: +SKIP
         0.95
     """
-    if resume is not None:  # the old spelling; resume(run_dir) is the public way
-        return globals()["resume"](resume)
     return _run(copy.deepcopy(cfg), resuming=False, model=model, dataset=dataset, callbacks=callbacks)
 
 

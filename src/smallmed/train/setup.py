@@ -48,7 +48,7 @@ class Setup:
     @functools.cached_property
     def train_split(self):
         """The training fraction, indexed once (fancy indexing copies the images)."""
-        return _subset(self.dataset.splits["train"], self.train_idx)
+        return self.dataset.splits["train"].subset(self.train_idx)
 
     def dataset_for(self, split: str, *, train: bool):
         sp = self.train_split if split == "train" else self.dataset.splits[split]
@@ -73,14 +73,6 @@ class Setup:
         return {"config": self.cfg.to_dict(), "recipe": self.built.recipe, "task_info": self.task.info(),
                 "image_size": self.image_size, "normalize": self.normalize,
                 "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
-
-
-def _subset(split, idx: np.ndarray):
-    if hasattr(split, "subset"):
-        return split.subset(idx)
-    from ..data.masks import MaskSplit
-
-    return MaskSplit(split.images[idx], split.masks[idx], None if split.patient_ids is None else split.patient_ids[idx])
 
 
 def _labels(split) -> np.ndarray:
