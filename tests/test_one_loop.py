@@ -91,9 +91,10 @@ def test_fold_returns_a_plain_copy_and_leaves_the_model():
     torch.testing.assert_close(plain.eval()(x), model(x), atol=1e-5, rtol=1e-5)
 
 
-def test_readme_svd_example_runs_as_written():
+@pytest.mark.parametrize("section", ["## SVD fine-tuning", "## Cheap convolutions"])
+def test_readme_example_runs_as_written(section):
     text = (ROOT / "README.md").read_text()
-    block = re.search(r"## SVD fine-tuning.*?```python\n(.*?)```", text, re.S).group(1)
+    block = re.search(re.escape(section) + r".*?```python\n(.*?)```", text, re.S).group(1)
     exec(compile(block, "README.md", "exec"), {})
 
 

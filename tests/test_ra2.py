@@ -242,14 +242,19 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
         if p.name != "P001-LF.png":
             (pred_dir / p.name).write_bytes(p.read_bytes())
     (pred_dir / "P002-RH.png").write_bytes(b"not an image")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((200, 160), np.uint8)).save(pred_dir / "P002-LF.png")  # no contrast at all
     assert main(["ra2", "predict", str(tmp_path / "run"), str(pred_dir), "--out", str(tmp_path / "pred.csv"),
                  "--joints-out", str(tmp_path / "joints.json")]) == 0
     err = capsys.readouterr().err
     assert "patient P001: no LF image" in err and "P002-RH.png: not a readable image" in err
+    assert "P002-LF.png: the image is constant" in err
     pred = read_scores(tmp_path / "pred.csv", require_all=False)
     header = (tmp_path / "pred.csv").read_text().splitlines()[0].split(",")
     assert header == list(COLUMNS)
     assert pred.scores["P001"]["LF_mtp_E__1"] is None and pred.scores["P002"]["RH_mcp_E__1"] is None
+    assert pred.scores["P002"]["LF_mtp_E__1"] is None
     assert all(v is not None for k, v in pred.scores["P000"].items())
     tot = totals(pred)
     assert tot["P001"]["Overall_Tol"] is None  # a missing limb: no invented total

@@ -299,6 +299,8 @@ class Pipeline:
                     continue
                 try:
                     img = _gray(path)
+                    if img.min() == img.max():
+                        raise SmallmedError(f"the image is constant (every pixel {int(img.min())}); nothing to score.")
                     lm = Path(landmarks) / f"{path.stem}.json" if landmarks else None
                     pts, conf, how = self.locate(img, limb, lm)
                 except SmallmedError as e:
