@@ -48,6 +48,7 @@ class TrainConfig:
     svd_train: tuple[str, ...] = ("sigma", "head")  # with SVD methods: sigma, head, bn, bias
     svd_linear: bool = False  # also decompose Linear layers other than the classifier
     prune: float | None = None  # override the method's pruned fraction of singular values
+    lora_rank: int = 4  # method lora: rank of the LoRA update on every k > 1 conv (Hu et al. 2022, via peft)
     # task (classification and segmentation follow from the data; regression scores take a loss)
     task: str = "auto"  # auto: from the data; regression: integer class labels as a bounded score (a grade)
     loss: str = "auto"  # regression: mae | logcosh | mse (auto = mae); fixed for the other tasks
@@ -63,6 +64,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     scheduler: str = "plateau"
     patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
+    early_stop: int = 0  # stop after this many epochs without val-loss improvement (0: run every epoch)
     factor: float = 0.1
     step_size: int | None = None  # step: epochs between decays (default: half the epochs)
     head_epochs: int | None = None  # two-stage: first train only the head this many epochs (None: 0, or 1 under a method)
@@ -76,7 +78,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision (bfloat16) on CUDA; ignored on CPU
     num_workers: int = 0
-    fprs: tuple[float, ...] = (1e-3, 1e-2)
+    fprs: tuple[float, ...] = (1e-3, 1e-2)  # TPR at these FPRs, read off the test ROC (an optimistic, test-chosen point)
+    operating_point: str = "youden"  # threshold chosen on validation: youden | sensitivity=S | specificity=S
+    calibrate: str = "none"  # none | temperature (fitted on validation; numbers before and after)
     progress: bool = True
     out: str | None = None
     extra: dict = field(default_factory=dict)  # free-form notes carried into config.yaml
@@ -131,8 +135,14 @@ class TrainConfig:
             raise SmallmedError(f"image_size={self.image_size}: expected at least 4 px.")
         if not self.fprs or not all(0 <= f < 1 for f in self.fprs):
             raise SmallmedError(f"fprs={self.fprs}: expected false-positive rates in [0, 1).")
-        if self.weight_decay < 0 or self.patience < 0 or self.num_workers < 0:
-            raise SmallmedError("weight_decay, patience and num_workers must not be negative.")
+        if self.weight_decay < 0 or self.patience < 0 or self.num_workers < 0 or self.early_stop < 0:
+            raise SmallmedError("weight_decay, patience, early_stop and num_workers must not be negative.")
+        if self.lora_rank < 1:
+            raise SmallmedError(f"lora_rank={self.lora_rank}: expected at least 1.")
+        from .metrics.clinical import parse_rule
+
+        parse_rule(self.operating_point)
+        check_choice("calibrate", self.calibrate, ("none", "temperature"))
 
     def _resolve_protocol(self) -> None:
         """Fill the fields left at None: seed 000's protocol under a fine-tuning method other than

@@ -3,7 +3,7 @@
 - ``plots``: loss and ROC curves.  ``run_report``: report.md of one run.
 """
 
-from .plots import plot_history, plot_roc
+from .plots import plot_history, plot_reliability, plot_roc
 from .run_report import write_run_report
 
-__all__ = ["plot_history", "plot_roc", "write_run_report"]
+__all__ = ["plot_history", "plot_reliability", "plot_roc", "write_run_report"]

@@ -85,3 +85,17 @@ def plot_roc(task: str, y_true: np.ndarray, probs: np.ndarray, class_names: list
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     _save(fig, Path(path))
+
+
+def plot_reliability(curve: dict, path: str | Path, title: str = "test reliability") -> None:
+    """Reliability diagram from :func:`smallmed.metrics.clinical.reliability_curve` (equal-mass bins)."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax.plot(curve["confidence"], curve["frequency"], "o-", label="model")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability (bin)")
+    ax.set_ylabel("observed frequency (bin)")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    _save(fig, Path(path))

@@ -100,7 +100,39 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     if split not in ds.splits:
         raise SmallmedError(f"split={split!r}: expected train, val or test.")
     loader = DataLoader(run.task.torch_dataset(ds.splits[split], run.transform()), batch_size=cfg.eval_batch_size)
-    return evaluate(run.model, loader, run.task)
+    if run.task.kind not in ("binary", "multiclass"):
+        return evaluate(run.model, loader, run.task)
+    res = run_loader(run.model, loader, run.task)
+    out = {"loss": res["loss"], **run.task.metrics(res["kept"], res["targets"])}
+    out.update(_at_run_threshold(Path(run_dir), res["targets"], res["kept"]))
+    return out
+
+
+def _at_run_threshold(run_dir: Path, y, probs) -> dict:
+    """Calibration, and the rates at the threshold the run fixed on its own validation split (never refitted here)."""
+    import json
+
+    from ..metrics.clinical import apply_temperature, calibration, rates_at
+
+    try:
+        t = json.loads((run_dir / "metrics.json").read_text())["test"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    y = np.asarray(y).astype(int)
+    cal = t.get("calibration")
+    if cal and cal.get("temperature"):
+        probs = apply_temperature(probs, cal["temperature"])
+    out = calibration(y, probs, int(t.get("ece_bins", 10)))
+    if t.get("operating_point"):
+        op = t["operating_point"]
+        out["operating_point"] = {"rule": op["rule"], "threshold": op["threshold"], "fixed_on": "the run's validation split",
+                                  **rates_at(y, probs[:, 1], op["threshold"])}
+    elif t.get("operating_point_per_class"):
+        out["operating_point_per_class"] = [
+            None if op is None else {"rule": op["rule"], "threshold": op["threshold"],
+                                     **rates_at(y == k, probs[:, k], op["threshold"])}
+            for k, op in enumerate(t["operating_point_per_class"])]
+    return out
 
 
 @torch.no_grad()

@@ -330,6 +330,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
     amp = cfg.amp and device.type == "cuda"
     check = dict(history=history, resuming=resuming, run_dir=run_dir, main=main, device=device, distributed=distributed)
     for epoch in range(start, cfg.epochs):
+        if cfg.early_stop and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop:  # also on resume
+            log.info("early stop after epoch %d: %d epochs without validation-loss improvement (best epoch %d)",
+                     epoch, cfg.early_stop, best_epoch + 1)
+            break
         es = _epoch_seed(cfg.seed, epoch)
         seed_everything(es)
         gen = torch.Generator().manual_seed(es)
@@ -416,7 +420,11 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
     test_loader = setup.loader("test", train=False)
     res = run_loader(model, test_loader, task, setup.device, keep_inputs=8)
     test = {"loss": res["loss"], **task.metrics(res["kept"], res["targets"])}
-    test.update(task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs")))
+    val = None
+    if getattr(task, "wants_val", False):  # operating threshold and calibration are fitted on validation only
+        v = run_loader(model, setup.loader("val", train=False), task, setup.device)
+        val = (v["kept"], v["targets"])
+    test.update(task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val))
     best = history[best_epoch]
     metrics = {
         "task": task.kind,

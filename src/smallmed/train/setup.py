@@ -134,6 +134,8 @@ def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
         raise SmallmedError(f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed.")
     if cfg.balance != "none" and kind in ("segmentation", "keypoints"):
         raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
+    if kind not in ("binary", "multiclass") and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
+        raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
 
 
 def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -> Setup:

@@ -80,6 +80,9 @@ class ClassificationTask(Task):
     columns: tuple[str, ...] = ("acc", "balanced_acc", "auc")
     headline: str = "auc"
     weights: list[float] | None = None  # per-class loss weights (balance="weights")
+    rule: str = "youden"  # operating threshold chosen on validation (smallmed.metrics.clinical)
+    calibrate: str = "none"  # none | temperature
+    wants_val: bool = True  # finish() receives the best model's validation predictions
 
     def outputs(self, ds) -> int:
         return len(self.class_names)
@@ -112,10 +115,22 @@ class ClassificationTask(Task):
         auc = classification_metrics(self.kind, targets, kept, fprs=self.fprs)["auc"]
         plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
                  title=f"test ROC, AUC {auc:.4f}")
-        return {"ci95": ci}
+        out = {"ci95": ci}
+        val = kw.get("val")
+        if val is not None and self.kind in ("binary", "multiclass"):
+            from ..metrics.clinical import clinical_summary
+            from ..report import plot_reliability
+
+            out.update(clinical_summary(self.kind, val[1], val[0], targets, kept, rule=self.rule,
+                                        calibrate=self.calibrate, seed=seed))
+            if out.get("reliability"):
+                plot_reliability(out["reliability"], run_dir / "reliability_test.png",
+                                 title=f"test reliability, ECE {out['ece']:.3f} ({out['ece_bins']} equal-mass bins)")
+        return out
 
     def info(self):
-        return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs)}
+        return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs), "rule": self.rule,
+                "calibrate": self.calibrate}
 
 
 # ----------------------------------------------------------------------------------------------- segmentation
@@ -400,7 +415,8 @@ def task_for(ds, cfg) -> Task:
         lo, hi = ds.info.get("range", (float(ds.splits["train"].labels.min()), float(ds.splits["train"].labels.max())))
         loss = cfg.loss if cfg.loss != "auto" else "mae"
         return RegressionTask(low=float(lo), high=float(hi), loss_name=loss)
-    return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs))
+    return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs),
+                              rule=cfg.operating_point, calibrate=cfg.calibrate)
 
 
 def task_from_info(info: dict) -> Task:
@@ -412,4 +428,5 @@ def task_from_info(info: dict) -> Task:
         return KeypointTask(names=list(info["names"]))
     if kind == "regression":
         return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
-    return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))))
+    return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
+                              rule=info.get("rule", "youden"), calibrate=info.get("calibrate", "none"))
