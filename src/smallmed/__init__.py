@@ -8,6 +8,7 @@ Example:
     >>> metrics = smallmed.fit(cfg)                                                     # doctest: +SKIP
 """
 
+from .adapters import load_adapter, save_adapter
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import SmallmedError
@@ -23,7 +24,7 @@ from .reparam import FactorizeConfig, SVDConfig, factorize, frobenius_decay, kl_
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorizeConfig", "SVDConfig", "SmallmedError", "TrainConfig", "apply_svd", "build_model", "frobenius_decay",
+    "FactorizeConfig", "SVDConfig", "SmallmedError", "TrainConfig", "apply_svd", "load_adapter", "save_adapter", "build_model", "frobenius_decay",
     "resume", "classification_metrics", "cost", "create_model", "evaluate",
     "evaluate_run", "factorize", "fit", "fold", "kl_flatten_loss", "list_models", "load_dataset", "load_run", "load_weights", "predict_images",
     "receptive_field", "to_low_rank", "tpr_at_fpr",

@@ -116,6 +116,27 @@ def cmd_evaluate(a) -> int:
     return 0
 
 
+def cmd_export(a) -> int:
+    from .export import export_onnx, save_folded
+    from .train.inference import load_run
+
+    if not (a.onnx or a.folded or a.adapter):
+        raise SmallmedError("export: name at least one of --onnx FILE, --folded FILE, --adapter FILE.")
+    run = load_run(a.run_dir)
+    if a.onnx:
+        r = export_onnx(run, a.onnx, low_rank=a.low_rank)
+        print(f"{r['path']}: ONNX (dynamic batch); ONNX Runtime matches PyTorch within {r['max_abs_diff']:.1e} "
+              f"(tolerance {r['atol']:g}, batches {r['batch_sizes_checked']})")
+    if a.folded:
+        print(f"{save_folded(run, a.folded)}: plain PyTorch checkpoint (load with create_model(..., weights=FILE))")
+    if a.adapter:
+        from .adapters import save_adapter
+
+        path = save_adapter(run.model, a.adapter)
+        print(f"{path}: adapter, {path.stat().st_size / 1024:.0f} KB (load with smallmed.load_adapter(base, FILE))")
+    return 0
+
+
 def cmd_predict(a) -> int:
     from .train.inference import predict_images
 
@@ -421,6 +442,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", nargs="+")
     pr.add_argument("--device", default="auto")
     pr.set_defaults(func=cmd_predict)
+
+    x = sub.add_parser("export", help="a run's model as ONNX (checked with ONNX Runtime), a plain checkpoint or an adapter")
+    x.add_argument("run_dir")
+    x.add_argument("--onnx", metavar="FILE", help="ONNX graph with a dynamic batch dimension")
+    x.add_argument("--low-rank", action="store_true", help="with --onnx: a pruned SVD run as two thin convs per layer")
+    x.add_argument("--folded", metavar="FILE", help="plain PyTorch checkpoint (SVD folded, LoRA merged)")
+    x.add_argument("--adapter", metavar="FILE", help="only what the method trained, as safetensors")
+    x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="inspect or download data")
     dsub = d.add_subparsers(dest="data_command", required=True)

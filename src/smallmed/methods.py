@@ -1,11 +1,16 @@
-"""Fine-tuning methods of seed 000 as one option of the trainer (``--method``).
+"""Fine-tuning methods as one option of the trainer (``--method``).
+
+SVD fine-tuning (Sun et al. 2022 SVF; the spatial and pruned variants of the singular-value
+fine-tuning paper this package restates) beside the baselines a reader tries first:
 
 | method | what trains |
 |---|---|
 | ``full`` | every parameter |
 | ``fc-train`` | only the classifier (a linear probe; frozen BatchNorm statistics) |
+| ``bitfit`` | norm weights and biases and every bias, + classifier (BitFit, Ben Zaken et al. 2022) |
+| ``lora`` | rank-``lora_rank`` LoRA factors on every k > 1 conv via PEFT, + classifier (Hu et al. 2022) |
 | ``full-svd`` | singular values of every conv, ``in x (out*h*w)`` unfolding, + classifier |
-| ``full-out-svd`` | the same on the ``out x (in*h*w)`` unfolding |
+| ``full-out-svd`` | the same on the ``out x (in*h*w)`` unfolding: SVF (Sun et al. 2022) |
 | ``sp-svd`` | one SVD per kernel position, + classifier |
 | ``sp-svd-9`` | ``sp-svd`` with the smallest 90% of each matrix's singular values fixed at 0 |
 | ``full-svd-9`` | ``full-svd`` pruned the same way: exports exactly to two thin convs per layer |
@@ -31,7 +36,8 @@ SVD_METHODS: dict[str, dict] = {
     "sp-svd-9": {"mode": "spatial", "prune": 0.9},
     "full-svd-9": {"mode": "full", "prune": 0.9},  # ours: pruned on the unfolding that exports to thin convs
 }
-METHODS = ("full", "fc-train", *SVD_METHODS)
+METHODS = ("full", "fc-train", "bitfit", "lora", *SVD_METHODS)
+PEFT_METHODS = ("bitfit", "lora")  # parameter-efficient baselines: BN statistics keep updating, as for SVD
 
 PROTOCOL = {"head_epochs": 1, "betas": [0.9, 0.99], "lr": 1e-3, "patience": 4, "batch_size": 16,
             "scheduler": "plateau", "optimizer": "adam"}
@@ -43,13 +49,13 @@ def protocol_defaults(method: str) -> dict:
     d = dict(PROTOCOL)
     if method == "fc-train":
         d["head_epochs"] = 0
-    elif method in SVD_METHODS:
+    elif method in SVD_METHODS or method in PEFT_METHODS:
         d["freeze_bn_stats"] = False
     return d
 
 
 def apply_method(model: nn.Module, method: str, *, svd=None, svd_train=("sigma", "head"), svd_linear: bool = False,
-                 prune: float | None = None):
+                 prune: float | None = None, lora_rank: int = 4):
     """Prepare ``model`` for ``method``; returns (names of parameters that train, SVD summary or None).
 
     ``svd`` is an :class:`smallmed.reparam.SVDConfig`; without it one is made from the method's
@@ -64,6 +70,13 @@ def apply_method(model: nn.Module, method: str, *, svd=None, svd_train=("sigma",
             p.requires_grad_(True)
     elif method == "fc-train":
         set_trainable(model, {"head"})
+    elif method == "bitfit":
+        set_trainable(model, {"head", "bn", "bias"})
+    elif method == "lora":
+        from .reparam.lora import apply_lora
+
+        summary = apply_lora(model, rank=lora_rank)
+        set_trainable(model, {"head", "lora"})
     else:
         from .reparam import apply_svd
         from .reparam.svd import SVDConfig
@@ -110,9 +123,25 @@ def on_fit_end(model: nn.Module, *, cfg, built, run_dir, example: torch.Tensor) 
                                                                  "flops_low_rank", "images_per_s_dense",
                                                                  "images_per_s_low_rank", "max_abs_diff")}
                 out["low_rank"]["speedup"] = rep.speedup
+        elif cfg.method == "lora":
+            from .reparam.lora import merge_lora
+
+            out["lora"] = built.svd_summary
+            atomic_save({"model": merge_lora(model).state_dict(), "config": cfg.to_dict(), "folded_from": cfg.method},
+                        run_dir / "folded.pt")
         elif built.pretrained_state is not None:
             r = r_ratios(built.pretrained_state, model.state_dict())
             out["r_ratio"] = {k: r[k] for k in ("mean", "median", "n")}
+        out["stored_bytes"] = _stored_bytes(model, cfg, built, run_dir)
     finally:
         model.to(device)
     return out
+
+
+def _stored_bytes(model: nn.Module, cfg, built, run_dir) -> int:
+    """Bytes a task costs to keep: its adapter file (written here) beside a shared base, or the whole model."""
+    if cfg.method != "full" and built.base_hash:
+        from .adapters import save_adapter
+
+        return save_adapter(model, run_dir / "adapter.safetensors").stat().st_size
+    return int(sum(t.numel() * t.element_size() for t in model.state_dict().values()))

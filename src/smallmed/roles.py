@@ -1,7 +1,7 @@
 """What each parameter of a model *is*: the one place that names roles and sets ``requires_grad`` by them.
 
 Roles: ``head`` (the classifier or output layer), ``sigma`` (singular values of an SVD
-parametrisation), ``factor`` (factors of a factorized conv), ``bn`` (the affine parameters of any
+parametrisation), ``factor`` (factors of a factorized conv), ``lora`` (LoRA factors), ``bn`` (the affine parameters of any
 normalisation layer: BatchNorm, GroupNorm, LayerNorm, InstanceNorm), ``bias`` and ``weight``.
 
 Roles are found by module type and by the parametrizations themselves (a parametrization class
@@ -15,7 +15,7 @@ from torch import nn
 
 from .errors import SmallmedError
 
-ROLES = ("head", "sigma", "factor", "bn", "bias", "weight")
+ROLES = ("head", "sigma", "factor", "lora", "bn", "bias", "weight")
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
 
 

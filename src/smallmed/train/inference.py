@@ -74,6 +74,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
         ckpt = _legacy_meta(ckpt, where)
     cfg = TrainConfig.from_dict({**ckpt["config"], "out": str(run_dir)}, source=str(where))
     model = rebuild(cfg, ckpt["recipe"], ckpt["model"], where=str(where))
+    model.smallmed_base_hash = ckpt.get("base_hash")
     model.to(resolve_device(device)).eval()
     return LoadedRun(model, cfg, ckpt, task_from_info(ckpt["task_info"]))
 

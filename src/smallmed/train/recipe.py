@@ -30,6 +30,7 @@ class Built:
     pretrained_state: dict | None = None  # kept for seed 000's R ratio of fully fine-tuned runs
     total_params: int = 0  # the plain model's size, before any reparametrisation
     named_weights: bool = False  # cfg.weights names the registry's pretrained weights
+    base_hash: str | None = None  # fingerprint of the weights the method starts from (smallmed.adapters)
 
 
 def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size: int | None, stem: str | None = None,
@@ -71,10 +72,14 @@ def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size
     pretrained_state = None
     if pretrained and cfg.weights and cfg.method == "full":
         pretrained_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    from ..adapters import base_fingerprint, method_settings
     from ..methods import apply_method
 
-    names, summary = apply_method(model, cfg.method, svd=cfg.svd)
-    return Built(model, recipe, names, summary, pretrained_state, total, named)
+    base_hash = base_fingerprint(model) if pretrained and cfg.method != "full" else None
+    names, summary = apply_method(model, cfg.method, svd=cfg.svd, lora_rank=cfg.lora_rank)
+    model.smallmed_method, model.smallmed_method_settings = cfg.method, method_settings(cfg)
+    model.smallmed_base_hash = base_hash
+    return Built(model, recipe, names, summary, pretrained_state, total, named, base_hash)
 
 
 def rebuild(cfg: TrainConfig, recipe: dict, state: dict, *, where: str = "checkpoint") -> nn.Module:

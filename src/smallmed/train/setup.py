@@ -72,7 +72,8 @@ class Setup:
         """What ``best.pt`` records beside the weights so that any command can rebuild and use the model."""
         return {"config": self.cfg.to_dict(), "recipe": self.built.recipe, "task_info": self.task.info(),
                 "image_size": self.image_size, "normalize": self.normalize,
-                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None}
+                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
+                "base_hash": self.built.base_hash}
 
 
 def _labels(split) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""Deploy a finished run: a plain PyTorch checkpoint, or ONNX checked against PyTorch with ONNX Runtime.
+
+The run's model is made plain first: SVD parametrizations folded into ordinary weights (or, with
+``low_rank=True`` for a pruned run, exported to two thin convs per layer), LoRA merged into its
+convs. The ONNX graph takes a batch of any size (``image``: ``[batch, C, H, W]``, normalised as the
+run did) and returns ``logits``; the preprocessing and class names travel as ONNX metadata.
+
+``onnx``/``onnxruntime`` are an optional extra: ``pip install 'smallmed[export]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SmallmedError
+
+log = logging.getLogger(__name__)
+ATOL = 1e-4  # ONNX Runtime vs PyTorch, float32 logits: max absolute difference allowed
+
+
+def plain_model(run, *, low_rank: bool = False, example: torch.Tensor | None = None) -> nn.Module:
+    """The run's model without any reparametrisation (identical outputs), on the CPU in eval mode."""
+    from .reparam import fold, svd_modules, to_low_rank
+    from .reparam.lora import lora_modules, merge_lora
+
+    model = run.model.cpu().eval()
+    if low_rank:
+        if not svd_modules(model) or not (run.config.prune or run.config.method.endswith("-9")):
+            raise SmallmedError(f"--low-rank needs a pruned SVD run (full-svd-9 or --prune); this run used "
+                                f"method={run.config.method!r}.")
+        low, _ = to_low_rank(model, example if example is not None else _example(run, 2), layers="svd")
+        return low.eval()
+    if svd_modules(model):
+        return fold(model).eval()
+    if lora_modules(model):
+        return merge_lora(model).eval()
+    return model
+
+
+def _example(run, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(n, run.in_chans, run.image_size, run.image_size, generator=g)
+
+
+def _atomic(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_folded(run, path: str | Path, *, low_rank: bool = False) -> Path:
+    """A plain checkpoint ``{"model": state_dict, "config": ...}`` that ``create_model(weights=path)`` loads."""
+    model = plain_model(run, low_rank=low_rank)
+    if low_rank:
+        raise SmallmedError("--folded writes the dense architecture; a low-rank model is exported with --onnx.")
+    payload = {"model": model.state_dict(), "config": run.config.to_dict(), "folded_from": run.config.method}
+    return _atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 18, check: bool = True) -> dict:
+    """Write the run's plain model to ONNX (dynamic batch) and compare ONNX Runtime's outputs with PyTorch's.
+
+    Returns ``{"path", "max_abs_diff", "atol", "batch_sizes_checked"}``; a difference above
+    :data:`ATOL` is an error (nothing is left at ``path``).
+    """
+    try:
+        import onnx
+    except ImportError:
+        raise SmallmedError("ONNX export needs onnx and onnxruntime: pip install 'smallmed[export]'.") from None
+    model = plain_model(run, low_rank=low_rank)
+    x = _example(run, 2)
+    path = Path(path)
+    meta = {"smallmed_image_size": str(run.image_size), "smallmed_in_chans": str(run.in_chans),
+            "smallmed_normalize": str(run.meta.get("normalize")),
+            "smallmed_mean": json.dumps(run.meta.get("mean")), "smallmed_std": json.dumps(run.meta.get("std")),
+            "smallmed_classes": json.dumps(run.class_names), "smallmed_task": run.task.kind,
+            "smallmed_method": run.config.method, "smallmed_low_rank": str(bool(low_rank))}
+    result: dict = {}
+
+    def write(tmp: str) -> None:
+        import contextlib
+        import io
+
+        batch = torch.export.Dim("batch", min=1)
+        logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its optimiser logs every pass at INFO
+        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # and torch.onnx prints its steps
+            prog = torch.onnx.export(model, (x,), None, input_names=["image"], output_names=["logits"], dynamo=True,
+                                     dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+        proto = prog.model_proto
+        for k, v in meta.items():
+            proto.metadata_props.add(key=k, value=v)
+        onnx.save(proto, tmp)
+        if check:
+            result.update(check_onnx(model, tmp, x.shape[1:]))
+
+    _atomic(path, write)
+    return {"path": str(path), **result}
+
+
+def check_onnx(model: nn.Module, onnx_path: str | Path, shape, batch_sizes=(1, 5)) -> dict:
+    """Run ``onnx_path`` in ONNX Runtime and PyTorch on the same random batches; raise above :data:`ATOL`."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SmallmedError("checking an ONNX export needs onnxruntime: pip install 'smallmed[export]'.") from None
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    g = torch.Generator().manual_seed(1)
+    for b in batch_sizes:
+        xb = torch.randn(b, *shape, generator=g)
+        with torch.no_grad():
+            ref = model(xb).numpy()
+        got = sess.run(None, {"image": xb.numpy()})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+    if worst > ATOL:
+        raise SmallmedError(f"ONNX Runtime's outputs differ from PyTorch's by {worst:.2e} (> {ATOL:g}); not exported.")
+    return {"max_abs_diff": worst, "atol": ATOL, "batch_sizes_checked": list(batch_sizes)}
+
+
+__all__ = ["ATOL", "check_onnx", "export_onnx", "plain_model", "save_folded"]
