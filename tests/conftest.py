@@ -18,6 +18,10 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 if os.environ.get("SMALLMED_DATA_DIR"):
     SHARED = Path(os.environ["SMALLMED_DATA_DIR"])
 
+# tests never touch the network: every smallmed download refuses, but those served from 127.0.0.1
+os.environ["SMALLMED_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 if "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 

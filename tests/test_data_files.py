@@ -185,9 +185,12 @@ def test_fetch_verifies_md5(local_server, tmp_path, monkeypatch):
     assert list((tmp_path / "other").iterdir()) == []  # no partial file left behind
 
 
-def test_fetch_unknown_name_and_offline(tmp_path):
+def test_fetch_unknown_name_and_offline(tmp_path, monkeypatch):
     with pytest.raises(SmallmedError, match="known MedMNIST names"):
         fetch("cifar10", dest=tmp_path)
+    with pytest.raises(SmallmedError, match=r"SMALLMED_OFFLINE is set.*place the file at .*retinamnist.npz"):
+        fetch("retinamnist", dest=tmp_path, progress=False)
+    monkeypatch.delenv("SMALLMED_OFFLINE")
 
     def offline(url, timeout):
         raise OSError("network unreachable")

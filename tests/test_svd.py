@@ -170,7 +170,8 @@ def test_svd_study_tiny_grid_resumes_and_reports(tmp_path, tiny_npz, monkeypatch
                        augment="none", weights=str(src / "best.pt"))
     report = study_mod.run_svd_study(study, tmp_path / "study")
     text = report.read_text()
-    assert "## Fraction 1/2 (32 training images)" in text and "| full-svd |" in text and "vs full" in text
+    assert "## Fraction 1/2 (32 training images)" in text and "| SVD, in x out*k*k (Vaulin) |" in text and "vs full" in text
+    assert "Convergence check" in text and "DeLong p" in text
     rows = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2
     # the same subset for every method at a fraction and seed

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -65,41 +63,11 @@ def fetch(
     dest = check_out_dir(Path(dest) if dest else cache_dir(), "--dest")
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / info.file(base, size)
-    expected = info.md5[size]
-    if target.exists() and not force:
-        if md5sum(target) == expected:
-            log.info("%s already present and verified", target)
-            return target
-        raise SmallmedError(f"{target} exists but its MD5 is not the official {expected}; pass --force to replace it.")
-    url = info.url(base, size)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=dest)
-    try:
-        h = hashlib.md5()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = opener(url, timeout=60)
-            except OSError as e:
-                raise SmallmedError(f"Could not download {url} ({e}); check the connection or fetch it by hand.") from None
-            with resp:
-                total = int(resp.headers.get("Content-Length", 0) or 0) if hasattr(resp, "headers") else 0
-                bar = _bar(total, target.name) if progress else None
-                while block := resp.read(1 << 20):
-                    out.write(block)
-                    h.update(block)
-                    if bar is not None:
-                        bar.update(len(block))
-                if bar is not None:
-                    bar.close()
-        if h.hexdigest() != expected:
-            raise SmallmedError(f"Downloaded {url} has MD5 {h.hexdigest()}, expected {expected}; nothing was saved.")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    if target.exists() and force:
+        target.unlink()
+    if target.exists() and md5sum(target) != info.md5[size]:
+        raise SmallmedError(f"{target} exists but its MD5 is not the official {info.md5[size]}; pass --force to replace it.")
+    from ..hub import download_file
 
-
-def _bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, leave=False)
+    return download_file(info.url(base, size), target, md5=info.md5[size], opener=opener, progress=progress,
+                         what="MedMNIST file")

@@ -7,6 +7,7 @@ is restarted with the same command.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -34,18 +35,55 @@ def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
     if (out / "last.pt").exists():
-        return resume(out)
+        with cell_log(out):
+            return resume(out)
     if out.exists():
         shutil.rmtree(out)  # started but no epoch finished: start again
-    return fit(cfg)
+    with cell_log(out):
+        return fit(cfg)
 
 
-def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "process") -> list[dict]:
+@contextlib.contextmanager
+def cell_log(out: Path):
+    """Every message of one run, at INFO, appended to ``out/train.log`` (whatever the console shows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    lg = logging.getLogger("smallmed")
+    old = lg.level
+    lg.setLevel(logging.INFO)
+    lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        lg.removeHandler(handler)
+        handler.close()
+        lg.setLevel(old)
+
+
+@contextlib.contextmanager
+def quiet_console():
+    """Console handlers show warnings only (the runs' own logs still get everything)."""
+    handlers = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    levels = [h.level for h in handlers]
+    for h in handlers:
+        h.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for h, lv in zip(handlers, levels):
+            h.setLevel(lv)
+
+
+def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "process", bar: bool = False) -> list[dict]:
     """Run every cell; returns metrics in the cells' order.
 
     Args:
         workers: parallel processes (each gets cores // workers torch threads).
         backend: ``process`` (one machine) or ``ray`` (an existing Ray cluster, or a local one).
+        bar: one progress bar over cells on the console, which then shows only warnings (each
+            run's log is in its folder's ``train.log``).
     """
     from .settings import check_cell
 
@@ -67,8 +105,11 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
         for i, ref in refs.items():
             results[i] = ray.get(ref)
     elif workers <= 1:
-        for i in todo:
-            results[i] = run_cell(dicts[i])
+        from tqdm import tqdm
+
+        with quiet_console() if bar else contextlib.nullcontext():
+            for i in tqdm(todo, desc="runs", unit="run", disable=not bar, dynamic_ncols=True):
+                results[i] = run_cell(dicts[i])
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:

@@ -116,7 +116,7 @@ def _distributed() -> tuple[bool, int, int]:
 
 def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{Path(str(cfg.data)).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not resume and out.exists() and any(out.iterdir()):
+    if not resume and out.exists() and any(p.name != "train.log" for p in out.iterdir()):  # a study's log may come first
         raise SmallmedError(f"{out}: run folder already exists and is not empty; pass --resume {out} to continue it "
                             "or choose another --out.")
     return out
