@@ -98,9 +98,9 @@ class TrainConfig:
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
         check_choice("task", self.task, ("auto", "regression"))
-        from .models import MODELS, STEMS
+        from .models import STEMS, model_entry
 
-        entry = MODELS.get(self.model)  # unknown names: did-you-mean, before anything runs
+        entry = model_entry(self.model)  # unknown names: did-you-mean, before anything runs
         check_choice(f"norm for {self.model}", self.norm, entry.norms)
         check_choice("stem", self.stem, STEMS)
         from .data.transforms import parse_augment
@@ -109,7 +109,7 @@ class TrainConfig:
         check_choice("balance", self.balance, ("none", "sampling", "weights"))
         check_choice("scheduler", self.scheduler, ("plateau", "step", "cosine", "none"))
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
-        check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "none"))
+        check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "xrv", "none"))
         _positive(self, "epochs", "batch_size", "eval_batch_size", "lr")
         from .reparam.factorized import CONV_VARIANTS
 

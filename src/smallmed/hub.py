@@ -10,6 +10,7 @@ one sentence naming the file and the folder where a user can place it.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.parse
@@ -79,7 +80,7 @@ def download_file(url: str, target: str | Path, *, md5: str | None = None, sha25
                             h.update(block)
                         if bar is not None:
                             bar.update(len(block))
-                except OSError as e:
+                except (OSError, http.client.HTTPException) as e:
                     raise SmallmedError(f"Download of {url} broke off after {got} bytes ({e}); nothing was saved.") from None
                 finally:
                     if bar is not None:

@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from ..errors import SmallmedError
 from ..registry import check_choice
 
-NORMALIZE = ("dataset", "sample", "imagenet", "half", "none")
+NORMALIZE = ("dataset", "sample", "imagenet", "half", "xrv", "none")
 
 
 def is_pure_tensor(x) -> bool:
@@ -210,6 +210,8 @@ def build_transform(
         ops.append(v2.Normalize(list(mean_), list(std_)))
     elif normalize == "half":
         ops.append(v2.Normalize([0.5] * channels, [0.5] * channels))
+    elif normalize == "xrv":  # torchxrayvision's models: [0, 1] -> [-1024, 1024]
+        ops.append(v2.Normalize([0.5] * channels, [1 / 2048] * channels))
     elif normalize == "sample":
         ops.append(PerSampleStandardize())
     return v2.Compose(ops)

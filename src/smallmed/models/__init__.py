@@ -17,7 +17,7 @@ from . import densenet, densenet_ra2, efficientnet, resnet, small_cnn, unet, vgg
 from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
-__all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights",
+__all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights", "model_entry",
            "read_state_dict", "reset_classifier"]
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,57 @@ STEMS = ("auto", "imagenet", "small")
 def list_models(task: str | None = None) -> list[str]:
     """Registered model names, optionally only those of one ``task`` (classification, segmentation)."""
     return [n for n in MODELS.names() if task is None or MODELS.get(n).task == task]
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; ``timm:<architecture>`` builds any timm model (see :func:`timm_entry`)."""
+    if isinstance(name, str) and name.startswith("timm:"):
+        return timm_entry(name[len("timm:"):])
+    return MODELS.get(name)
+
+
+def timm_entry(arch: str) -> ModelEntry:
+    """An entry for timm architecture ``arch``: ``weights="imagenet"`` is timm's own pretrained file
+    (``pretrained=True``, from timm's cache or the Hugging Face Hub); timm adapts the input channels
+    and the head (found by ``get_classifier()``)."""
+    try:
+        import timm
+    except ImportError:
+        raise SmallmedError(f"model='timm:{arch}' needs timm: pip install timm.") from None
+    if not timm.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3)
+        raise SmallmedError(f"model='timm:{arch}': timm has no such architecture"
+                            + (f"; did you mean {', '.join(close)}?" if close else "."))
+
+    def build(*, num_classes: int, in_chans: int, **_) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+
+    def load_pretrained(model: nn.Module) -> LoadReport:
+        head = head_name(model)
+        try:
+            ref = timm.create_model(arch, pretrained=True, num_classes=model.get_submodule(head).out_features,
+                                    in_chans=_in_chans(model))
+        except Exception as e:
+            raise SmallmedError(f"timm could not get the pretrained weights of {arch} ({str(e).splitlines()[0][:200]}); "
+                                "timm downloads them once into the Hugging Face cache (HF_HOME): run once online, "
+                                "or pass --weights FILE.") from None
+        state = {k: v for k, v in ref.state_dict().items() if not k.startswith(head + ".")}
+        return load_weights(model, state, source=f"timm:{arch} (pretrained)")
+
+    try:
+        mean = tuple(timm.models.get_pretrained_cfg(arch).mean)
+    except Exception:
+        mean = None
+    return ModelEntry(build, head="", pretrained={"imagenet": load_pretrained},
+                      pretrained_normalize="half" if mean == (0.5, 0.5, 0.5) else "imagenet",
+                      description=f"timm {arch}")
+
+
+def _in_chans(model: nn.Module) -> int:
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return first.in_channels
 
 
 def create_model(
@@ -61,8 +112,12 @@ def create_model(
         >>> model.conv1
         Conv2d(1, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
     """
-    entry: ModelEntry = MODELS.get(name)
+    entry: ModelEntry = model_entry(name)
     check_choice(f"norm for {name}", norm, entry.norms)
+    if name.startswith("timm:"):
+        if stem == "small":
+            raise SmallmedError(f"stem='small' is for smallmed's own ResNet/DenseNet/VGG; {name} keeps timm's stem.")
+        stem = "imagenet"
     check_choice("stem", stem, STEMS)
     if num_classes < 1:
         raise SmallmedError(f"num_classes={num_classes}: expected at least 1.")
@@ -80,7 +135,8 @@ def create_model(
         raise SmallmedError(f"input_size={input_size}: small_cnn needs at least 4 px.")
     model = entry.build(num_classes=num_classes, in_chans=in_chans, norm=norm,
                         small_input=stem == "small", input_size=input_size)
-    model.smallmed_head = entry.head
+    if entry.head:
+        model.smallmed_head = entry.head
     model.smallmed_stem = stem
     if named:
         report = entry.pretrained[weights](model)

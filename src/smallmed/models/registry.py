@@ -22,9 +22,15 @@ class ModelEntry:
     head: str
     norms: tuple[str, ...] = ("bn",)
     pretrained: dict[str, Callable] | None = None
-    pretrained_normalize: str = "imagenet"
+    pretrained_normalize: str | dict = "imagenet"  # or per weights name
     description: str = ""
     task: str = "classification"  # or "segmentation": logit maps [N, classes, H, W]
+
+
+    def normalize_for(self, weights: str | None) -> str:
+        """The input normalisation the named ``weights`` were trained with."""
+        n = self.pretrained_normalize
+        return n.get(weights, "imagenet") if isinstance(n, dict) else n
 
 
 MODELS: Registry[ModelEntry] = Registry("model")

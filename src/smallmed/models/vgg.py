@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models import vgg
 
 from ._layers import conv_norm_act
+from .pretrained import load_imagenet
 from .registry import register_model
 
 
@@ -62,7 +63,8 @@ def make_features(cfg: list, norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_model("vgg16", head="fc", norms=("bn", "none", "bn-after-act"), description="VGG-16 features (14.7M) + GAP + linear head")
+@register_model("vgg16", head="fc", norms=("bn", "none", "bn-after-act"), pretrained={"imagenet": load_imagenet("vgg16")},
+                description="VGG-16 features (14.7M) + GAP + linear head; weights='imagenet' (vgg16 or vgg16_bn by --norm)")
 def vgg16(*, num_classes: int, in_chans: int, norm: str, small_input: bool, input_size: int | None = None, **_) -> nn.Module:
     features = make_features(vgg.cfgs["D"], norm)
     if in_chans != 3:

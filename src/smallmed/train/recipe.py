@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..models import MODELS, create_model
+from ..models import create_model, model_entry
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size
     """
     named = False
     if model is None:
-        entry = MODELS.get(cfg.model)
+        entry = model_entry(cfg.model)
         named = pretrained and bool(cfg.weights) and cfg.weights in (entry.pretrained or {})
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
         model = create_model(cfg.model, num_classes, in_chans=in_chans, norm=cfg.norm, input_size=input_size,

@@ -16,7 +16,7 @@ from ..config import TrainConfig
 from ..data import nested_fraction
 from ..data.transforms import build_transform, dataset_mean_std
 from ..errors import SmallmedError
-from ..models import MODELS
+from ..models import model_entry
 from .recipe import Built, build_model
 from .tasks import Task, task_for
 
@@ -113,7 +113,7 @@ def load_data(cfg: TrainConfig, task_hint: str | None = None):
         path = None
     if path is not None and is_keypoint_file(path):
         return load_keypoints(path, split_seed=cfg.split_seed)
-    seg = task_hint == "segmentation" or (task_hint is None and MODELS.get(cfg.model).task == "segmentation")
+    seg = task_hint == "segmentation" or (task_hint is None and model_entry(cfg.model).task == "segmentation")
     if seg:
         return load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
     return load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
@@ -145,7 +145,7 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     Pass ``model`` to train any PyTorch model (its head is found by ``get_classifier()`` or its last
     Linear) or ``dataset`` (an ImageDataset or SegmentationDataset) to skip loading by name.
     """
-    model_task = MODELS.get(cfg.model).task if model is None else None
+    model_task = model_entry(cfg.model).task if model is None else None
     ds = dataset if dataset is not None else load_data(cfg, model_task)
     if cfg.task == "regression":
         from ..data.dataset import as_regression
@@ -171,7 +171,7 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     built = build_model(cfg, num_classes=task.outputs(ds), in_chans=in_chans, input_size=image_size, model=model)
     normalize = cfg.normalize
     if normalize == "auto":
-        normalize = MODELS.get(cfg.model).pretrained_normalize if built.named_weights else "dataset"
+        normalize = model_entry(cfg.model).normalize_for(cfg.weights) if built.named_weights else "dataset"
     mean = std = None
     if normalize == "dataset":
         images = np.asarray(train.images)[train_idx]
