@@ -79,7 +79,7 @@ def test_csv_errors(tmp_path):
         load_csv(tmp_path / "c.csv")
 
 
-def _dicom(path, arr, photometric="MONOCHROME2", slope=1.0, intercept=0.0, pixels=True):
+def _dicom(path, arr, photometric="MONOCHROME2", slope=1.0, intercept=0.0, pixels=True, extra=None):
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -97,6 +97,8 @@ def _dicom(path, arr, photometric="MONOCHROME2", slope=1.0, intercept=0.0, pixel
         ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
         ds.PixelRepresentation = 0
         ds.PixelData = arr.astype(np.uint16).tobytes()
+    if extra:
+        extra(ds)
     ds.save_as(str(path), enforce_file_format=True)
     return path
 
@@ -109,6 +111,41 @@ def test_dicom_rescale_and_monochrome1(tmp_path):
     assert m1[0, 0] == 255 and m1[0, -1] == 0  # MONOCHROME1: high values are dark
     scaled = read_image(_dicom(tmp_path / "c.dcm", arr, slope=-1.0, intercept=100.0))[..., 0]
     assert scaled[0, 0] == 255 and scaled[0, -1] == 0  # the negative slope reverses the order
+
+
+def test_dicom_voi_lut_sequence_is_applied(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    arr = np.array([[0, 1, 2, 3]], dtype=np.uint16).repeat(4, 0)
+
+    def lut(ds):  # an 8-bit VOI LUT that maps 0..3 to 0, 255, 64, 128: no window could do this
+        item = Dataset()
+        item.LUTDescriptor = [4, 0, 8]
+        item.add_new(0x00283006, "US", [0, 255, 64, 128])  # LUT Data
+        ds.VOILUTSequence = Sequence([item])
+        ds.WindowCenter, ds.WindowWidth = 1000, 10  # ignored: the LUT wins, as in pydicom
+
+    out = read_image(_dicom(tmp_path / "lut.dcm", arr, extra=lut))[0, :, 0]
+    assert out.tolist() == [0, 255, 64, 128]
+
+
+def test_dicom_linear_and_sigmoid_windows(tmp_path):
+    arr = np.array([[0, 1000, 2000, 3000, 4000]], dtype=np.uint16).repeat(4, 0)
+
+    def window(fn):
+        def f(ds):
+            ds.WindowCenter, ds.WindowWidth = 2000, 2000
+            if fn:
+                ds.VOILUTFunction = fn
+        return f
+
+    linear = read_image(_dicom(tmp_path / "w.dcm", arr, extra=window(None)))[0, :, 0]
+    assert linear[0] == linear[1] == 0 and linear[3] >= 254 and linear[4] == 255 and 120 <= linear[2] <= 135
+    sig = read_image(_dicom(tmp_path / "s.dcm", arr, extra=window("SIGMOID")))[0, :, 0]
+    # the SIGMOID VOI function: 4095 / (1 + exp(-4 (x - c) / w)), scaled to 0-255
+    expect = 255 / (1 + np.exp(-4 * (np.array([0, 1000, 2000, 3000, 4000]) - 2000) / 2000))
+    assert np.abs(sig.astype(float) - expect).max() <= 1.0
 
 
 def test_dicom_without_pixels(tmp_path):
