@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -83,8 +81,6 @@ def save_adapter(model: nn.Module, path: str | Path, *, method: str | None = Non
     ``method``, ``settings`` and ``base_hash`` default to what :func:`smallmed.fit` recorded on the model
     (``smallmed_method``, ``smallmed_method_settings``, ``smallmed_base_hash``).
     """
-    from safetensors.torch import save_file
-
     model = unwrap(model)
     method = method or getattr(model, "smallmed_method", None)
     settings = settings if settings is not None else getattr(model, "smallmed_method_settings", {})
@@ -96,16 +92,12 @@ def save_adapter(model: nn.Module, path: str | Path, *, method: str | None = Non
     head = head_name(model)
     meta = {"format": FORMAT, "method": method, "settings": json.dumps(settings, sort_keys=True),
             "base_hash": base_hash, "head": head}
+    from safetensors.torch import save
+
+    from .train.checkpoint import atomic_write_bytes
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, save(tensors, metadata=meta))
     return path
 
 

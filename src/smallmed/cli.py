@@ -137,6 +137,26 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_data_audit(a) -> int:
+    from .data import load_dataset
+    from .data.audit import audit, fix_duplicates, summary_lines
+
+    if a.fix and not a.out:
+        raise SmallmedError("--fix writes a cleaned copy: give its path with --out FILE.npz (the original is never changed).")
+    ds = load_dataset(a.data, data_dir=a.data_dir)
+    findings = audit(ds, near=None if a.near < 0 else a.near)
+    if a.fix:
+        removed = fix_duplicates(ds, findings, a.fix, a.out)
+        findings["fixed"] = {"how": a.fix, "out": a.out, "removed": removed}
+    if a.json:
+        print(json.dumps(findings))
+    else:
+        print("\n".join(summary_lines(findings)))
+        if a.fix:
+            print(f"wrote {a.out}: removed " + ", ".join(f"{k} {v}" for k, v in findings["fixed"]["removed"].items()))
+    return 0
+
+
 def cmd_predict(a) -> int:
     from .train.inference import predict_images
 
@@ -459,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
+    au = dsub.add_parser("audit", help="duplicates within and across splits, patient leakage, class balance, constant images")
+    au.add_argument("data")
+    au.add_argument("--data-dir")
+    au.add_argument("--near", type=int, default=4, help="near duplicates: perceptual-hash distance in bits (-1: skip)")
+    au.add_argument("--fix", choices=("drop", "merge"), help="write a cleaned copy without the exact duplicates")
+    au.add_argument("--out", help="with --fix: the cleaned .npz to write")
+    au.add_argument("--json", action="store_true", help="print the findings as JSON")
+    au.set_defaults(func=cmd_data_audit)
     f = dsub.add_parser("fetch", help="download an official MedMNIST file and verify its MD5")
     f.add_argument("name")
     f.add_argument("--size", type=int, choices=(28, 64, 128, 224))

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from .errors import SmallmedError
+from .train.checkpoint import atomic_write_file
 
 log = logging.getLogger(__name__)
 ATOL = 1e-4  # ONNX Runtime vs PyTorch, float32 logits: max absolute difference allowed
@@ -50,26 +49,14 @@ def _example(run, n: int) -> torch.Tensor:
     return torch.randn(n, run.in_chans, run.image_size, run.image_size, generator=g)
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_folded(run, path: str | Path, *, low_rank: bool = False) -> Path:
     """A plain checkpoint ``{"model": state_dict, "config": ...}`` that ``create_model(weights=path)`` loads."""
     model = plain_model(run, low_rank=low_rank)
     if low_rank:
         raise SmallmedError("--folded writes the dense architecture; a low-rank model is exported with --onnx.")
     payload = {"model": model.state_dict(), "config": run.config.to_dict(), "folded_from": run.config.method}
-    return _atomic(Path(path), lambda tmp: torch.save(payload, tmp))
+    atomic_write_file(path, lambda f: torch.save(payload, f))
+    return Path(path)
 
 
 def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 18, check: bool = True) -> dict:
@@ -92,7 +79,7 @@ def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 1
             "smallmed_method": run.config.method, "smallmed_low_rank": str(bool(low_rank))}
     result: dict = {}
 
-    def write(tmp: str) -> None:
+    def write(f) -> None:
         import contextlib
         import io
 
@@ -104,21 +91,22 @@ def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 1
         proto = prog.model_proto
         for k, v in meta.items():
             proto.metadata_props.add(key=k, value=v)
-        onnx.save(proto, tmp)
-        if check:
-            result.update(check_onnx(model, tmp, x.shape[1:]))
+        if check:  # checked before anything is written
+            result.update(check_onnx(model, proto.SerializeToString(), x.shape[1:]))
+        f.write(proto.SerializeToString())
 
-    _atomic(path, write)
+    atomic_write_file(path, write)
     return {"path": str(path), **result}
 
 
-def check_onnx(model: nn.Module, onnx_path: str | Path, shape, batch_sizes=(1, 5)) -> dict:
-    """Run ``onnx_path`` in ONNX Runtime and PyTorch on the same random batches; raise above :data:`ATOL`."""
+def check_onnx(model: nn.Module, onnx_path: str | Path | bytes, shape, batch_sizes=(1, 5)) -> dict:
+    """Run ``onnx_path`` (a file or the serialised model) in ONNX Runtime and PyTorch on the same random batches; raise above :data:`ATOL`."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise SmallmedError("checking an ONNX export needs onnxruntime: pip install 'smallmed[export]'.") from None
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    src = onnx_path if isinstance(onnx_path, bytes) else str(onnx_path)
+    sess = ort.InferenceSession(src, providers=["CPUExecutionProvider"])
     worst = 0.0
     g = torch.Generator().manual_seed(1)
     for b in batch_sizes:

@@ -73,7 +73,8 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         missing = [f"{s}_labels" for s in SPLITS if f"{s}_labels" not in keys]
         if missing:
             raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys))}.")
-        splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"]) for s in SPLITS}
+        splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"],
+                           npz[f"{s}_patient_ids"] if f"{s}_patient_ids" in keys else None) for s in SPLITS}
         empty = [s for s, sp in splits.items() if len(sp.labels) == 0 or len(sp.images) == 0]
         if empty:
             raise SmallmedError(f"{path}: split '{empty[0]}' is empty; every split needs at least one image.")

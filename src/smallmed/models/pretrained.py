@@ -121,7 +121,7 @@ def convert_pickled_model(src: str | Path, dst: str | Path) -> Path:
     """
     import importlib
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     src, dst = Path(src), Path(dst)
     try:
@@ -153,14 +153,9 @@ def convert_pickled_model(src: str | Path, dst: str | Path) -> Path:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SmallmedError(f"{src}: expected a model or a state dict of tensors, found {type(obj).__name__}.")
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
-    try:
-        save_file(tensors, str(tmp), metadata={"converted_from": src.name})
-        tmp.replace(dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from ..train.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(dst, save(tensors, metadata={"converted_from": src.name}))
     return dst
 
 

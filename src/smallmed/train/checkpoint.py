@@ -44,6 +44,15 @@ def atomic_save(obj: Any, path: str | Path) -> None:
     _atomic(Path(path), lambda f: torch.save(obj, f))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
+def atomic_write_file(path: str | Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, renamed over it only when complete."""
+    _atomic(Path(path), write)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode()))
 
