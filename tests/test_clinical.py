@@ -128,6 +128,10 @@ def test_run_threshold_does_not_depend_on_test_labels(tmp_path, tiny_cfg):
     report = (tmp_path / "r0" / "report.md").read_text()
     assert "Operating point" in report and "temperature scaling" in report
     assert (tmp_path / "r0" / "reliability_test.png").exists()
+    card = (tmp_path / "r0" / "model_card.md").read_text()
+    for part in ("## Data", "train: 80 images", "## Intended use", "not a medical device", "Operating point",
+                 "## Limitations", "smallmed train --config"):
+        assert part in card
 
 
 def test_early_stop_ends_a_run_at_patience(tmp_path, tiny_cfg):

@@ -4,6 +4,7 @@
 """
 
 from .plots import plot_history, plot_reliability, plot_roc
+from .model_card import write_model_card
 from .run_report import write_run_report
 
-__all__ = ["plot_history", "plot_reliability", "plot_roc", "write_run_report"]
+__all__ = ["plot_history", "plot_reliability", "plot_roc", "write_model_card", "write_run_report"]

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ..config import TrainConfig, dump_yaml, load_yaml
 from ..errors import NonFiniteLossError, SmallmedError
 from ..metrics import loss_variance
-from ..report import plot_history, write_run_report
+from ..report import plot_history, write_model_card, write_run_report
 from ..roles import head_name, unwrap
 from ..schedules import Callback, TwoStage
 from .checkpoint import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
@@ -441,7 +441,7 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
         "device": str(setup.device),
         "data": {"name": ds.name, "source": ds.source, "task": task.kind,
                  "classes": list(getattr(ds, "class_names", [])), "image_size": setup.image_size,
-                 "normalize": setup.normalize, "split": ds.info.get("split")},
+                 "normalize": setup.normalize, "split": ds.info.get("split"), "counts": _split_counts(setup)},
         "versions": {"torch": torch.__version__},
         "method": cfg.method,
     }
@@ -453,9 +453,25 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
                  title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
     atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
     write_run_report(run_dir)
+    write_model_card(run_dir)
     head = test.get(task.headline, float("nan"))
     log.info("test %s %.4f  (best epoch %d)  -> %s", task.headline, head, best_epoch + 1, run_dir)
     return metrics
+
+
+def _split_counts(setup: Setup) -> dict:
+    """Images per split (training: the subset used), and per class for single-label classification."""
+    ds, out = setup.dataset, {}
+    classes = list(getattr(ds, "class_names", []))
+    for s, sp in ds.splits.items():
+        idx = setup.train_idx if s == "train" else np.arange(len(sp))
+        row: dict = {"images": int(len(idx))}
+        labels = getattr(sp, "labels", None)
+        if labels is not None and setup.task.kind in ("binary", "multiclass"):
+            y = np.asarray(labels).reshape(len(sp), -1)[:, 0].astype(int)[idx]
+            row["classes"] = {classes[k] if k < len(classes) else str(k): int((y == k).sum()) for k in np.unique(y)}
+        out[s] = row
+    return out
 
 
 def _progress(it, desc: str, enabled: bool):
