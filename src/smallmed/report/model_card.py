@@ -9,6 +9,7 @@ import yaml
 
 from .run_report import clinical_lines
 
+OFFICIAL = "the data's own (official) split"
 NOT_FOR = ("It is a research model trained on a small dataset. It is not a medical device, has not been "
            "validated prospectively or on data from another site, scanner or population, and must not be used "
            "to diagnose, triage or treat patients.")
@@ -34,7 +35,7 @@ def write_model_card(run_dir: str | Path) -> Path:
              + (f" over {', '.join(d['classes'])}" if d.get("classes") else "") + ".",
              f"- Trained {m['epochs']} epochs (best by validation loss: {m['best_epoch']}) on {m['device']}, seed {cfg['seed']}.",
              "", "## Data", "",
-             f"- Source: `{d['source']}`; split: {d.get('split') or "the data's own (official) split"}.",
+             f"- Source: `{d['source']}`; split: {d.get('split') or OFFICIAL}.",
              ]
     for s, c in counts.items():
         cls = c.get("classes")
