@@ -89,9 +89,12 @@ def write_run_report(run_dir: str | Path) -> Path:
 def _op_line(name: str, op: dict) -> str:
     ci = op.get("ci95", {})
 
+    def num(v) -> str:
+        return "n/a" if v is None or v != v else f"{v:.3f}"  # nan is stored as null
+
     def one(k):
-        lo, hi = ci.get(k, [float("nan")] * 2)
-        return f"{op[k]:.3f} [{lo:.3f}, {hi:.3f}]"
+        lo, hi = ci.get(k) or [None, None]
+        return f"{num(op.get(k))} [{num(lo)}, {num(hi)}]"
 
     return (f"| {name} | {op['threshold']:.4g} | {one('sensitivity')} | {one('specificity')} | {one('ppv')} | "
             f"{one('npv')} |")

@@ -24,7 +24,7 @@ from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import RATE, direction, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
 NORMS = ("none", "bn", "bn-after-act")
 SEED_GAIN = 0.10  # seed 002 (SPEC.md section 4): BN raised test accuracy by about 10 points
@@ -198,6 +198,9 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
                 pr = paired([r["acc"] for r in nr if r["seed"] in none], [none[s] for s in seeds])
                 cmp = fmt_paired(pr)
                 word = direction(pr, "higher than", "lower than")
+                boot, _ = compare_runs({r["seed"]: r["run"] for r in nr}, {r["seed"]: r["run"] for r in dr if r["norm"] == "none"})
+                if boot:
+                    cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
                 verdicts.append(f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; seed 002: about +{SEED_GAIN * 100:.0f})")
             lines.append(f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |")
         lines.append("")

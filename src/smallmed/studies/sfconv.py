@@ -22,7 +22,7 @@ from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
-from .stats import RATE, direction, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
 # name -> TrainConfig overrides
 VARIANTS = {
@@ -189,6 +189,11 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
             base_q2 = {r["seed"]: r[q2] for r in rows if r["variant"] == "conv"}
             pr2 = paired([r[q2] for r in vr], [base_q2[r["seed"]] for r in vr])
             cmp += f"; {q2}: " + fmt_paired(pr2, wins=False)
+            if not seg:
+                boot, dl = compare_runs({r["seed"]: r["run"] for r in vr},
+                                        {r["seed"]: r["run"] for r in rows if r["variant"] == "conv"})
+                if boot:
+                    cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
         seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
         lines.append(f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
                      f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")

@@ -169,3 +169,59 @@ def read_test_scores(run_dir) -> tuple[np.ndarray, np.ndarray]:
     y = np.array([int(r["label"]) for r in rows])
     p = np.array([[float(r[c]) for c in cols] for r in rows])
     return y, p
+
+
+def cluster_bootstrap(values, clusters, *, n: int = 2000, level: float = 0.95, seed: int = 0,
+                      bounds: tuple[float, float] | None = (-1.0, 1.0)) -> dict:
+    """Mean of ``values`` with a bootstrap interval that resamples whole ``clusters`` (e.g. class splits,
+    the seeds within one averaged), so cells of one cluster are not counted as independent.
+
+    Fewer than :data:`MIN_SEEDS` clusters: no interval and no p (``lo``/``hi``/``p`` are nan).
+    Two-sided p: twice the smaller tail share of resampled means around 0.
+
+    Example:
+        >>> r = cluster_bootstrap([0.1, 0.1, -0.1, 0.2], ["a", "a", "b", "c"], n=200)
+        >>> r["clusters"], round(r["mean"], 4)
+        (3, 0.0667)
+    """
+    v = np.asarray(values, dtype=float)
+    c = np.asarray([str(x) for x in clusters])
+    keys = sorted(set(c))
+    means = np.array([v[c == k].mean() for k in keys])
+    out = {"mean": float(means.mean()), "clusters": len(keys), "cells": int(len(v)),
+           "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
+    if len(keys) < MIN_SEEDS:
+        return out
+    rng = np.random.default_rng(seed)
+    draws = means[rng.integers(0, len(keys), (n, len(keys)))].mean(1)
+    lo, hi = np.percentile(draws, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    p = min(1.0, 2 * max(min((draws <= 0).mean(), (draws >= 0).mean()), 1 / n)) if np.any(draws != 0) else 1.0
+    out.update(lo=float(lo), hi=float(hi), p=float(p))
+    return out
+
+
+def compare_runs(runs_a: dict, runs_b: dict, *, n: int = 2000) -> tuple[dict | None, list[float]]:
+    """``runs_a`` - ``runs_b`` (each ``{seed: run folder}``, tested on the same images): the paired bootstrap
+    over test images (seeds averaged) and, for binary tasks, DeLong's p per seed. ``(None, [])`` without a
+    common seed or a run folder's predictions."""
+    from pathlib import Path
+
+    from ..errors import SmallmedError
+
+    seeds = sorted(set(runs_a) & set(runs_b))
+    if not seeds or not all((Path(r) / "test_predictions.csv").exists() for s in seeds for r in (runs_a[s], runs_b[s])):
+        return None, []
+    y0, sa, sb, dl = None, [], [], []
+    for s in seeds:
+        y, pa = read_test_scores(runs_a[s])
+        y2, pb = read_test_scores(runs_b[s])
+        if not np.array_equal(y, y2) or (y0 is not None and not np.array_equal(y, y0)):
+            raise SmallmedError(f"{runs_a[s]} and {runs_b[s]} were tested on different images; cannot pair them.")
+        y0 = y
+        sa.append(pa)
+        sb.append(pb)
+        if pa.shape[1] == 2 and min((y == 1).sum(), (y == 0).sum()) >= 2:
+            dl.append(delong_test(y, pa[:, 1], pb[:, 1])["p"])
+    return paired_bootstrap(y0, sa, sb, n=n), dl

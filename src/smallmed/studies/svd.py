@@ -294,25 +294,10 @@ def _kb(b) -> str:
 
 def _compare(study, fr: list[dict], method: str, base: str) -> tuple[dict | None, list[float]]:
     """Paired bootstrap over test images (seeds averaged) and DeLong p per seed, ``method`` - ``base``."""
-    from .stats import delong_test, paired_bootstrap, read_test_scores
+    from .stats import compare_runs
 
-    a = {r["seed"]: r["run"] for r in fr if r["method"] == method}
-    b = {r["seed"]: r["run"] for r in fr if r["method"] == base}
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return None, []
-    ya, sa, sb, dl = None, [], [], []
-    for s in seeds:
-        y, pa = read_test_scores(a[s])
-        y2, pb = read_test_scores(b[s])
-        if ya is not None and not np.array_equal(y, ya) or not np.array_equal(y, y2):
-            raise SmallmedError(f"{a[s]} and {b[s]} were tested on different images; cannot pair them.")
-        ya = y
-        sa.append(pa)
-        sb.append(pb)
-        if pa.shape[1] == 2:
-            dl.append(delong_test(y, pa[:, 1], pb[:, 1])["p"])
-    return paired_bootstrap(ya, sa, sb, n=study.bootstrap), dl
+    return compare_runs({r["seed"]: r["run"] for r in fr if r["method"] == method},
+                        {r["seed"]: r["run"] for r in fr if r["method"] == base}, n=study.bootstrap)
 
 
 def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
