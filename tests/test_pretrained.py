@@ -165,3 +165,20 @@ def test_timm_models_build_and_offline_pretrained_is_one_sentence():
         create_model("timm:resnet10t", 3, weights="imagenet")
     with pytest.raises(SmallmedError, match="did you mean resnet10t"):
         create_model("timm:resnet10", 3)
+
+
+def test_cli_imagenet_offline_and_demo_without_data_end_in_one_sentence(tmp_path, monkeypatch, capsys, tiny_npz):
+    from smallmed.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    rc = main(["train", "--data", str(tiny_npz), "--model", "resnet18", "--weights", "imagenet", "--epochs", "1",
+               "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resnet18-f37072fd.pth" in err and "place the file at" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    # make demo on a machine with neither this project's data nor a network
+    monkeypatch.setenv("SMALLMED_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    rc = main(["demo", "--out", str(tmp_path / "demo")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "pneumoniamnist.npz" in err and "SMALLMED_OFFLINE" in err

@@ -263,7 +263,7 @@ def _source_and_r(weights: str, grid, results) -> list[str]:
     if src.exists():
         m = json.loads(src.read_text())
         lines.append(f"Source model (`{Path(weights).parent}`): {m['data']['name']}, best epoch {m['best_epoch']} of "
-                     f"{m['epochs']} (early stopping on validation loss), test AUC {m['test'].get('auc', float('nan')):.4f}, "
+                     f"{m['epochs']} (early stopping on validation loss{', still improving at the cap' if m['best_epoch'] == m['epochs'] else ''}), test AUC {m['test'].get('auc', float('nan')):.4f}, "
                      f"accuracy {m['test'].get('acc', float('nan')):.4f}.")
     for frac in sorted({c.fraction for c in grid}, reverse=True):
         rs = [(c.seed, m["r_ratio"]["mean"]) for c, m in zip(grid, results)
