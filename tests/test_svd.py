@@ -267,3 +267,25 @@ def test_r_ratio_skips_unchanged_weights():
     m = create_model("resnet18", 2, input_size=32)
     r = r_ratios(m.state_dict(), m.state_dict())
     assert r["n"] == 0 and r["mean"] != r["mean"]  # nan: nothing changed, nothing to say
+
+
+def test_source_auto_prefers_chestmnist_then_bone_age_and_says_what_is_missing(tmp_path, monkeypatch):
+    import dataclasses as dc
+
+    from conftest import make_medmnist
+    from smallmed.studies.svd import PRESETS, resolve_source, source_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    study = dc.replace(PRESETS["demo"], data_dir=str(data))
+    with pytest.raises(SmallmedError, match="no source data.*chestmnist_64.*rsna-boneage"):
+        resolve_source(study)  # offline in the tests: the download is refused, not attempted
+    make_medmnist(data / "rsna_boneage_hands_100px.npz", n=(40, 10, 10), classes=5)
+    assert resolve_source(study).source_data == "rsna-boneage"
+    make_medmnist(data / "chestmnist_64.npz", n=(40, 10, 10), classes=14, multilabel=True)
+    chosen = resolve_source(study)
+    assert (chosen.source_data, chosen.source_fraction) == ("chestmnist_64", 0.15)
+    # one cached source per recipe and data file, shared by every preset with the same source settings
+    assert source_dir(chosen) == source_dir(dc.replace(chosen, methods=("full",), seeds=(5,)))
+    assert source_dir(chosen) != source_dir(dc.replace(chosen, source_epochs=3))
