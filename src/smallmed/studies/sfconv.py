@@ -173,7 +173,7 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         "(finished runs are reused).",
         "",
         f"| variant | params | GMACs | images/s | speed vs conv | {q1_name} | {q2_name} | vs conv ({q1}; {q2}, paired over seeds) | "
-        f"seed 004 ({'Dice, ROSE-1 U-Net' if seg else 'params M / FPS / FLOPs G / ACC, IDRiD'}) |",
+        f"paper ({'Dice; U-Net on ROSE-1 OCTA vessels, GPU' if seg else 'params M / FPS / FLOPs G / ACC; ResNet-type on IDRiD fundus grading, full resolution, GPU'}; here {study.model} at {grid[0].image_size or 'native'} px, {study.epochs} epochs, CPU) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     verdict = {}
