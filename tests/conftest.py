@@ -79,3 +79,20 @@ def shared_data() -> Path:
     if not (SHARED / "pneumoniamnist.npz").exists():
         pytest.skip(f"real data not present at {SHARED} (set SMALLMED_DATA_DIR to run these)")
     return SHARED
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A folder served over HTTP on 127.0.0.1: (folder, base URL ending in '/'). Downloads in tests come from here."""
+    import http.server
+    import threading
+    from functools import partial
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{srv.server_address[1]}/"
+    srv.shutdown()

@@ -1,9 +1,6 @@
 """Folders, CSV manifests, DICOM, transforms and downloads."""
 
 import hashlib
-import http.server
-import threading
-from functools import partial
 
 import numpy as np
 import pytest
@@ -192,15 +189,9 @@ def test_image_and_mask_get_the_same_geometry():
 
 
 @pytest.fixture
-def local_server(tmp_path):
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a, **k: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield served, f"http://127.0.0.1:{srv.server_address[1]}/{{file}}"
-    srv.shutdown()
+def local_server(http_root):
+    root, base = http_root
+    return root, base + "{file}"
 
 
 def test_fetch_verifies_md5(local_server, tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ import http.server
 import sys
 import threading
 import types
-from functools import partial
 
 import pytest
 import torch
@@ -20,15 +19,8 @@ from smallmed.models import model_entry, pretrained
 
 
 @pytest.fixture
-def served(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a, **k: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{srv.server_address[1]}/"
-    srv.shutdown()
+def served(http_root):
+    return http_root
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 1
     :data:`ATOL` is an error (nothing is left at ``path``).
     """
     try:
-        import onnx
+        import onnx  # noqa: F401  (the exporter needs it)
     except ImportError:
         raise SmallmedError("ONNX export needs onnx and onnxruntime: pip install 'smallmed[export]'.") from None
     model = plain_model(run, low_rank=low_rank)

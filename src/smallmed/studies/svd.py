@@ -10,7 +10,6 @@ the difference in scale stated in the column header.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import logging
 import time
