@@ -148,3 +148,38 @@ def test_unknown_calibration_refused():
 
     with pytest.raises(SmallmedError, match="calibrate"):
         TrainConfig(calibrate="platt")
+
+
+def test_multiclass_operating_points_are_one_vs_rest_on_validation():
+    from smallmed.metrics.clinical import clinical_summary
+
+    rng = np.random.default_rng(0)
+    yv, yt = rng.integers(0, 3, 150), rng.integers(0, 3, 150)
+
+    def probs(y):
+        logits = np.eye(3)[y] * 1.5 + rng.normal(0, 1, (len(y), 3))
+        e = np.exp(logits)
+        return e / e.sum(1, keepdims=True)
+
+    pv, pt = probs(yv), probs(yt)
+    out = clinical_summary("multiclass", yv, pv, yt, pt, n=100)
+    ops = out["operating_point_per_class"]
+    assert len(ops) == 3 and "operating_point" not in out
+    for k, op in enumerate(ops):
+        assert op["threshold"] == choose_threshold(yv == k, pv[:, k])
+        assert op["sensitivity"] == rates_at(yt == k, pt[:, k], op["threshold"])["sensitivity"]
+    assert out["ece"] == pytest.approx(np.mean(out["ece_per_class"]))
+    assert out["brier"] == pytest.approx(brier_score(yt, pt))
+
+
+def test_evaluate_applies_the_runs_fixed_threshold(tmp_path, tiny_cfg):
+    from smallmed import evaluate_run, fit
+
+    data = _noisy_npz(tmp_path / "noisy.npz")
+    m = fit(tiny_cfg(data=str(data), epochs=2, out=str(tmp_path / "run")))
+    ev = evaluate_run(tmp_path / "run", device="cpu")
+    op, saved = ev["operating_point"], m["test"]["operating_point"]
+    assert op["threshold"] == saved["threshold"]
+    for k in ("sensitivity", "specificity", "ppv", "npv"):
+        assert op[k] == pytest.approx(saved[k])
+    assert ev["brier"] == pytest.approx(m["test"]["brier"]) and ev["ece"] == pytest.approx(m["test"]["ece"])
