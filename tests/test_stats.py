@@ -73,13 +73,13 @@ def test_fewer_than_three_seeds_print_no_interval_or_p():
 def test_cluster_bootstrap_resamples_whole_clusters():
     from smallmed.studies.stats import cluster_bootstrap
 
-    # two cells per split, identical within a split: the result is that of the 4 split means alone
-    vals = [0.1, 0.1, 0.3, 0.3, -0.2, -0.2, 0.05, 0.05]
-    splits = [0, 0, 1, 1, 2, 2, 3, 3]
+    # two cells per split, identical within a split: the result is that of the 5 split means alone
+    vals = [0.1, 0.1, 0.3, 0.3, -0.2, -0.2, 0.05, 0.05, 0.0, 0.0]
+    splits = [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     r = cluster_bootstrap(vals, splits, n=4000)
-    alone = cluster_bootstrap([0.1, 0.3, -0.2, 0.05], [0, 1, 2, 3], n=4000)
-    assert r["clusters"] == 4 and r["cells"] == 8
+    alone = cluster_bootstrap([0.1, 0.3, -0.2, 0.05, 0.0], [0, 1, 2, 3, 4], n=4000)
+    assert r["clusters"] == 5 and r["cells"] == 10
     assert (r["lo"], r["hi"], r["mean"]) == pytest.approx((alone["lo"], alone["hi"], alone["mean"]))
     assert -1 <= r["lo"] <= r["mean"] <= r["hi"] <= 1
-    two = cluster_bootstrap([0.1, 0.2, 0.3], [0, 0, 1])
-    assert two["clusters"] == 2 and np.isnan(two["lo"]) and np.isnan(two["p"])  # n too small
+    three = cluster_bootstrap([0.1, 0.2, 0.3, 0.1], [0, 0, 1, 2])
+    assert three["clusters"] == 3 and np.isnan(three["lo"]) and np.isnan(three["p"])  # n too small

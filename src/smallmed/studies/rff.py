@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_text
-from .stats import MIN_SEEDS, RATE, cluster_bootstrap, mean_ci, paired
+from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
 
@@ -242,9 +242,10 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
     overhead = mean_ci([r["branch_seconds_rff"] / r["branch_seconds_normal"] - 1 for r in results])
     seed_delta = SEED_DELTA.get(study.model, SEED_DELTA["resnet50"])
     cb = cluster_bootstrap([r["delta"] for r in results], [r["split"] for r in results])
-    if cb["clusters"] < MIN_SEEDS:
-        word = "not distinguishable from (n too small: fewer than 3 class splits)"
-        delta_ci = f"n too small ({cb['clusters']} class splits): no interval"
+    if cb["clusters"] < MIN_CLUSTERS:
+        word = f"not measurable against (n too small: fewer than {MIN_CLUSTERS} class splits)"
+        delta_ci = (f"n too small ({cb['clusters']} class splits; a bootstrap over so few has almost no distinct "
+                    "resamples): no interval")
     else:
         word = "higher than" if cb["lo"] > 0 else "lower than" if cb["hi"] < 0 else "not distinguishable from"
         delta_ci = (f"[{cb['lo']:+.4f}, {cb['hi']:+.4f}] bootstrap over {cb['clusters']} class splits (seeds averaged "

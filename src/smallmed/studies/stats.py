@@ -171,18 +171,22 @@ def read_test_scores(run_dir) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
+MIN_CLUSTERS = 5  # a bootstrap over 3 or 4 clusters has 10 or 35 distinct resamples: far too narrow an interval
+
+
 def cluster_bootstrap(values, clusters, *, n: int = 2000, level: float = 0.95, seed: int = 0,
-                      bounds: tuple[float, float] | None = (-1.0, 1.0)) -> dict:
+                      bounds: tuple[float, float] | None = (-1.0, 1.0), min_clusters: int = MIN_CLUSTERS) -> dict:
     """Mean of ``values`` with a bootstrap interval that resamples whole ``clusters`` (e.g. class splits,
     the seeds within one averaged), so cells of one cluster are not counted as independent.
 
-    Fewer than :data:`MIN_SEEDS` clusters: no interval and no p (``lo``/``hi``/``p`` are nan).
+    Fewer than ``min_clusters`` (:data:`MIN_CLUSTERS`) clusters: no interval and no p (``lo``/``hi``/``p`` are
+    nan), because resampling 3 or 4 values gives only 10 or 35 distinct means.
     Two-sided p: twice the smaller tail share of resampled means around 0.
 
     Example:
-        >>> r = cluster_bootstrap([0.1, 0.1, -0.1, 0.2], ["a", "a", "b", "c"], n=200)
-        >>> r["clusters"], round(r["mean"], 4)
-        (3, 0.0667)
+        >>> r = cluster_bootstrap([0.1, 0.1, -0.1, 0.2, 0.0, 0.3], ["a", "a", "b", "c", "d", "e"], n=200)
+        >>> r["clusters"], round(r["mean"], 4), r["lo"] < r["mean"] < r["hi"]
+        (5, 0.1, True)
     """
     v = np.asarray(values, dtype=float)
     c = np.asarray([str(x) for x in clusters])
@@ -190,7 +194,7 @@ def cluster_bootstrap(values, clusters, *, n: int = 2000, level: float = 0.95, s
     means = np.array([v[c == k].mean() for k in keys])
     out = {"mean": float(means.mean()), "clusters": len(keys), "cells": int(len(v)),
            "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
-    if len(keys) < MIN_SEEDS:
+    if len(keys) < min_clusters:
         return out
     rng = np.random.default_rng(seed)
     draws = means[rng.integers(0, len(keys), (n, len(keys)))].mean(1)
