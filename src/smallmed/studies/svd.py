@@ -47,7 +47,7 @@ NAMES = {
     "sp-svd-9": "SVD per position, 90% pruned (Vaulin)",
     "full-svd-9": "SVD in x out*k*k, 90% pruned",
 }
-PAPER_SCALE = "paper: DenseNet-121 at 224 px, CovidAID, 15 epochs"
+PAPER_SCALE = "paper AUC: DenseNet-121 (CheXNet) at 224 px, CovidAID, 15 epochs"
 
 
 @dataclass
@@ -339,7 +339,8 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         fr = [r for r in rows if r["fraction"] == frac]
         lines += [f"## Fraction {_frac_label(frac)} ({fr[0]['train_images']} training images)", "",
                   f"| method | test AUC | vs full (AUC) | DeLong p | TPR@FPR={fpr:g} | sens / spec | trainable | stored "
-                  f"| best epoch | {PAPER_SCALE} |",
+                  f"| best epoch | {PAPER_SCALE}; here {study.model}, {study.image_size} px, {fr[0]['train_images']} "
+                  f"images, at most {study.epochs} epochs |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for method in study.methods:
             mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
