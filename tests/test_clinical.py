@@ -55,6 +55,11 @@ def test_youden_threshold_is_the_brute_force_best():
             choose_threshold(y, s, bad)
 
 
+def test_undefined_rates_are_none_not_nan():
+    r = rates_at([0, 0, 1], [0.1, 0.2, 0.3], 0.9)  # nothing predicted positive: PPV undefined
+    assert r["ppv"] is None and r["sensitivity"] == 0.0 and r["specificity"] == 1.0
+
+
 def test_rates_match_confusion_matrix():
     y, s = _noisy(seed=5)
     tn, fp, fn, tp = confusion_matrix(y, s >= 0.5).ravel()
@@ -181,5 +186,5 @@ def test_evaluate_applies_the_runs_fixed_threshold(tmp_path, tiny_cfg):
     op, saved = ev["operating_point"], m["test"]["operating_point"]
     assert op["threshold"] == saved["threshold"]
     for k in ("sensitivity", "specificity", "ppv", "npv"):
-        assert op[k] == pytest.approx(saved[k])
+        assert (op[k] is None and saved[k] is None) or op[k] == pytest.approx(saved[k])
     assert ev["brier"] == pytest.approx(m["test"]["brier"]) and ev["ece"] == pytest.approx(m["test"]["ece"])

@@ -57,7 +57,7 @@ def test_bad_names_and_options():
     with pytest.raises(SmallmedError, match="norm for densenet121"):
         create_model("densenet121", 2, norm="none")
     with pytest.raises(SmallmedError, match="neither a file nor a known name"):
-        create_model("resnet18", 2, weights="imagenet")
+        create_model("small_cnn", 2, weights="imagenet")
     with pytest.raises(SmallmedError, match="stem='small' conflicts"):
         create_model("efficientnet_lite0", 2, weights="imagenet", stem="small")
 

@@ -276,6 +276,7 @@ def test_source_auto_prefers_chestmnist_then_bone_age_and_says_what_is_missing(t
     from smallmed.studies.svd import PRESETS, resolve_source, source_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("SMALLMED_DATA_DIR", raising=False)  # only this test's folder holds data
     data = tmp_path / "data"
     data.mkdir()
     study = dc.replace(PRESETS["demo"], data_dir=str(data))

@@ -70,7 +70,8 @@ def choose_threshold(y_val, score_val, rule: str = "youden") -> float:
 
 
 def rates_at(y, score, threshold: float) -> dict:
-    """Sensitivity, specificity, PPV and NPV at ``threshold`` (nan where a denominator is 0).
+    """Sensitivity, specificity, PPV and NPV at ``threshold`` (None where a denominator is 0: undefined, as
+    metrics.json writes it).
 
     Example:
         >>> rates_at([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8], 0.35)
@@ -82,7 +83,7 @@ def rates_at(y, score, threshold: float) -> dict:
     tn, fp = int((~pred & (y == 0)).sum()), int((pred & (y == 0)).sum())
 
     def ratio(a, b):
-        return a / (a + b) if a + b else float("nan")
+        return a / (a + b) if a + b else None
 
     return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
 
@@ -102,10 +103,10 @@ def operating_point(y_val, score_val, score_test, y_test, *, rule: str = "youden
     for _ in range(n):
         idx = rng.integers(0, len(y_test), len(y_test))
         for k, v in rates_at(y_test[idx], score_test[idx], t).items():
-            if math.isfinite(v):
+            if v is not None:
                 draws[k].append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out["ci95"] = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [float("nan")] * 2
+    out["ci95"] = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [None, None]
                    for k, v in draws.items()}
     return out
 
@@ -117,7 +118,7 @@ def brier_score(y, probs) -> float:
     sum over classes.
 
     Example:
-        >>> brier_score([0, 1], [[0.8, 0.2], [0.4, 0.6]])
+        >>> round(brier_score([0, 1], [[0.8, 0.2], [0.4, 0.6]]), 6)
         0.1
     """
     y = np.asarray(y).astype(int).ravel()
@@ -148,8 +149,8 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
     ``y`` is 0/1, ``p`` the predicted probability of 1.
 
     Example:
-        >>> expected_calibration_error([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=2)
-        0.2
+        >>> round(expected_calibration_error([0, 0, 1, 1], [0.1, 0.3, 0.6, 0.8], bins=2), 6)
+        0.25
     """
     c = reliability_curve(y, p, bins)
     n = sum(c["count"])

@@ -40,8 +40,8 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None) -> d
 
     Example:
         >>> m = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
-        >>> apply_lora(m, rank=2)["trainable"]
-        90
+        >>> apply_lora(m, rank=2)["trainable"]  # (1*9*2 + 2*8) + (8*9*2 + 2*8): the factors only
+        194
     """
     peft = _peft()
     targets = lora_targets(model)

@@ -155,7 +155,9 @@ def paired_bootstrap(y_true, scores_a, scores_b, *, n: int = 2000, level: float 
 
 def fmt_bootstrap(b: dict) -> str:
     """``+d [lo, hi] p=...`` of a :func:`paired_bootstrap` result."""
-    return f"{b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}] p={b['p']:.2g}"
+    floor = 2 / b["resamples"] if b.get("resamples") else 0.0
+    p = f"p<={floor:.2g}" if b["p"] <= floor + 1e-12 else f"p={b['p']:.2g}"  # no resample crossed 0: p is at most that
+    return f"{b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}] {p}"
 
 
 def read_test_scores(run_dir) -> tuple[np.ndarray, np.ndarray]:

@@ -237,12 +237,16 @@ def _rows(grid, results) -> list[dict]:
         op = t.get("operating_point") or {}
         rows.append({"fraction": cfg.fraction, "method": cfg.method, "seed": cfg.seed, "train_images": m["train_images"],
                      "auc": t["auc"], "acc": t["acc"], "tpr_at_fpr": t["tpr_at_fpr"],
-                     "sensitivity": op.get("sensitivity", float("nan")), "specificity": op.get("specificity", float("nan")),
+                     "sensitivity": _num(op.get("sensitivity")), "specificity": _num(op.get("specificity")),
                      "brier": t.get("brier", float("nan")), "ece": t.get("ece", float("nan")),
                      "trainable_params": m["trainable_params"], "stored_bytes": m.get("stored_bytes", ""),
                      "val_loss_variance": m["val_loss_variance"], "best_epoch": m["best_epoch"], "epochs": m["epochs"],
                      "seconds": m["wall_seconds"], "run": cfg.out})
     return rows
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
 
 
 def _split_text(study) -> str:
