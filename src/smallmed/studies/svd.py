@@ -134,7 +134,10 @@ def resolve_source(study: SVDStudy, *, download: bool = True) -> SVDStudy:
             tried.append(str(e))
     if download:
         try:
-            print("source: ChestMNIST (NIH ChestX-ray14) not found locally; trying the official download (MD5-checked)...")
+            from ..hub import offline
+
+            if not offline():
+                print("source: ChestMNIST (NIH ChestX-ray14) not found locally; trying the official download (MD5-checked)...")
             fetch(chest[0])
             return dataclasses.replace(study, source_data=chest[0], source_fraction=chest[1])
         except SmallmedError as e:
