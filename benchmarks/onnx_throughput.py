@@ -9,7 +9,6 @@ Usage: OMP_NUM_THREADS=2 python benchmarks/onnx_throughput.py [--size 64] [--bat
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import tempfile
 import time
@@ -20,25 +19,18 @@ import torch
 
 from smallmed import create_model
 from smallmed.adapters import adapter_state, base_fingerprint, save_adapter
+from smallmed.export import onnx_bytes
 from smallmed.methods import apply_method
 from smallmed.reparam import fold, to_low_rank
 
 
 def onnx_session(model, x, threads):
-    import contextlib
-    import logging
-
     import onnxruntime as ort
 
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)
-    batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
-        prog = torch.onnx.export(model, (x,), None, input_names=["image"], output_names=["logits"], dynamo=True,
-                                 dynamic_shapes=({0: batch},), opset_version=18, verbose=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(prog.model_proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(onnx_bytes(model, x), opts, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         diff = float(np.abs(sess.run(None, {"image": x.numpy()})[0] - model(x).numpy()).max())
     return sess, diff

@@ -80,23 +80,29 @@ def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 1
     result: dict = {}
 
     def write(f) -> None:
-        import contextlib
-        import io
-
-        batch = torch.export.Dim("batch", min=1)
-        logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its optimiser logs every pass at INFO
-        with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # and torch.onnx prints its steps
-            prog = torch.onnx.export(model, (x,), None, input_names=["image"], output_names=["logits"], dynamo=True,
-                                     dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
-        proto = prog.model_proto
-        for k, v in meta.items():
-            proto.metadata_props.add(key=k, value=v)
+        data = onnx_bytes(model, x, opset=opset, metadata=meta)
         if check:  # checked before anything is written
-            result.update(check_onnx(model, proto.SerializeToString(), x.shape[1:]))
-        f.write(proto.SerializeToString())
+            result.update(check_onnx(model, data, x.shape[1:]))
+        f.write(data)
 
     atomic_write_file(path, write)
     return {"path": str(path), **result}
+
+
+def onnx_bytes(model: nn.Module, example: torch.Tensor, *, opset: int = 18, metadata: dict | None = None) -> bytes:
+    """``model`` as a serialised ONNX graph (input ``image`` with a dynamic batch, output ``logits``)."""
+    import contextlib
+    import io
+
+    batch = torch.export.Dim("batch", min=1)
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its optimiser logs every pass at INFO
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # and torch.onnx prints its steps
+        prog = torch.onnx.export(model, (example,), None, input_names=["image"], output_names=["logits"], dynamo=True,
+                                 dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+    proto = prog.model_proto
+    for k, v in (metadata or {}).items():
+        proto.metadata_props.add(key=k, value=v)
+    return proto.SerializeToString()
 
 
 def check_onnx(model: nn.Module, onnx_path: str | Path | bytes, shape, batch_sizes=(1, 5)) -> dict:
@@ -120,4 +126,4 @@ def check_onnx(model: nn.Module, onnx_path: str | Path | bytes, shape, batch_siz
     return {"max_abs_diff": worst, "atol": ATOL, "batch_sizes_checked": list(batch_sizes)}
 
 
-__all__ = ["ATOL", "check_onnx", "export_onnx", "plain_model", "save_folded"]
+__all__ = ["ATOL", "check_onnx", "export_onnx", "onnx_bytes", "plain_model", "save_folded"]

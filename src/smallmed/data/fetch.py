@@ -6,25 +6,21 @@ matches, so an interrupted or corrupted download never looks like a dataset.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SmallmedError
+from ..hub import download_file, file_hash
 from .catalog import MEDMNIST, split_name
 from .paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 
-def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def md5sum(path: str | Path) -> str:
+    return file_hash(path, "md5")
 
 
 def fetch(
@@ -63,11 +59,12 @@ def fetch(
     dest = check_out_dir(Path(dest) if dest else cache_dir(), "--dest")
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / info.file(base, size)
-    if target.exists() and force:
-        target.unlink()
-    if target.exists() and md5sum(target) != info.md5[size]:
-        raise SmallmedError(f"{target} exists but its MD5 is not the official {info.md5[size]}; pass --force to replace it.")
-    from ..hub import download_file
-
+    if target.exists():
+        if force:
+            target.unlink()
+        elif md5sum(target) == info.md5[size]:
+            return target  # verified once here, not again by download_file
+        else:
+            raise SmallmedError(f"{target} exists but its MD5 is not the official {info.md5[size]}; pass --force to replace it.")
     return download_file(info.url(base, size), target, md5=info.md5[size], opener=opener, progress=progress,
                          what="MedMNIST file")
