@@ -122,6 +122,8 @@ def cmd_export(a) -> int:
 
     if not (a.onnx or a.folded or a.adapter):
         raise SmallmedError("export: name at least one of --onnx FILE, --folded FILE, --adapter FILE.")
+    if a.low_rank and not a.onnx:
+        raise SmallmedError("--low-rank shapes the ONNX graph: give --onnx FILE with it.")
     run = load_run(a.run_dir)
     if a.onnx:
         r = export_onnx(run, a.onnx, low_rank=a.low_rank)
@@ -143,6 +145,8 @@ def cmd_data_audit(a) -> int:
 
     if a.fix and not a.out:
         raise SmallmedError("--fix writes a cleaned copy: give its path with --out FILE.npz (the original is never changed).")
+    if a.out and not a.fix:
+        raise SmallmedError(f"--out {a.out} is where --fix writes its cleaned copy: add --fix drop or --fix merge.")
     ds = load_dataset(a.data, data_dir=a.data_dir)
     findings = audit(ds, near=None if a.near < 0 else a.near)
     if a.fix:

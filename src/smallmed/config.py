@@ -139,6 +139,8 @@ class TrainConfig:
             raise SmallmedError("weight_decay, patience, early_stop and num_workers must not be negative.")
         if self.lora_rank < 1:
             raise SmallmedError(f"lora_rank={self.lora_rank}: expected at least 1.")
+        if self.lora_rank != 4 and self.method != "lora":
+            raise SmallmedError(f"lora_rank={self.lora_rank} applies to method='lora'; this run's method is {self.method!r}.")
         from .metrics.clinical import parse_rule
 
         parse_rule(self.operating_point)
