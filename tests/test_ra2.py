@@ -246,7 +246,7 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
 
     Image.fromarray(np.zeros((200, 160), np.uint8)).save(pred_dir / "P002-LF.png")  # no contrast at all
     assert main(["ra2", "predict", str(tmp_path / "run"), str(pred_dir), "--out", str(tmp_path / "pred.csv"),
-                 "--joints-out", str(tmp_path / "joints.json")]) == 0
+                 "--joints-out", str(tmp_path / "joints.json"), "--overlay", str(tmp_path / "overlay")]) == 0
     err = capsys.readouterr().err
     assert "patient P001: no LF image" in err and "P002-RH.png: not a readable image" in err
     assert "P002-LF.png: the image is constant" in err
@@ -264,6 +264,12 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     joints = json.loads((tmp_path / "joints.json").read_text())
     assert len(joints["P000-LH.png"]["shapes"]) == 13 and joints["P000-LF.png"]["imageWidth"] == 160
     assert main(["-q", "ra2", "evaluate", str(tmp_path / "pred.csv"), str(root / "scores.csv")]) == 0
+    # --overlay: one picture per scored radiograph (none for the missing, unreadable or constant ones)
+    pngs = sorted(p.name for p in (tmp_path / "overlay").glob("*.png"))
+    assert pngs == sorted(f"{Path(n).stem}.png" for n in joints)
+    from PIL import Image as _Image
+
+    assert _Image.open(tmp_path / "overlay" / "P000-LH.png").size[0] > 100
 
 
 def test_pipeline_bad_inputs(tmp_path, capsys):
@@ -350,3 +356,85 @@ def test_ra2_localiser_command_on_a_generated_21_point_set(tmp_path, capsys):
     assert "px_error" in capsys.readouterr().out
     m = json.loads((tmp_path / "loc" / "metrics.json").read_text())
     assert m["task"] == "keypoints" and set(m["test"]["per_joint"]) == set(HAND21)
+
+
+def _fold_histories(run: Path) -> dict:
+    return {p.parent.name: p.read_text() for p in (run / "narrowing").glob("fold*/history.csv")}
+
+
+def test_held_out_fold_never_chooses_the_epoch(tmp_path):
+    """The held-out patients' scores reach only the error reported for them: changing them leaves that fold's
+    validation curve, and so its chosen epoch, unchanged."""
+    import csv as _csv
+
+    from smallmed.ra2.pipeline import RA2Config, train_pipeline
+
+    root = _ra2_set(tmp_path / "set", n_patients=6)
+    cfg = RA2Config(folds=3, epochs=2, crop=24, model="small_cnn", seed=0)
+    info = train_pipeline(root / "img", root / "scores.csv", tmp_path / "a", landmarks=root / "lm", cfg=cfg)
+    held = info["folds"][0]["held_out"]
+    sel = info["epoch_selection"]["narrowing"][0]
+    assert not set(sel["validation_patients"]) & set(held)  # validation patients come from the training side
+    # change every narrowing score of the fold-0 held-out patients and train again
+    rows = list(_csv.DictReader(open(root / "scores.csv")))
+    for r in rows:
+        if r["Patient_ID"] in held:
+            for k in r:
+                if "_J__" in k:
+                    r[k] = str(4 - float(r[k]))
+    _table(root / "scores2.csv", rows)
+    train_pipeline(root / "img", root / "scores2.csv", tmp_path / "b", landmarks=root / "lm", cfg=cfg)
+    a, b = _fold_histories(tmp_path / "a"), _fold_histories(tmp_path / "b")
+    assert a["fold0"] == b["fold0"]  # same validation losses, same best epoch
+    ta = (tmp_path / "a" / "narrowing" / "fold0" / "test_predictions.csv").read_text()
+    tb = (tmp_path / "b" / "narrowing" / "fold0" / "test_predictions.csv").read_text()
+    assert ta != tb  # ... while the held-out error does see the changed scores
+
+
+def test_two_patients_train_fixed_epochs_and_say_so(tmp_path, caplog):
+    import logging
+
+    from smallmed.ra2.pipeline import RA2Config, train_pipeline
+
+    root = _ra2_set(tmp_path / "set", n_patients=2)
+    with caplog.at_level(logging.INFO, logger="smallmed"):
+        info = train_pipeline(root / "img", root / "scores.csv", tmp_path / "r", landmarks=root / "lm",
+                              cfg=RA2Config(folds=2, epochs=2, crop=24, model="small_cnn"))
+    assert info["epoch_selection"]["narrowing"] == ["fixed epochs", "fixed epochs"]
+    assert "too few to hold some out for validation" in caplog.text
+    m = json.loads((tmp_path / "r" / "narrowing" / "fold0" / "metrics.json").read_text())
+    assert m["best_epoch"] == 2  # the last epoch, not one chosen by any score
+
+
+def test_scorers_start_from_another_run(tmp_path, tiny_cfg):
+    """--init RUN: every fold model starts from the run's weights (its head replaced)."""
+    from smallmed import fit
+    from smallmed.cli import main
+    from smallmed.train.checkpoint import load_checkpoint
+
+    fit(tiny_cfg(task="regression", out=str(tmp_path / "src")))
+    root = _ra2_set(tmp_path / "set", n_patients=3)
+    assert main(["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
+                 "--landmarks", str(root / "lm"), "--folds", "3", "--epochs", "1", "--crop", "16", "--model",
+                 "small_cnn", "--lr", "1e-9", "--init", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 0
+    src = load_checkpoint(tmp_path / "src" / "best.pt")["model"]
+    fold = load_checkpoint(tmp_path / "run" / "narrowing" / "fold0" / "best.pt")["model"]
+    convs = [k for k in src if k.endswith("weight") and src[k].ndim == 4]
+    assert convs and all(torch.allclose(src[k], fold[k], atol=1e-6) for k in convs)
+    assert main(["ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
+                 "--landmarks", str(root / "lm"), "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("limb", ["LH", "RH", "RF"])
+def test_overlay_boxes_sit_on_their_joints_in_the_original_image(limb):
+    from smallmed.ra2.joints import FOOT_POINTS, HAND_POINTS, crop_boxes, points_for
+    from smallmed.ra2.schema import BY_COLUMN
+
+    names = HAND_POINTS if limb.endswith("H") else FOOT_POINTS
+    rng = np.random.default_rng(1)
+    pts = {n: (float(rng.uniform(0, 300)), float(rng.uniform(0, 400))) for n in names}
+    boxes = crop_boxes(pts, limb, 320)
+    assert boxes
+    for col, (x, y, side) in boxes.items():
+        want = np.mean([pts[n] for n in points_for(BY_COLUMN[col])], axis=0)
+        assert (x, y) == pytest.approx(tuple(want)) and side > 0

@@ -17,6 +17,14 @@ from .errors import SmallmedError
 log = logging.getLogger("smallmed")
 
 
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching (``--head`` must never become ``--head-epochs``); subcommands inherit this class."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _add_study_flags(p: argparse.ArgumentParser, module: str, cls: str) -> None:
     """A flag for every field of a study dataclass that has no hand-written flag yet, typed from its hint."""
     import importlib
@@ -58,7 +66,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=kind, nargs="+", default=None, metavar="X")
         else:
             base = next((a for a in args if a is not type(None)), hint) if args else hint
-            p.add_argument(flag, type=base if base in (int, float) else str, default=None)
+            names = [flag, "--head"] if f.name == "task" else [flag]  # the output head for graded labels
+            p.add_argument(*names, type=base if base in (int, float) else str, default=None)
 
 
 def _train_config(a: argparse.Namespace):
@@ -69,7 +78,7 @@ def _train_config(a: argparse.Namespace):
     return TrainConfig.from_sources(yaml_path=a.config, flags=flags, sets=a.set)
 
 
-HEADLINES = {"regression": ("mae", "rmse", "acc"), "segmentation": ("dice", "iou"),
+HEADLINES = {"regression": ("mae", "rmse", "acc", "qwk"), "ordinal": ("mae_rounded", "acc", "qwk"), "segmentation": ("dice", "iou"),
              "keypoints": ("px_error", "frac_error", "pck_0.05")}
 
 
@@ -243,7 +252,7 @@ def cmd_ra2_train(a) -> int:
 
     shapes = landmark_mean_shapes(find_images(a.images), a.landmarks)
     locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
-    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed,
+    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed, init=a.init,
                     localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
                     mean_shape=shapes)
     info = train_pipeline(a.images, a.scores, a.out, landmarks=a.landmarks, cfg=cfg)
@@ -256,8 +265,12 @@ def cmd_ra2_train(a) -> int:
 def cmd_ra2_predict(a) -> int:
     from .ra2.pipeline import predict_pipeline
 
+    if a.overlay:
+        from .io import check_out_dir
+
+        check_out_dir(a.overlay, "--overlay")
     table, notes = predict_pipeline(a.run_dir, a.images, a.out, landmarks=a.landmarks, joints_out=a.joints_out,
-                                    device=a.device)
+                                    overlay=a.overlay, device=a.device)
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
     print(f"{len(table.patients)} patient(s) -> {a.out}")
@@ -308,7 +321,7 @@ def _study(presets: dict, a):
     from .train.checkpoint import check_out_dir
 
     check_out_dir(a.out)  # a folder that cannot be written fails before any data is read
-    _at_least(a, max_train=0, epochs=1, image_size=4, batch_size=1, splits=1, knee_epochs=1, knee_size=8,
+    _at_least(a, max_train=0, epochs=1, image_size=4, batch_size=1, splits=1, knee_epochs=1,
               knee_max_train=0, localiser_epochs=1, e2e_epochs=1, folds=2)
     study = presets[a.preset]
     for s in getattr(a, "seeds", None) or []:
@@ -440,7 +453,7 @@ def cmd_demo(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="smallmed", description=__doc__)
+    p = _Parser(prog="smallmed", description=__doc__)
     p.add_argument("--version", action="version", version=f"smallmed {__version__}")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("--debug", action="store_true", help="re-raise internal errors with their traceback")
@@ -521,12 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_study_svd)
 
     s3 = ssub.add_parser("ra2", help="seed 003: joint localisation, the scoring recipe on knee grades, RA2 end to end")
-    s3.add_argument("--preset", choices=("quick", "paper"), default="quick")
+    s3.add_argument("--preset", choices=("quick", "full", "paper"), default="quick")
     s3.add_argument("--out", default="runs/study-ra2")
     s3.add_argument("--seeds", nargs="+", type=int)
-    s3.add_argument("--variants", nargs="+", help="base and some of v1 logcosh weights")
+    s3.add_argument("--variants", nargs="+", help="the scoring recipes (base, v1, logcosh, weights, r18, r18-hands, "
+                    "r18-hands-cls, r18-hands-ordinal, r18-hands-lora, r18-hands-svd)")
     s3.add_argument("--knee-epochs", type=int)
-    s3.add_argument("--knee-size", type=int)
     s3.add_argument("--knee-max-train", type=int)
     s3.add_argument("--localiser-epochs", type=int)
     s3.add_argument("--e2e-epochs", type=int)
@@ -639,6 +652,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--model", default="densenet_ra2_v2", help="densenet_ra2_v2 (default) or densenet_ra2_v1, or any model")
     rt.add_argument("--lr", type=float, default=1e-3)
     rt.add_argument("--seed", type=int, default=0)
+    rt.add_argument("--init", help="start every scorer from this run folder (e.g. a knee- or bone-age-trained run) "
+                    "or weights file; its head is replaced")
     rt.add_argument("--localiser-hands", help="a keypoint run (smallmed ra2 localiser) used for hands at predict time")
     rt.add_argument("--localiser-feet", help="a keypoint run used for feet at predict time")
     rt.add_argument("--out", required=True)
@@ -649,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="CSV to write")
     rp.add_argument("--joints-out", help="JSON of the joint points used per image (labelme shapes, original pixels)")
     rp.add_argument("--landmarks", help="use these labelme points instead of locating joints")
+    rp.add_argument("--overlay", help="folder for one PNG per radiograph: its joints, crop boxes and per-joint scores")
     rp.add_argument("--device", default="cpu")
     rp.set_defaults(func=cmd_ra2_predict)
     rl = rsub.add_parser("localiser", help="train a hand joint localiser from a 21-point hand keypoint .npz")

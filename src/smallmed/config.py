@@ -50,7 +50,9 @@ class TrainConfig:
     prune: float | None = None  # override the method's pruned fraction of singular values
     lora_rank: int = 4  # method lora: rank of the LoRA update on every k > 1 conv (Hu et al. 2022, via peft)
     # task (classification and segmentation follow from the data; regression scores take a loss)
-    task: str = "auto"  # auto: from the data; regression: integer class labels as a bounded score (a grade)
+    # the head (--head) for graded labels: regression = a bounded score (seed 003), classification = softmax
+    # (argmax and expected grade), ordinal = CORN (coral-pytorch); auto: from the data
+    task: str = "auto"
     loss: str = "auto"  # regression: mae | logcosh | mse (auto = mae); fixed for the other tasks
     balance: str = "none"  # none | sampling (seed 003: undersample the most frequent label, oversample the rest) | weights (inverse frequency)
     # optimisation
@@ -65,6 +67,7 @@ class TrainConfig:
     scheduler: str = "plateau"
     patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
     early_stop: int = 0  # stop after this many epochs without val-loss improvement (0: run every epoch)
+    select_epoch: str = "val_loss"  # the epoch kept: lowest validation loss, or the last (a fixed number of epochs)
     factor: float = 0.1
     step_size: int | None = None  # step: epochs between decays (default: half the epochs)
     head_epochs: int | None = None  # two-stage: first train only the head this many epochs (None: 0, or 1 under a method)
@@ -97,7 +100,7 @@ class TrainConfig:
             raise SmallmedError(f"prune={self.prune}: expected a fraction in [0, 1).")
         check_choice("optimizer", self.optimizer, ("adam", "adamw", "sgd"))
         check_choice("loss", self.loss, ("auto", "mae", "logcosh", "mse"))
-        check_choice("task", self.task, ("auto", "regression"))
+        check_choice("task", self.task, ("auto", "regression", "classification", "ordinal"))
         from .models import STEMS, model_entry
 
         entry = model_entry(self.model)  # unknown names: did-you-mean, before anything runs
@@ -145,6 +148,9 @@ class TrainConfig:
 
         parse_rule(self.operating_point)
         check_choice("calibrate", self.calibrate, ("none", "temperature"))
+        check_choice("select_epoch", self.select_epoch, ("val_loss", "last"))
+        if self.select_epoch == "last" and self.early_stop:
+            raise SmallmedError(f"early_stop={self.early_stop} needs select_epoch='val_loss'; with 'last' every epoch runs.")
 
     def _resolve_protocol(self) -> None:
         """Fill the fields left at None: seed 000's protocol under a fine-tuning method other than

@@ -34,6 +34,10 @@ def _local_loader(name: str):
         from .boneage import load_boneage
 
         return load_boneage
+    if name == "rsna-boneage-months":
+        from .boneage import load_boneage_months
+
+        return load_boneage_months
     if name == "covid-lungseg":
         from ..errors import SmallmedError
 
@@ -65,6 +69,8 @@ def load_dataset(
         624
     """
     path = resolve_data(spec, data_dir)
+    if str(spec) in LOCAL_ONLY:  # a name first: two names may share one file
+        return _local_loader(str(spec))(path, split_seed=split_seed)
     for name, fname in LOCAL_ONLY.items():
         if str(spec) == name or path.name == fname:
             return _local_loader(name)(path, split_seed=split_seed)

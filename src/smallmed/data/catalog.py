@@ -111,6 +111,7 @@ MEDMNIST: dict[str, MedMNISTInfo] = {
 LOCAL_ONLY: dict[str, str] = {
     "covid-ieee8023": "covid_chestxray_ieee8023_224.npz",
     "rsna-boneage": "rsna_boneage_hands_100px.npz",
+    "rsna-boneage-months": "rsna_boneage_hands_100px.npz",  # the same file, age in months (regression)
     "covid-lungseg": "covid_lungseg_224.npz",  # images + lung masks: smallmed.data.masks
 }
 

@@ -74,12 +74,66 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, low: float | N
     r = np.rint(p)
     if low is not None or high is not None:
         r = np.clip(r, low if low is not None else -np.inf, high if high is not None else np.inf)
+    return graded_metrics(y, p, r, weights=weights)
+
+
+def graded_metrics(y_true: np.ndarray, score: np.ndarray, grade: np.ndarray, *, weights: dict | None = None) -> dict:
+    """The metrics every head on graded data reports, from its continuous ``score`` (the regression
+    output, or the expected grade of a classification / ordinal head) and its integer ``grade``.
+
+    ``mae``/``rmse``/weighted errors are of the score; ``acc``, ``balanced_acc``, ``mae_rounded`` and
+    ``qwk`` (quadratic weighted Cohen's kappa, scikit-learn's ``cohen_kappa_score(weights="quadratic")``)
+    are of the grade against the rounded truth.
+
+    Example:
+        >>> m = graded_metrics(np.array([0, 1, 2, 2]), np.array([0.1, 1.2, 1.6, 2.4]), np.array([0, 1, 2, 2]))
+        >>> m["acc"], m["qwk"]
+        (1.0, 1.0)
+    """
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    y = np.asarray(y_true, dtype=float).reshape(-1)
+    p = np.asarray(score, dtype=float).reshape(-1)
+    r = np.asarray(grade, dtype=float).reshape(-1)
+    t = np.rint(y)
     return {
         "mae": float(np.abs(y - p).mean()),
         "rmse": float(np.sqrt(((y - p) ** 2).mean())),
         "weighted_mae": weighted_mae(y, p, weights),
         "weighted_rmse": weighted_rmse(y, p, weights),
-        "acc": float((r == np.rint(y)).mean()),
+        "acc": float((r == t).mean()),
+        "balanced_acc": _balanced(t, r, balanced_accuracy_score, warnings),
         "mae_rounded": float(np.abs(y - r).mean()),
+        "qwk": quadratic_kappa(t, r),
         "n": int(len(y)),
     }
+
+
+def _balanced(t, r, score, warnings) -> float:
+    if len(np.unique(t)) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a predicted grade no true image has: counted, not warned
+        return float(score(t.astype(int), r.astype(int)))
+
+
+def quadratic_kappa(y_true: np.ndarray, grade: np.ndarray) -> float:
+    """Cohen's kappa with quadratic weights on integer grades (scikit-learn); NaN when undefined
+    (one grade on both sides, e.g. a constant predictor on a one-grade set).
+
+    Example:
+        >>> round(quadratic_kappa(np.array([0, 1, 2, 3]), np.array([0, 1, 3, 3])), 4)
+        0.9167
+    """
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    a = np.asarray(y_true).astype(int).reshape(-1)
+    b = np.asarray(grade).astype(int).reshape(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        k = cohen_kappa_score(a, b, weights="quadratic")
+    return float(k) if np.isfinite(k) else float("nan")

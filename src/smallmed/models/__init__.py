@@ -123,6 +123,13 @@ def create_model(
         raise SmallmedError(f"num_classes={num_classes}: expected at least 1.")
     if in_chans < 1:
         raise SmallmedError(f"in_chans={in_chans}: expected at least 1.")
+    if weights is not None and not (isinstance(weights, str) and weights in (entry.pretrained or {})) \
+            and Path(weights).is_dir():  # a run folder: start from its best model (--init RUN)
+        run = Path(weights)
+        best = run / ("folded.pt" if (run / "folded.pt").exists() else "best.pt")
+        if not best.exists():
+            raise SmallmedError(f"weights={weights}: a folder without best.pt; expected a finished run folder or a weights file.")
+        weights = str(best)
     named = isinstance(weights, str) and weights in (entry.pretrained or {})
     if isinstance(weights, str) and not named and not Path(weights).exists() and "/" not in weights and "." not in weights:
         offers = ", ".join(entry.pretrained or {}) or "none"

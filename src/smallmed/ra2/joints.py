@@ -157,3 +157,52 @@ def crops_for_limb(image: np.ndarray, points: dict[str, tuple[float, float]], li
         c = np.mean([points[n] for n in names], axis=0)
         res[a.column] = crop(image, (float(c[0]), float(c[1])), crop_size(a) * w, out)
     return res
+
+
+def crop_boxes(points: dict[str, tuple[float, float]], limb: str, width: int) -> dict[str, tuple[float, float, float]]:
+    """{column: (x centre, y centre, side)} of every assessment's crop, in the original image's pixels
+    (``points`` in the original image too; right limbs are mirrored as for cropping, then back)."""
+    left = flip_points(points, width) if limb.startswith("R") else points
+    res = {}
+    for a in SCHEMA:
+        if a.limb != limb:
+            continue
+        names = points_for(a)
+        if not all(n in left for n in names):
+            continue
+        cx, cy = np.mean([left[n] for n in names], axis=0)
+        if limb.startswith("R"):
+            cx = width - 1 - cx
+        res[a.column] = (float(cx), float(cy), crop_size(a) * width)
+    return res
+
+
+def draw_overlay(image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, scores: dict[str, float],
+                 path: str | Path, title: str = "") -> None:
+    """The radiograph with its joints (dots), each assessment's crop box and its score, as a PNG: how a
+    rheumatologist checks a result at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from ..io import atomic_savefig
+
+    h, w = image.shape[:2]
+    fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1)))
+    ax.imshow(image, cmap="gray")
+    for name, (x, y) in points.items():
+        ax.plot(x, y, "o", ms=3, color="#ffcc00")
+    for col, (cx, cy, side) in crop_boxes(points, limb, w).items():
+        score = scores.get(col)
+        color = "#33cc33" if not score else ("#ff9900" if score < 2 else "#ff3333")
+        ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, lw=0.7, ec=color))
+        kind = "E" if "_E__" in col else "J"
+        ax.text(cx - side / 2, cy - side / 2, f"{kind} {score:.1f}" if score is not None else f"{kind} -",
+                color=color, fontsize=5, va="bottom")
+    ax.set_title(title or limb, fontsize=8)
+    ax.axis("off")
+    fig.tight_layout()
+    atomic_savefig(fig, path)
+    plt.close(fig)

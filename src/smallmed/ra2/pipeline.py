@@ -64,6 +64,7 @@ class RA2Config:
     balance: str = "sampling"  # seed 003: undersample the most common score, oversample the rest
     augment: str = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, rotation 30
     seed: int = 0
+    init: str | None = None  # start every scorer from this run folder or weights file (--init RUN)
     localisers: dict = field(default_factory=dict)  # "hand"/"foot" -> keypoint run folder
     mean_shape: dict = field(default_factory=dict)  # "hand"/"foot" -> {point: (x/w, y/h)} fallback
 
@@ -79,6 +80,8 @@ class RA2Config:
             raise SmallmedError(f"crop={self.crop}: expected at least 16 px.")
         if not self.lr > 0:
             raise SmallmedError(f"lr={self.lr}: expected a positive value.")
+        if self.init is not None and not (Path(self.init) / "best.pt").exists() and not Path(self.init).is_file():
+            raise SmallmedError(f"init={self.init}: expected a finished run folder (with best.pt) or a weights file.")
 
 
 def find_images(folder: str | Path) -> dict[str, dict[str, Path]]:
@@ -164,6 +167,25 @@ def _folds(patients: list[str], k: int, seed: int) -> list[tuple[list[str], list
     return [([p for p in order if p not in order[i::k]], order[i::k]) for i in range(k)]
 
 
+def _validation_patients(train: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """(patients that train, patients that pick the epoch) from a fold's training patients: a fifth of
+    them (at least one) when three or more are left, else none (fixed epochs)."""
+    if len(train) < 3:
+        return list(train), []
+    order = list(np.random.default_rng(seed).permutation(train))
+    k = max(1, len(order) // 5)
+    return order[k:], order[:k]
+
+
+def _read_scores(run: Path) -> dict[str, np.ndarray]:
+    """A scorer run's held-out labels and predictions, read by column name."""
+    import csv
+
+    with open(run / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"label": np.array([float(r["label"]) for r in rows]), "pred": np.array([float(r["pred"]) for r in rows])}
+
+
 def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Path, *, landmarks: str | Path,
                    cfg: RA2Config | None = None) -> dict:
     """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
@@ -190,6 +212,7 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
                     " (one model, checked on its own training patient: no held-out error)" if len(folds) == 1 else "")
     runs: dict[str, list[str]] = {}
     cv: dict[str, dict] = {}
+    selection: dict[str, list] = {}
     for sc in SCORERS:
         sel = np.array([sc.takes(c) for c in cols])
         if not sel.any():
@@ -197,28 +220,38 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
             continue
         runs[sc.name], preds, truth = [], [], []
         for f, (tr, ho) in enumerate(folds):
-            mtr, mho = sel & np.isin(pids, tr), sel & np.isin(pids, ho)
-            if not mtr.any() or not mho.any():
+            fit_p, val_p = _validation_patients(tr, cfg.seed + f)
+            mfit, mval, mho = sel & np.isin(pids, fit_p), sel & np.isin(pids, val_p), sel & np.isin(pids, ho)
+            if not mfit.any() or not mho.any():
                 continue
-            splits = {"train": Split(X[mtr], y[mtr]), "val": Split(X[mho], y[mho]), "test": Split(X[mho], y[mho])}
+            fixed = not mval.any()
+            if fixed:
+                log.info("%s fold %d: %d training patient(s), too few to hold some out for validation; %d fixed epochs "
+                         "(the held-out fold never chooses an epoch)", sc.name, f, len(tr), cfg.epochs)
+            # the held-out fold is the test split only: it scores the fold model, it never picks its epoch
+            val = Split(X[mfit], y[mfit]) if fixed else Split(X[mval], y[mval])
+            splits = {"train": Split(X[mfit], y[mfit]), "val": val, "test": Split(X[mho], y[mho])}
             ds = ImageDataset(f"ra2-{sc.name}-fold{f}", "regression", [], splits, source=str(scores_csv),
-                              info={"range": (sc.low, sc.high), "split": f"patients held out: {', '.join(ho)}"})
+                              info={"range": (sc.low, sc.high), "split": f"patients held out: {', '.join(ho)}; "
+                                    + ("fixed epochs" if fixed else f"validation patients: {', '.join(val_p)}")})
             tcfg = TrainConfig(data=str(scores_csv), model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                lr=cfg.lr, loss=sc.loss, balance=cfg.balance, augment=cfg.augment, normalize="sample",
                                scheduler="none", weight_decay=1e-4, seed=cfg.seed + f, progress=False,
+                               select_epoch="last" if fixed else "val_loss", weights=cfg.init,
                                out=str(out / sc.name / f"fold{f}"))
             m = fit(tcfg, dataset=ds)
             runs[sc.name].append(f"{sc.name}/fold{f}")
-            rows = np.loadtxt(out / sc.name / f"fold{f}" / "test_predictions.csv", delimiter=",", skiprows=1, ndmin=2)
-            preds.append(rows[:, 2])
-            truth.append(rows[:, 1])
+            p = _read_scores(out / sc.name / f"fold{f}")
+            preds.append(p["pred"])
+            truth.append(p["label"])
+            selection.setdefault(sc.name, []).append("fixed epochs" if fixed else {"validation_patients": val_p})
             log.info("%s fold %d: held-out MAE %.3f", sc.name, f, m["test"]["mae"])
         if preds:
             p, t = np.concatenate(preds), np.concatenate(truth)
             cv[sc.name] = {"mae": float(np.abs(p - t).mean()), "n": int(len(t)),
                            "mae_predict_zero": float(np.abs(t).mean())}
     info = {"config": asdict(cfg), "scorers": {s.name: asdict(s) for s in SCORERS if s.name in runs}, "runs": runs,
-            "folds": [{"train": tr, "held_out": ho} for tr, ho in folds], "cv": cv,
+            "folds": [{"train": tr, "held_out": ho} for tr, ho in folds], "cv": cv, "epoch_selection": selection,
             "patients": patients, "crops": int(len(X))}
     atomic_write_json(out / "ra2.json", info)
     return info
@@ -286,8 +319,9 @@ class Pipeline:
         return out
 
     def predict(self, images_dir: str | Path, *, landmarks: str | Path | None = None,
-                joints_out: str | Path | None = None) -> tuple[ScoreTable, list[str]]:
-        """The score table of every patient in ``images_dir`` and the sentences about what is missing."""
+                joints_out: str | Path | None = None, overlay: str | Path | None = None) -> tuple[ScoreTable, list[str]]:
+        """The score table of every patient in ``images_dir`` and the sentences about what is missing;
+        ``overlay``: a folder for one PNG per radiograph with its joints, crop boxes and scores."""
         images = find_images(images_dir)
         notes, scores, joints = [], {}, {}
         for pid, limbs in images.items():
@@ -312,7 +346,13 @@ class Pipeline:
                     continue
                 joints[path.name] = {**write_landmarks({p: pts[p] for p in wanted}, path.name,
                                                        (img.shape[1], img.shape[0]), conf), "source": how}
-                vals.update(self.score_crops(limb_crops(img, pts, limb, self.cfg.crop)))
+                limb_scores = self.score_crops(limb_crops(img, pts, limb, self.cfg.crop))
+                vals.update(limb_scores)
+                if overlay:
+                    from .joints import draw_overlay
+
+                    draw_overlay(img, {p: pts[p] for p in wanted}, limb, limb_scores, Path(overlay) / f"{path.stem}.png",
+                                 title=f"{path.name}: joints from {how}")
             scores[pid] = vals
         table = ScoreTable(scores, str(images_dir))
         if joints_out:
@@ -322,8 +362,9 @@ class Pipeline:
         return table, notes
 
 
-def predict_pipeline(run_dir, images_dir, out_csv, *, landmarks=None, joints_out=None, device: str = "cpu"):
+def predict_pipeline(run_dir, images_dir, out_csv, *, landmarks=None, joints_out=None, overlay=None, device: str = "cpu"):
     """Write the challenge table for every patient in ``images_dir``; returns (table, notes)."""
-    table, notes = Pipeline(run_dir, device).predict(images_dir, landmarks=landmarks, joints_out=joints_out)
+    table, notes = Pipeline(run_dir, device).predict(images_dir, landmarks=landmarks, joints_out=joints_out,
+                                                     overlay=overlay)
     write_table(table, out_csv)
     return table, notes

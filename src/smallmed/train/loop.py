@@ -389,7 +389,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         if cfg.kl_weight or cfg.fd_weight:
             row["reg_loss"] = reg_total / max(seen, 1)
         history.append(row)
-        improved = val["loss"] < best_loss
+        # select_epoch="last": a fixed number of epochs; validation is only watched, never chooses
+        improved = val["loss"] < best_loss or cfg.select_epoch == "last"
         if improved:
             best_loss, best_epoch = val["loss"], epoch
         log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val %s %.4f  %.1fs%s", epoch + 1, cfg.epochs,

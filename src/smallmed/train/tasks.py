@@ -83,6 +83,7 @@ class ClassificationTask(Task):
     rule: str = "youden"  # operating threshold chosen on validation (smallmed.metrics.clinical)
     calibrate: str = "none"  # none | temperature
     wants_val: bool = True  # finish() receives the best model's validation predictions
+    graded: bool = False  # classes are ordered grades 0..K-1: also the graded metrics (MAE, QWK, ...)
 
     def outputs(self, ds) -> int:
         return len(self.class_names)
@@ -98,7 +99,13 @@ class ClassificationTask(Task):
         return torch.sigmoid(o) if self.kind == "multilabel" else torch.softmax(o, dim=1)
 
     def metrics(self, kept, targets):
-        return classification_metrics(self.kind, targets, kept, fprs=self.fprs)
+        m = classification_metrics(self.kind, targets, kept, fprs=self.fprs)
+        if self.graded:
+            from ..metrics.regression import graded_metrics
+
+            grades = np.arange(kept.shape[1])
+            m = {**graded_metrics(targets, kept @ grades, kept.argmax(1)), **m}  # acc is the same either way
+        return m
 
     def finish(self, run_dir, kept, targets, seed, **kw):
         from ..report import plot_roc
@@ -107,15 +114,18 @@ class ClassificationTask(Task):
         ci = bootstrap_ci(self.kind, targets, kept, n=1000, seed=seed, fpr=self.fprs[0])
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["index", "label", "pred", *[f"p_{c}" for c in self.class_names]])
+        w.writerow(["index", "label", "pred", *[f"p_{c}" for c in self.class_names], *(["score"] if self.graded else [])])
         for i, (yi, pi) in enumerate(zip(targets, kept)):
             label = yi.tolist() if np.ndim(yi) else int(yi)
-            w.writerow([i, label, int(np.argmax(pi)), *[f"{v:.6f}" for v in pi]])
+            score = [f"{float(pi @ np.arange(len(pi))):.6f}"] if self.graded else []  # the expected grade
+            w.writerow([i, label, int(np.argmax(pi)), *[f"{v:.6f}" for v in pi], *score])
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
         auc = classification_metrics(self.kind, targets, kept, fprs=self.fprs)["auc"]
         plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
                  title=f"test ROC, AUC {auc:.4f}")
         out = {"ci95": ci}
+        if self.graded:
+            out["ci95"].update(_graded_ci(targets, kept @ np.arange(kept.shape[1]), kept.argmax(1), seed))
         val = kw.get("val")
         if val is not None and self.kind in ("binary", "multiclass"):
             from ..metrics.clinical import clinical_summary
@@ -130,7 +140,21 @@ class ClassificationTask(Task):
 
     def info(self):
         return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs), "rule": self.rule,
-                "calibrate": self.calibrate}
+                "calibrate": self.calibrate, "graded": self.graded}
+
+
+def _graded_ci(targets, score, grade, seed: int, n: int = 1000) -> dict:
+    """95% bootstrap intervals over test images of the graded metrics (MAE, accuracy, QWK)."""
+    from ..metrics.regression import graded_metrics
+
+    rng = np.random.default_rng(seed)
+    boots: dict[str, list] = {"mae": [], "acc": [], "qwk": [], "mae_rounded": []}
+    for _ in range(n):
+        i = rng.integers(0, len(targets), len(targets))
+        m = graded_metrics(targets[i], score[i], grade[i])
+        for k in boots:
+            boots[k].append(m[k])
+    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}
 
 
 # ----------------------------------------------------------------------------------------------- segmentation
@@ -247,7 +271,7 @@ class RegressionTask(Task):
     loss_name: str = "mae"
     weights: dict[int, float] | None = None
     kind: str = "regression"
-    columns: tuple[str, ...] = ("mae", "rmse", "acc")
+    columns: tuple[str, ...] = ("mae", "rmse", "acc", "qwk")
     headline: str = "mae"
 
     def __post_init__(self) -> None:
@@ -303,7 +327,7 @@ class RegressionTask(Task):
 
         rng = np.random.default_rng(seed)
         n = len(kept)
-        boots = {"mae": [], "rmse": [], "acc": []}
+        boots: dict[str, list] = {"mae": [], "rmse": [], "acc": [], "qwk": []}
         for _ in range(1000):
             i = rng.integers(0, n, n)
             m = regression_metrics(targets[i], kept[i], low=self.low, high=self.high)
@@ -316,6 +340,70 @@ class RegressionTask(Task):
 
     def info(self):
         return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
+
+
+# ---------------------------------------------------------------------------------------------------- ordinal
+
+
+@dataclass
+class OrdinalTask(Task):
+    """Ordered grades 0..K-1 with a CORN head (Shi et al. 2023, through ``coral-pytorch``): K-1 binary
+    tasks P(y > k | y > k-1); the grade is the number of cumulative probabilities P(y > k) above 0.5 and
+    the score is their sum, the expected grade."""
+
+    class_names: list[str] = field(default_factory=list)
+    kind: str = "ordinal"
+    columns: tuple[str, ...] = ("mae", "acc", "qwk")
+    headline: str = "qwk"
+
+    def __post_init__(self) -> None:
+        if len(self.class_names) < 3:
+            raise SmallmedError(f"an ordinal head needs at least 3 grades; this data has {len(self.class_names)} classes.")
+
+    def outputs(self, ds) -> int:
+        return len(self.class_names) - 1
+
+    def loss(self, outputs, targets):
+        corn_loss = _coral().losses.corn_loss
+        return corn_loss(outputs.float(), targets.long(), num_classes=len(self.class_names))
+
+    def collect(self, outputs):
+        return torch.cumprod(torch.sigmoid(outputs.float()), dim=1)  # P(y > k), k = 0..K-2
+
+    @staticmethod
+    def grades(kept: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(expected grade, predicted grade) from the cumulative probabilities."""
+        return kept.sum(1), (kept > 0.5).sum(1)
+
+    def metrics(self, kept, targets):
+        from ..metrics.regression import graded_metrics
+
+        score, grade = self.grades(kept)
+        return graded_metrics(targets, score, grade)
+
+    def finish(self, run_dir, kept, targets, seed, **kw):
+        score, grade = self.grades(kept)
+        buf = io.StringIO()
+        names = [f"p_gt_{c}" for c in self.class_names[:-1]]
+        buf.write(",".join(["index", "label", "pred", "score", *names]) + "\n")
+        for i, (t, g, sc, p) in enumerate(zip(targets, grade, score, kept)):
+            buf.write(f"{i},{int(t)},{int(g)},{sc:.6f}," + ",".join(f"{v:.6f}" for v in p) + "\n")
+        atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        return {"ci95": _graded_ci(targets, score, grade, seed)}
+
+    def info(self):
+        return {"kind": self.kind, "class_names": list(self.class_names)}
+
+
+def _coral():
+    try:
+        import coral_pytorch.dataset  # noqa: F401
+        import coral_pytorch.losses  # noqa: F401
+    except ImportError:
+        raise SmallmedError("the ordinal head needs coral-pytorch: pip install 'smallmed[ordinal]'.") from None
+    import coral_pytorch
+
+    return coral_pytorch
 
 
 # ------------------------------------------------------------------------------------------------- keypoints
@@ -415,8 +503,13 @@ def task_for(ds, cfg) -> Task:
         lo, hi = ds.info.get("range", (float(ds.splits["train"].labels.min()), float(ds.splits["train"].labels.max())))
         loss = cfg.loss if cfg.loss != "auto" else "mae"
         return RegressionTask(low=float(lo), high=float(hi), loss_name=loss)
+    if cfg.task in ("ordinal", "classification") and ds.task not in ("binary", "multiclass"):
+        raise SmallmedError(f"task={cfg.task!r} is a head for graded labels (one integer grade per image); "
+                            f"{cfg.data} holds {ds.task} labels.")
+    if cfg.task == "ordinal":
+        return OrdinalTask(class_names=list(ds.class_names))
     return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs),
-                              rule=cfg.operating_point, calibrate=cfg.calibrate)
+                              rule=cfg.operating_point, calibrate=cfg.calibrate, graded=cfg.task == "classification")
 
 
 def task_from_info(info: dict) -> Task:
@@ -428,5 +521,8 @@ def task_from_info(info: dict) -> Task:
         return KeypointTask(names=list(info["names"]))
     if kind == "regression":
         return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
+    if kind == "ordinal":
+        return OrdinalTask(class_names=list(info["class_names"]))
     return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
-                              rule=info.get("rule", "youden"), calibrate=info.get("calibrate", "none"))
+                              rule=info.get("rule", "youden"), calibrate=info.get("calibrate", "none"),
+                              graded=bool(info.get("graded", False)))
