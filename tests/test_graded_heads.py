@@ -98,3 +98,16 @@ def test_boneage_months_is_a_regression_on_the_groups_split(shared_data):
         assert len(months.splits[s]) == len(groups.splits[s])
         assert np.array_equal(months.splits[s].images[:5], groups.splits[s].images[:5])
     assert 1 <= months.splits["train"].labels.min() and months.splits["train"].labels.max() <= 228
+
+
+def test_vectorised_qwk_for_the_bootstrap_equals_scikit_learn():
+    from sklearn.metrics import cohen_kappa_score
+
+    from smallmed.studies.ra2_scoring import qwk_matrix
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 5, (20, 150))
+    g = np.clip(y + rng.integers(-2, 3, y.shape), 0, 4)
+    g[0] = 1  # a constant prediction: kappa 0
+    want = [cohen_kappa_score(a, b, weights="quadratic") for a, b in zip(y, g)]
+    assert np.allclose(qwk_matrix(y, g, 5), want)

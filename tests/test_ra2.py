@@ -438,3 +438,37 @@ def test_overlay_boxes_sit_on_their_joints_in_the_original_image(limb):
     for col, (x, y, side) in boxes.items():
         want = np.mean([pts[n] for n in points_for(BY_COLUMN[col])], axis=0)
         assert (x, y) == pytest.approx(tuple(want)) and side > 0
+
+
+def test_keypoint_rcnn_localiser_on_a_tiny_generated_set(tmp_path, capsys):
+    """The seed's detector family: trains, resumes from a finished folder, and locates joints through the
+    same interface as the U-Net (right hands mirrored back)."""
+    from smallmed.cli import main
+    from smallmed.ra2.detector import open_localiser
+    from smallmed.ra2.joints import HAND21
+
+    names = ["wrist", *sorted(set(HAND21.values())), *[f"extra{i}" for i in range(10)]][:21]
+    rng = np.random.default_rng(0)
+    n = 14
+    images = rng.integers(0, 40, (n, 48, 48)).astype(np.uint8)
+    kp = np.concatenate([rng.uniform(10, 38, (n, 21, 2)), np.full((n, 21, 1), 2.0)], -1).astype(np.float32)
+    for i in range(n):  # bright joints on a dark hand: something to find
+        for x, y in kp[i, :, :2].astype(int):
+            images[i, y - 1:y + 2, x - 1:x + 2] = 230
+    np.savez(tmp_path / "h21.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(names),
+             split=np.array(["train"] * 8 + ["val"] * 3 + ["test"] * 3))
+    args = ["-q", "ra2", "localiser", "--kind", "keypoint-rcnn", "--data", str(tmp_path / "h21.npz"), "--epochs", "1",
+            "--image-size", "48", "--out", str(tmp_path / "det")]
+    assert main(args) == 0
+    assert "px_error" in capsys.readouterr().out
+    m = json.loads((tmp_path / "det" / "metrics.json").read_text())
+    assert m["kind"] == "keypoint-rcnn" and m["test"]["n"] == 3 * 10 and m["test"]["px_error"] >= 0
+    loc = open_localiser(tmp_path / "det")
+    img = rng.integers(0, 255, (120, 90)).astype(np.uint8)
+    left, _ = loc.locate(img, "LH")
+    right, _ = loc.locate(img[:, ::-1].copy(), "RH")
+    assert set(left) == set(HAND21)  # the 10 RA2 hand joints
+    for j in left:  # the mirrored image gives the mirrored points
+        assert right[j][0] == pytest.approx(90 - 1 - left[j][0], abs=1e-3) and right[j][1] == pytest.approx(left[j][1], abs=1e-3)
+    assert main(["ra2", "localiser", "--kind", "keypoint-rcnn", "--data", str(tmp_path / "h21.npz"), "--image-size", "16",
+                 "--out", str(tmp_path / "bad")]) == 2  # too small for the detector: one sentence

@@ -288,6 +288,17 @@ def cmd_ra2_localiser(a) -> int:
     if out.exists() and any(out.iterdir()):
         raise SmallmedError(f"{out}: folder exists and is not empty; choose another --out.")
     data = hand_keypoints_npz(a.data, out.parent / f".{out.name}-hand10.npz")
+    if a.kind == "keypoint-rcnn":
+        from .ra2.detector import DetectorConfig, train_detector
+
+        m = train_detector(DetectorConfig(data=str(data), epochs=a.epochs, image_size=a.image_size, seed=a.seed,
+                                          weights_backbone=a.weights_backbone), out)
+        t = m["test"]
+        print(f"test px_error {t['px_error']:.3f}  frac_error {t['frac_error']:.4f}  pck_0.05 {t['pck_0.05']:.3f}  "
+              f"best epoch {m['best_epoch']}")
+        return 0
+    if a.weights_backbone:
+        raise SmallmedError("--weights-backbone applies to --kind keypoint-rcnn; the U-Net trains from scratch.")
     m = fit(TrainConfig(data=str(data), model="unet", epochs=a.epochs, batch_size=16, image_size=a.image_size,
                         augment="scale=0.9-1.1,rotate=10,translate=0.05", seed=a.seed, progress=False, out=str(out)))
     print(summary_line(m))
@@ -669,6 +680,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_ra2_predict)
     rl = rsub.add_parser("localiser", help="train a hand joint localiser from a 21-point hand keypoint .npz")
     rl.add_argument("--data", required=True, help="npz with images, keypoints_xyv, keypoint_names (21-point hands)")
+    rl.add_argument("--kind", choices=("unet", "keypoint-rcnn"), default="unet",
+                    help="heatmap U-Net (default) or torchvision's Keypoint R-CNN (the seed's detector family)")
+    rl.add_argument("--weights-backbone", choices=("imagenet",), help="keypoint-rcnn: start the ResNet from "
+                    "torchvision's ImageNet weights (where present)")
     rl.add_argument("--epochs", type=int, default=20)
     rl.add_argument("--image-size", type=int, default=96)
     rl.add_argument("--seed", type=int, default=0)

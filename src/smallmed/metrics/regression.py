@@ -134,6 +134,6 @@ def quadratic_kappa(y_true: np.ndarray, grade: np.ndarray) -> float:
     a = np.asarray(y_true).astype(int).reshape(-1)
     b = np.asarray(grade).astype(int).reshape(-1)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore")  # undefined (one grade on both sides): NaN below, not a warning
         k = cohen_kappa_score(a, b, weights="quadratic")
     return float(k) if np.isfinite(k) else float("nan")

@@ -271,9 +271,9 @@ class Pipeline:
         self.scorers = {name: [load_run(self.dir / r, device) for r in runs] for name, runs in self.info["runs"].items()}
         self.localisers = {}
         for kind, run in self.cfg.localisers.items():
-            from .localise import Localiser
+            from .detector import open_localiser
 
-            self.localisers[kind] = Localiser(run, device)
+            self.localisers[kind] = open_localiser(run, device)
 
     def locate(self, image: np.ndarray, limb: str, landmarks: Path | None):
         """(points, confidence, how) of one limb image; ``how`` says where the points came from."""
@@ -324,6 +324,7 @@ class Pipeline:
         ``overlay``: a folder for one PNG per radiograph with its joints, crop boxes and scores."""
         images = find_images(images_dir)
         notes, scores, joints = [], {}, {}
+        fell_back: set[str] = set()
         for pid, limbs in images.items():
             vals: dict[str, float | None] = {a.column: None for a in SCHEMA}
             for limb in LIMBS:
@@ -337,6 +338,11 @@ class Pipeline:
                         raise SmallmedError(f"the image is constant (every pixel {int(img.min())}); nothing to score.")
                     lm = Path(landmarks) / f"{path.stem}.json" if landmarks else None
                     pts, conf, how = self.locate(img, limb, lm)
+                    if how == "mean shape" and _kind(limb) not in fell_back:
+                        fell_back.add(_kind(limb))
+                        notes.append(f"no trained {_kind(limb)} localiser in {self.dir}: {_kind(limb)} joints are placed "
+                                     "by the training images' mean shape (about 6 % of the width off on adult hands); "
+                                     f"train one with `smallmed ra2 localiser` and pass --localiser-{_kind(limb)}s.")
                 except SmallmedError as e:
                     notes.append(f"{path}: {e} Its {limb} scores are left empty.")
                     continue

@@ -52,7 +52,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         if isinstance(v, (dict, list)) or k == "tpr_at_fpr":
             continue
         key = "tpr_at_fpr" if fpr_keys and k == fpr_keys[0] else k
-        band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci else ""
+        band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci and None not in ci[key] else ""
         lines.append(f"| {k} | {_fmt(v)}{band} |")
     if len(t.get("auc_per_class", [])) > 1:
         lines.append(f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |")

@@ -44,6 +44,7 @@ class RA2Study:
     data_dir: str | None = None
     localiser_epochs: int = 12
     localiser_size: int = 96
+    localiser_kinds: tuple[str, ...] = ("unet",)  # and/or keypoint-rcnn (torchvision's detector, 128 px)
     knee_sizes: tuple[int, ...] = (32,)  # every recipe at each size, largest first
     knee_max_train: int = 600  # 0: all 5,778 training knees
     knee_max_val: int = 300  # validation knees (only for picking the best epoch; the test split stays whole)
@@ -78,7 +79,7 @@ PRESETS = {
                                "r18-hands-svd", "base", "v1"),
                      one_seed=("r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora", "r18-hands-svd", "base", "v1"),
                      ensemble="best", ensemble_seeds=1, tta=True, boneage_size=100, boneage_epochs=12,
-                     boneage_seeds=(0, 1, 2), localiser_epochs=30),
+                     boneage_seeds=(0, 1, 2), localiser_epochs=30, localiser_kinds=("unet", "keypoint-rcnn")),
     # closer to the seed (64 px crops, all knee images, longer training): for a GPU
     "paper": RA2Study(localiser_epochs=40, knee_sizes=(64,), knee_max_train=0, knee_max_val=0, knee_epochs=30,
                       folds=5, seeds=(0, 1, 2, 3, 4), e2e_epochs=30, crop=64),
@@ -96,18 +97,27 @@ def _path(study: RA2Study, name: str) -> Path:
 
 def localisation(study: RA2Study, out: Path) -> dict:
     from ..data.keypoints import load_keypoints
-    from ..ra2.joints import FOOT_POINTS, HAND21, read_landmarks, flip_points
-    from ..ra2.localise import Localiser, hand_keypoints_npz, mean_shape
-    from ..ra2.pipeline import _gray, find_images
     from ..metrics.keypoints import keypoint_errors
+    from ..ra2.detector import DetectorConfig, open_localiser, train_detector
+    from ..ra2.joints import FOOT_POINTS, HAND21, flip_points, read_landmarks
+    from ..ra2.localise import hand_keypoints_npz, mean_shape
+    from ..ra2.pipeline import _gray, find_images
 
     data = out / "data" / "hand10.npz"
     if not data.exists():
         hand_keypoints_npz(_path(study, study.hands), data)
-    cfg = TrainConfig(data=str(data), model="unet", epochs=study.localiser_epochs, batch_size=16,
-                      image_size=study.localiser_size, augment="scale=0.9-1.1,rotate=10,translate=0.05",
-                      progress=False, out=str(out / "runs" / "localiser-hands"))
-    m = run_grid([cfg])[0]
+    runs, metrics = {}, {}
+    for kind in study.localiser_kinds:
+        if kind == "unet":
+            cfg = TrainConfig(data=str(data), model="unet", epochs=study.localiser_epochs, batch_size=16,
+                              image_size=study.localiser_size, augment="scale=0.9-1.1,rotate=10,translate=0.05",
+                              progress=False, out=str(out / "runs" / "localiser-hands"))
+            metrics[kind] = run_grid([cfg])[0]
+            runs[kind] = cfg.out
+        else:
+            runs[kind] = str(out / "runs" / "localiser-hands-rcnn")
+            metrics[kind] = train_detector(DetectorConfig(data=str(data), epochs=study.localiser_epochs,
+                                                          image_size=128), runs[kind])
     ds = load_keypoints(data)
     names = list(HAND21)
     tr, te = ds.splits["train"], ds.splits["test"]
@@ -115,12 +125,15 @@ def localisation(study: RA2Study, out: Path) -> dict:
     shape = mean_shape([({n: tuple(k[j, :2]) for j, n in enumerate(names)}, (side, side)) for k in tr.keypoints])
     base_pred = np.broadcast_to(np.array([[shape[n][0] * side, shape[n][1] * side] for n in names]), te.keypoints[..., :2].shape)
     base = keypoint_errors(base_pred, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
-    res = {"hands_test": {"localiser": {k: m["test"][k] for k in ("px_error", "frac_error", "pck_0.05", "n", "per_joint")},
-                          "ci95": m["test"]["ci95"], "mean_shape": base, "image_px": side},
-           "localiser_run": cfg.out}
-    # the two adult RA2 patients' hands: the localiser trained on pediatric hands, and the mean shape
+    first = study.localiser_kinds[0]
+    res = {"hands_test": {"localiser": {k: metrics[first]["test"][k] for k in ("px_error", "frac_error", "pck_0.05", "n", "per_joint")},
+                          "ci95": metrics[first]["test"].get("ci95", {}), "mean_shape": base, "image_px": side,
+                          "by_kind": {k: {**{x: m["test"][x] for x in ("px_error", "frac_error", "pck_0.05", "n")},
+                                          "seconds": m["wall_seconds"]} for k, m in metrics.items()}},
+           "localiser_run": runs[first], "localiser_runs": runs}
+    # the two adult RA2 patients' hands: the localisers trained on pediatric hands, and the mean shape
     ex = _path(study, study.examples)
-    loc = Localiser(cfg.out)
+    locs = {k: open_localiser(r) for k, r in runs.items()}
     rows, feet = [], []
     for pid, limbs in find_images(ex).items():
         for limb, p in limbs.items():
@@ -131,13 +144,12 @@ def localisation(study: RA2Study, out: Path) -> dict:
             h, w = img.shape
             truth = read_landmarks(lm, limb)
             if limb.endswith("H"):
-                pred, _ = loc.locate(img, limb)
+                preds = {("localiser" if k == first else k): loc.locate(img, limb)[0] for k, loc in locs.items()}
                 ms = {n: (shape[n][0] * w, shape[n][1] * h) for n in names}
-                if limb.startswith("R"):
-                    ms = flip_points(ms, w)
+                preds["mean_shape"] = flip_points(ms, w) if limb.startswith("R") else ms
                 for n in names:
                     if n in truth:
-                        for how, pts in (("localiser", pred), ("mean_shape", ms)):
+                        for how, pts in preds.items():
                             d = float(np.hypot(pts[n][0] - truth[n][0], pts[n][1] - truth[n][1]))
                             rows.append({"image": p.name, "joint": n, "method": how, "px": d, "frac": d / w})
             else:
@@ -363,6 +375,9 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     finished so far, so a study cut short still reports what it has."""
     out = Path(out)
     check_recipes(study.variants)
+    bad = [k for k in study.localiser_kinds if k not in ("unet", "keypoint-rcnn")] or ([] if study.localiser_kinds else ["none"])
+    if bad:
+        raise SmallmedError(f"localiser_kinds={list(study.localiser_kinds)}: expected one or both of unet, keypoint-rcnn.")
     if study.ensemble != "best":
         check_recipes([study.ensemble])
     if not study.seeds or study.folds < 2:
@@ -558,6 +573,13 @@ def _localisation_lines(study: RA2Study, loc: dict) -> list[str]:
     for method, v in loc["feet_ra2"].items():
         lines.append(f"| RA2 example feet (4 images, leave one out) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
                      f"{v['frac_error']:.4f} | - | {v['n']} |")
+    for kind, v in ht.get("by_kind", {}).items():
+        if kind != study.localiser_kinds[0]:
+            lines.append(f"| hand set test split | {kind} | {v['px_error']:.2f} | {v['frac_error']:.4f} | {v['pck_0.05']:.3f} | {v['n']} |")
+    if len(ht.get("by_kind", {})) > 1:
+        lines += ["", "Training CPU time: " + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in ht["by_kind"].items())
+                  + "; the pipeline's default localiser is the one with the lower error on the adult RA2 hands per "
+                  "minute of training (see the verdict)."]
     pj, pm = ht["localiser"]["per_joint"], ht["mean_shape"]["per_joint"]
     lines += ["", "Per joint on the hand set's test split (error / width, U-Net vs mean shape): " + ", ".join(
         f"{j} {pj[j]['frac_error']:.3f} / {pm[j]['frac_error']:.3f}" for j in pj)]

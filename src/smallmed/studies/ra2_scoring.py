@@ -95,6 +95,19 @@ def graded(label: np.ndarray, score: np.ndarray, grade: np.ndarray) -> dict:
     return graded_metrics(label, score, grade)
 
 
+def qwk_matrix(y: np.ndarray, g: np.ndarray, k: int = 5) -> np.ndarray:
+    """Quadratic weighted kappa of many resamples at once: ``y``, ``g`` are [R, N] integer grades 0..k-1;
+    the same formula as scikit-learn's ``cohen_kappa_score(weights="quadratic")`` (NaN where undefined)."""
+    r, n = y.shape
+    cm = np.zeros((r, k * k))
+    np.add.at(cm, (np.repeat(np.arange(r), n), (y * k + g).ravel()), 1.0)
+    cm = cm.reshape(r, k, k)
+    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    expected = cm.sum(2)[:, :, None] * cm.sum(1)[:, None, :] / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1 - (w * cm).sum((1, 2)) / (w * expected).sum((1, 2))
+
+
 def paired_bootstrap(label, a: dict, b: dict, *, n: int = 2000, seed: int = 0) -> dict:
     """Paired bootstrap over test images of the differences a - b in MAE of the grade and in QWK
     (one set of resampled indices for both; each side's predictions averaged over its seeds first)."""
@@ -104,7 +117,9 @@ def paired_bootstrap(label, a: dict, b: dict, *, n: int = 2000, seed: int = 0) -
     ea, eb = np.abs(a["grade"] - label), np.abs(b["grade"] - label)
     idx = rng.integers(0, len(label), (n, len(label)))
     dm = (ea[idx] - eb[idx]).mean(1)
-    dq = np.array([quadratic_kappa(label[i], a["grade"][i]) - quadratic_kappa(label[i], b["grade"][i]) for i in idx])
+    y, ga, gb = (np.asarray(v).astype(int) for v in (label, a["grade"], b["grade"]))
+    k = int(max(y.max(), ga.max(), gb.max())) + 1
+    dq = qwk_matrix(y[idx], ga[idx], k) - qwk_matrix(y[idx], gb[idx], k)
     point_q = quadratic_kappa(label, a["grade"]) - quadratic_kappa(label, b["grade"])
     return {"mae": {"diff": float((ea - eb).mean()), "lo": float(np.percentile(dm, 2.5)), "hi": float(np.percentile(dm, 97.5))},
             "qwk": {"diff": float(point_q), "lo": float(np.nanpercentile(dq, 2.5)), "hi": float(np.nanpercentile(dq, 97.5))}}
@@ -148,6 +163,8 @@ def predict_test(run: str | Path, images: np.ndarray, *, flip: bool) -> np.ndarr
     from ..train.loop import run_loader
 
     r = load_run(run)
+    if images.ndim == 3:
+        images = images[..., None]  # (N, H, W) -> (N, H, W, 1)
     views = [images, images[:, :, ::-1].copy()] if flip else [images]
     outs = []
     for v in views:

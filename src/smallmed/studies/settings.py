@@ -52,6 +52,9 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
             saved = json.loads(saved_path.read_text())
         except ValueError:
             raise SmallmedError(f"{saved_path}: not readable JSON; pass --fresh to start the study over.") from None
+        # a field added to smallmed after the study ran had its default then
+        defaults = _plain(type(study)()) if dataclasses.is_dataclass(study) else {}
+        saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diffs = _diff(saved, now, GRID_FIELDS)
         if diffs:
             raise SmallmedError(f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "

@@ -228,7 +228,8 @@ def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend
         from .runner import quiet_console
 
         with quiet_console() if bar else contextlib.nullcontext():
-            run_cell(source_config(study).to_dict())
+            # under the demo's bar: one progress bar per source epoch (with tqdm's time estimate), never a silent wait
+            run_cell({**source_config(study).to_dict(), "progress": bar})
     results = run_grid(grid, workers=workers, backend=backend, bar=bar)
     return write_report(study, out, grid, results, time.time() - t0, weights)
 

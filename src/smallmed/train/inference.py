@@ -150,20 +150,22 @@ def predict_images(run_dir: str | Path, images: list[str | Path], device: str = 
         raise SmallmedError(f"{run_dir}: a segmentation run; predict writes class or score tables (masks: "
                             "smallmed.load_run(run_dir).model).")
     chans = 1 if run.in_chans == 1 else 3
-    arrays = []
+    arrays, sizes = [], []
     for p in images:
-        a = read_image(p, channels=chans, size=run.image_size)
-        if a.min() == a.max():
-            raise SmallmedError(f"{p}: the image is constant (every pixel {int(a.min())}); nothing to predict from.")
-        arrays.append(a)
+        full = read_image(p, channels=chans)
+        if full.min() == full.max():
+            raise SmallmedError(f"{p}: the image is constant (every pixel {int(full.min())}); nothing to predict from.")
+        sizes.append((full.shape[1], full.shape[0]))
+        arrays.append(read_image(p, channels=chans, size=run.image_size))
     split = Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64))
+    if run.task.kind == "keypoints":
+        from ..data.keypoints import KeypointSplit
+
+        k = len(run.task.names)
+        split = KeypointSplit(np.stack(arrays), np.zeros((len(arrays), k, 3), np.float32))
     loader = DataLoader(run.task.torch_dataset(split, run.transform()), batch_size=run.config.eval_batch_size)
     kept = run_loader(run.model, loader, _Predict(run.task))["kept"]
-    if run.task.kind == "regression":
-        return [{"path": str(p), "score": float(v)} for p, v in zip(images, kept)]
-    classes = run.class_names
-    return [{"path": str(p), "pred": classes[int(pr.argmax())], **{f"p_{c}": float(v) for c, v in zip(classes, pr)}}
-            for p, pr in zip(images, kept)]
+    return [{"path": str(p), **run.task.prediction(kv, size)} for p, kv, size in zip(images, kept, sizes)]
 
 
 class _Predict:

@@ -68,6 +68,12 @@ class Task:
         """What a checkpoint must record to rebuild and use this task."""
         return {"kind": self.kind}
 
+    def prediction(self, kept: np.ndarray, size: tuple[int, int]) -> dict:
+        """One image's row of ``smallmed predict`` from what :meth:`collect` kept of it (``size``: the
+        image's own width and height)."""
+        raise SmallmedError(f"a {self.kind} run: predict writes one table row per image, which this task has no "
+                            "form for; use smallmed.load_run(run_dir).model.")
+
 
 # --------------------------------------------------------------------------------------------- classification
 
@@ -141,6 +147,12 @@ class ClassificationTask(Task):
     def info(self):
         return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs), "rule": self.rule,
                 "calibrate": self.calibrate, "graded": self.graded}
+
+    def prediction(self, kept, size):
+        row = {"pred": self.class_names[int(kept.argmax())], **{f"p_{c}": float(v) for c, v in zip(self.class_names, kept)}}
+        if self.graded:
+            row["score"] = float(kept @ np.arange(len(kept)))  # the expected grade
+        return row
 
 
 def _graded_ci(targets, score, grade, seed: int, n: int = 1000) -> dict:
@@ -341,6 +353,9 @@ class RegressionTask(Task):
     def info(self):
         return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
 
+    def prediction(self, kept, size):
+        return {"score": float(np.asarray(kept).reshape(-1)[0])}
+
 
 # ---------------------------------------------------------------------------------------------------- ordinal
 
@@ -393,6 +408,11 @@ class OrdinalTask(Task):
 
     def info(self):
         return {"kind": self.kind, "class_names": list(self.class_names)}
+
+    def prediction(self, kept, size):
+        score, grade = self.grades(np.asarray(kept)[None])
+        return {"grade": self.class_names[int(grade[0])], "score": float(score[0]),
+                **{f"p_gt_{c}": float(v) for c, v in zip(self.class_names, kept)}}
 
 
 def _coral():
@@ -488,6 +508,15 @@ class KeypointTask(Task):
 
     def info(self):
         return {"kind": self.kind, "names": list(self.names)}
+
+    def prediction(self, kept, size):
+        """Every point in the image's own pixels (the model saw it squashed to a square)."""
+        w, h = size
+        side = float(kept[0, 2])
+        row = {}
+        for n, (x, y, _) in zip(self.names, kept):
+            row[f"{n}_x"], row[f"{n}_y"] = float(x) * w / side, float(y) * h / side
+        return row
 
 
 def task_for(ds, cfg) -> Task:
