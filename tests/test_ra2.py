@@ -229,11 +229,14 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     root = _ra2_set(tmp_path / "set")
     args = ["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
             "--landmarks", str(root / "lm"), "--folds", "5", "--epochs", "1", "--crop", "24", "--model", "small_cnn",
-            "--out", str(tmp_path / "run")]
+            "--localiser-epochs", "1", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "3 fold(s)" in out and "held-out MAE" in out  # 3 patients: 3 folds, not 5, and it says so
     info = json.loads((tmp_path / "run" / "ra2.json").read_text())
+    # no localiser given: one per limb kind trained on the group's own landmarks, kept inside the run
+    assert info["config"]["localisers"] == {"hand": "localiser-hand", "foot": "localiser-foot"}
+    assert (tmp_path / "run" / "localiser-hand" / "metrics.json").exists()
     assert len(info["runs"]["narrowing"]) == 3 and set(info["mean_shape"] if "mean_shape" in info else info["config"]["mean_shape"]) == {"hand", "foot"}
     # predict on the same images with a missing limb and an unreadable one
     pred_dir = tmp_path / "new"
@@ -359,7 +362,12 @@ def test_ra2_localiser_command_on_a_generated_21_point_set(tmp_path, capsys):
 
 
 def _fold_histories(run: Path) -> dict:
-    return {p.parent.name: p.read_text() for p in (run / "narrowing").glob("fold*/history.csv")}
+    """Each fold's history rows without the wall-clock column."""
+    out = {}
+    for p in (run / "narrowing").glob("fold*/history.csv"):
+        rows = list(csv.DictReader(open(p)))
+        out[p.parent.name] = [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return out
 
 
 def test_held_out_fold_never_chooses_the_epoch(tmp_path):
@@ -370,7 +378,7 @@ def test_held_out_fold_never_chooses_the_epoch(tmp_path):
     from smallmed.ra2.pipeline import RA2Config, train_pipeline
 
     root = _ra2_set(tmp_path / "set", n_patients=6)
-    cfg = RA2Config(folds=3, epochs=2, crop=24, model="small_cnn", seed=0)
+    cfg = RA2Config(folds=3, epochs=2, crop=24, model="small_cnn", seed=0, localiser_epochs=0)
     info = train_pipeline(root / "img", root / "scores.csv", tmp_path / "a", landmarks=root / "lm", cfg=cfg)
     held = info["folds"][0]["held_out"]
     sel = info["epoch_selection"]["narrowing"][0]
@@ -399,7 +407,7 @@ def test_two_patients_train_fixed_epochs_and_say_so(tmp_path, caplog):
     root = _ra2_set(tmp_path / "set", n_patients=2)
     with caplog.at_level(logging.INFO, logger="smallmed"):
         info = train_pipeline(root / "img", root / "scores.csv", tmp_path / "r", landmarks=root / "lm",
-                              cfg=RA2Config(folds=2, epochs=2, crop=24, model="small_cnn"))
+                              cfg=RA2Config(folds=2, epochs=2, crop=24, model="small_cnn", localiser_epochs=0))
     assert info["epoch_selection"]["narrowing"] == ["fixed epochs", "fixed epochs"]
     assert "too few to hold some out for validation" in caplog.text
     m = json.loads((tmp_path / "r" / "narrowing" / "fold0" / "metrics.json").read_text())
@@ -416,7 +424,8 @@ def test_scorers_start_from_another_run(tmp_path, tiny_cfg):
     root = _ra2_set(tmp_path / "set", n_patients=3)
     assert main(["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
                  "--landmarks", str(root / "lm"), "--folds", "3", "--epochs", "1", "--crop", "16", "--model",
-                 "small_cnn", "--lr", "1e-9", "--init", str(tmp_path / "src"), "--out", str(tmp_path / "run")]) == 0
+                 "small_cnn", "--lr", "1e-9", "--init", str(tmp_path / "src"), "--localiser-epochs", "0",
+                 "--out", str(tmp_path / "run")]) == 0
     src = load_checkpoint(tmp_path / "src" / "best.pt")["model"]
     fold = load_checkpoint(tmp_path / "run" / "narrowing" / "fold0" / "best.pt")["model"]
     convs = [k for k in src if k.endswith("weight") and src[k].ndim == 4]

@@ -253,6 +253,7 @@ def cmd_ra2_train(a) -> int:
     shapes = landmark_mean_shapes(find_images(a.images), a.landmarks)
     locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
     cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed, init=a.init,
+                    localiser_epochs=a.localiser_epochs,
                     localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
                     mean_shape=shapes)
     info = train_pipeline(a.images, a.scores, a.out, landmarks=a.landmarks, cfg=cfg)
@@ -666,6 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--init", help="start every scorer from this run folder (e.g. a knee- or bone-age-trained run) "
                     "or weights file; its head is replaced")
     rt.add_argument("--localiser-hands", help="a keypoint run (smallmed ra2 localiser) used for hands at predict time")
+    rt.add_argument("--localiser-epochs", type=int, default=30, help="epochs of the hand / foot localisers trained on "
+                    "the group's own landmarks where no --localiser-* is given (0: place joints by the mean shape)")
     rt.add_argument("--localiser-feet", help="a keypoint run used for feet at predict time")
     rt.add_argument("--out", required=True)
     rt.set_defaults(func=cmd_ra2_train)

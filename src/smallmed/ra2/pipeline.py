@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import SmallmedError
-from .joints import LIMB_POINTS, crops_for_limb, flip_points, read_landmarks, to_left, write_landmarks
+from .joints import FOOT_POINTS, HAND_POINTS, LIMB_POINTS, crops_for_limb, flip_points, read_landmarks, to_left, write_landmarks
 from .schema import BY_COLUMN, SCHEMA, ScoreTable, read_scores, write_table
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class RA2Config:
     augment: str = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, rotation 30
     seed: int = 0
     init: str | None = None  # start every scorer from this run folder or weights file (--init RUN)
+    localiser_epochs: int = 30  # train a hand / foot localiser on the group's own landmarks where none is given (0: none)
     localisers: dict = field(default_factory=dict)  # "hand"/"foot" -> keypoint run folder
     mean_shape: dict = field(default_factory=dict)  # "hand"/"foot" -> {point: (x/w, y/h)} fallback
 
@@ -72,6 +73,8 @@ class RA2Config:
         from ..models import MODELS
 
         MODELS.get(self.model)
+        if not isinstance(self.localiser_epochs, int) or isinstance(self.localiser_epochs, bool) or self.localiser_epochs < 0:
+            raise SmallmedError(f"localiser_epochs={self.localiser_epochs!r}: expected 0 or a positive integer.")
         for name in ("folds", "epochs", "crop", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -186,6 +189,41 @@ def _read_scores(run: Path) -> dict[str, np.ndarray]:
     return {"label": np.array([float(r["label"]) for r in rows]), "pred": np.array([float(r["pred"]) for r in rows])}
 
 
+def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], cfg: "RA2Config", out: Path) -> dict:
+    """A U-Net per limb kind without a given localiser, trained on the group's own landmarks (a fifth of the
+    patients, at least one, pick the epoch when three or more have landmarks; else every epoch runs).
+    Returns {kind: run folder relative to ``out``}; a kind with no landmarks keeps the mean shape, said once."""
+    from .localise import fit_landmark_localiser
+
+    trained = {}
+    for kind, names in (("hand", HAND_POINTS), ("foot", FOOT_POINTS)):
+        if kind in cfg.localisers:
+            continue
+        if not cfg.localiser_epochs:
+            log.info("no %s localiser given and localiser_epochs=0: %s joints will be placed by the mean shape", kind, kind)
+            continue
+        samples: dict[str, list] = {}
+        for pid in patients:
+            for limb, path in images.get(pid, {}).items():
+                lm = Path(landmarks) / f"{path.stem}.json"
+                if _kind(limb) == kind and lm.exists():
+                    samples.setdefault(pid, []).append((_gray(path), read_landmarks(lm, limb), limb))
+        if not samples:
+            log.info("no %s landmarks: %s joints will be placed by the mean shape", kind, kind)
+            continue
+        fit_p, val_p = _validation_patients(sorted(samples), cfg.seed)
+        train = [x for p in fit_p for x in samples[p]]
+        val = [x for p in val_p for x in samples[p]]
+        m = fit_landmark_localiser(train, val, [], list(names), out / f"localiser-{kind}", epochs=cfg.localiser_epochs,
+                                   seed=cfg.seed)
+        trained[kind] = f"localiser-{kind}"
+        log.info("%s localiser: trained on %d image(s) of %d patient(s)%s -> %s", kind, len(train), len(fit_p),
+                 f", epoch chosen on {len(val_p)} patient(s)" if val else f", {cfg.localiser_epochs} fixed epochs",
+                 out / f"localiser-{kind}")
+        del m
+    return trained
+
+
 def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Path, *, landmarks: str | Path,
                    cfg: RA2Config | None = None) -> dict:
     """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
@@ -250,6 +288,8 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
             p, t = np.concatenate(preds), np.concatenate(truth)
             cv[sc.name] = {"mae": float(np.abs(p - t).mean()), "n": int(len(t)),
                            "mae_predict_zero": float(np.abs(t).mean())}
+    trained = _train_localisers(images, landmarks, patients, cfg, out)
+    cfg.localisers = {**cfg.localisers, **trained}
     info = {"config": asdict(cfg), "scorers": {s.name: asdict(s) for s in SCORERS if s.name in runs}, "runs": runs,
             "folds": [{"train": tr, "held_out": ho} for tr, ho in folds], "cv": cv, "epoch_selection": selection,
             "patients": patients, "crops": int(len(X))}
@@ -273,6 +313,7 @@ class Pipeline:
         for kind, run in self.cfg.localisers.items():
             from .detector import open_localiser
 
+            run = Path(run) if Path(run).is_absolute() else self.dir / run  # trained with the run: inside it
             self.localisers[kind] = open_localiser(run, device)
 
     def locate(self, image: np.ndarray, limb: str, landmarks: Path | None):

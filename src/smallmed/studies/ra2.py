@@ -45,6 +45,7 @@ class RA2Study:
     localiser_epochs: int = 12
     localiser_size: int = 96
     localiser_kinds: tuple[str, ...] = ("unet",)  # and/or keypoint-rcnn (torchvision's detector, 128 px)
+    adult_epochs: int = 0  # fine-tune on the RA2 example landmarks (hands: leave one patient out, feet: one image); 0: skip
     knee_sizes: tuple[int, ...] = (32,)  # every recipe at each size, largest first
     knee_max_train: int = 600  # 0: all 5,778 training knees
     knee_max_val: int = 300  # validation knees (only for picking the best epoch; the test split stays whole)
@@ -79,7 +80,7 @@ PRESETS = {
                                "r18-hands-svd", "base", "v1"),
                      one_seed=("r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora", "r18-hands-svd", "base", "v1"),
                      ensemble="best", ensemble_seeds=1, tta=True, boneage_size=100, boneage_epochs=12,
-                     boneage_seeds=(0, 1, 2), localiser_epochs=30, localiser_kinds=("unet", "keypoint-rcnn")),
+                     boneage_seeds=(0, 1, 2), localiser_epochs=30, localiser_kinds=("unet", "keypoint-rcnn"), adult_epochs=150),
     # closer to the seed (64 px crops, all knee images, longer training): for a GPU
     "paper": RA2Study(localiser_epochs=40, knee_sizes=(64,), knee_max_train=0, knee_max_val=0, knee_epochs=30,
                       folds=5, seeds=(0, 1, 2, 3, 4), e2e_epochs=30, crop=64),
@@ -166,6 +167,85 @@ def localisation(study: RA2Study, out: Path) -> dict:
     res["feet_ra2"] = _summ(frows)
     atomic_write_csv(out / "localisation_ra2.csv", rows + frows) if rows or frows else None
     return res
+
+
+def adult_localisation(study: RA2Study, out: Path, pediatric_run: str) -> dict:
+    """Localisers on the adult RA2 example images: the pediatric U-Net fine-tuned on one patient's hands and tested on
+    the other's (leave one patient out), and a foot U-Net (from the pediatric hand model's weights) trained on three
+    feet images and tested on the fourth; each against the mean shape of the same training images and, for hands,
+    the pediatric model as it is. Errors as a fraction of the image width, per joint."""
+    from ..ra2.joints import FOOT_POINTS, HAND_POINTS, flip_points, read_landmarks
+    from ..ra2.localise import Localiser, fit_landmark_localiser, mean_shape
+    from ..ra2.pipeline import _gray, _kind, find_images
+
+    ex = _path(study, study.examples)
+    samples: list[tuple[str, str, tuple]] = []  # (patient, image name, sample)
+    for pid, limbs in find_images(ex).items():
+        for limb, p in sorted(limbs.items()):
+            lm = ex / "landmarks" / f"{p.stem}.json"
+            if lm.exists():
+                samples.append((pid, p.name, (_gray(p), read_landmarks(lm, limb), limb)))
+    pediatric = Localiser(pediatric_run)
+    rows: list[dict] = []
+
+    def score(method: str, test: list, predict) -> None:
+        for name, (img, truth, limb) in test:
+            w = img.shape[1]
+            pts = predict(img, limb)
+            for n, (x, y) in truth.items():
+                if n in pts:
+                    d = float(np.hypot(pts[n][0] - x, pts[n][1] - y))
+                    rows.append({"kind": _kind(limb), "image": name, "joint": n, "method": method, "frac": d / w})
+
+    def shape_of(train: list):
+        ms = mean_shape([(flip_points(p, img.shape[1]) if limb.startswith("R") else p, (img.shape[1], img.shape[0]))
+                         for img, p, limb in train])
+
+        def predict(img, limb):
+            h, w = img.shape
+            pts = {n: (x * w, y * h) for n, (x, y) in ms.items()}
+            return flip_points(pts, w) if limb.startswith("R") else pts
+        return predict
+
+    for kind, names in (("hand", HAND_POINTS), ("foot", FOOT_POINTS)):
+        group = [(pid, name, smp) for pid, name, smp in samples if _kind(smp[2]) == kind]
+        # hands: leave one patient out; feet: leave one image out (as many as there are)
+        units = sorted({pid for pid, _, _ in group}) if kind == "hand" else [name for _, name, _ in group]
+        for u in units:
+            held = [(name, smp) for pid, name, smp in group if (pid if kind == "hand" else name) == u]
+            train = [smp for pid, name, smp in group if (pid if kind == "hand" else name) != u]
+            run = out / "runs" / f"adult-{kind}" / f"without-{u}"
+            fit_landmark_localiser(train, [], [smp for _, smp in held], list(names), run, epochs=study.adult_epochs,
+                                   init=pediatric_run)
+            tuned = Localiser(run)
+            score("fine-tuned", held, lambda img, limb: tuned.locate(img, limb)[0])
+            score("mean shape", held, shape_of(train))
+            if kind == "hand":
+                score("pediatric U-Net", held, lambda img, limb: pediatric.locate(img, limb)[0])
+    if rows:
+        atomic_write_csv(out / "localisation_adult.csv", rows)
+    res: dict = {}
+    for r in rows:
+        res.setdefault(r["kind"], {}).setdefault(r["method"], []).append(r)
+    return {k: {m: {"frac_error": float(np.mean([r["frac"] for r in v])), "within_2pct": float(np.mean([r["frac"] <= 0.02 for r in v])),
+                    "n": len(v), "per_joint": {j: float(np.mean([r["frac"] for r in v if r["joint"] == j]))
+                                                for j in dict.fromkeys(r["joint"] for r in v)}}
+                for m, v in d.items()} for k, d in res.items()}
+
+
+def _adult_lines(study: RA2Study, adult: dict) -> list[str]:
+    lines = ["### Adult RA2 hands and feet", "",
+             f"U-Nets fine-tuned for {study.adult_epochs} epochs (every epoch kept: no validation image is left) from "
+             "the pediatric hand U-Net of the table above, on the two RA2 example patients' own landmarks: hands leave "
+             "one patient out (train on the other patient's two hands, 13 points with the wrist), feet leave one image "
+             "out (train on the other three feet, 6 points; the encoder from the hand model, a new head). The mean "
+             "shape is that of the same training images. Errors as a fraction of the image width; goal for hands: "
+             "at most 2 %.", "",
+             "| limb | method | error / width | within 2 % of width | joints |", "|---|---|---|---|---|"]
+    for kind, d in adult.items():
+        for m, v in d.items():
+            lines.append(f"| {kind} | {m} | {v['frac_error']:.4f} | {v['within_2pct']:.2f} | {v['n']} |")
+    return lines + [""]
 
 
 def _summ(rows: list[dict]) -> dict:
@@ -345,6 +425,7 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
                     shutil.copy(path, work / "images" / path.name)
             write_table(ScoreTable({p: table.scores[p] for p in train_p}), work / "scores.csv")
             cfg = RA2Config(folds=1, epochs=study.e2e_epochs, crop=study.crop, localisers={"hand": localiser_run},
+                            localiser_epochs=study.e2e_epochs,
                             mean_shape=landmark_mean_shapes(find_images(work / "images"), ex / "landmarks"))
             train_pipeline(work / "images", work / "scores.csv", work / "run", landmarks=ex / "landmarks", cfg=cfg)
             (work / "test").mkdir()
@@ -378,6 +459,8 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     bad = [k for k in study.localiser_kinds if k not in ("unet", "keypoint-rcnn")] or ([] if study.localiser_kinds else ["none"])
     if bad:
         raise SmallmedError(f"localiser_kinds={list(study.localiser_kinds)}: expected one or both of unet, keypoint-rcnn.")
+    if study.adult_epochs and "unet" not in study.localiser_kinds:
+        raise SmallmedError(f"adult_epochs={study.adult_epochs} fine-tunes the pediatric U-Net: include unet in localiser_kinds.")
     if study.ensemble != "best":
         check_recipes([study.ensemble])
     if not study.seeds or study.folds < 2:
@@ -400,6 +483,8 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     run_grid(stages[0])
     report()
     state["loc"] = localisation(study, out)
+    if study.adult_epochs:
+        state["adult"] = adult_localisation(study, out, state["loc"]["localiser_runs"].get("unet", state["loc"]["localiser_run"]))
     run_grid(stages[1])
     run_grid(boneage_cells(study, out, study.boneage_seeds[:1]))
     report()
@@ -460,6 +545,8 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
     ]
     if state.get("loc"):
         lines += _localisation_lines(study, state["loc"])
+    if state.get("adult"):
+        lines += _adult_lines(study, state["adult"])
     n_sizes = ", ".join(f"{z} px" for z in sorted(study.knee_sizes, reverse=True))
     lines += [
         "## (b) Scoring recipes on knee Kellgren-Lawrence grades",
@@ -503,7 +590,7 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
     lines += _verdict(study, state, summ, bone)
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"localisation": state.get("loc"), "knee": summ, "boneage": bone,
+    atomic_write_text(out / "results.json", json.dumps({"localisation": state.get("loc"), "adult": state.get("adult"), "knee": summ, "boneage": bone,
                                                         "end_to_end": state.get("e2e")}, indent=2, default=_jsonable))
     return report
 

@@ -171,7 +171,9 @@ def source_dir(study: SVDStudy, cfg: TrainConfig | None = None) -> Path:
     from .settings import NEUTRAL_KEYS
 
     cfg = cfg or source_config(study, Path("."))
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in NEUTRAL_KEYS | {"data_dir"}}
+    # settings at their defaults are left out, so a field added to smallmed later keeps every cached source
+    defaults = TrainConfig().to_dict()
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in NEUTRAL_KEYS | {"data_dir"} and v != defaults.get(k)}
     data_file = resolve_data(study.source_data, study.data_dir)
     key = json.dumps({"recipe": recipe, "data_md5": md5sum(data_file)}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
