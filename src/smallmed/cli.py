@@ -120,9 +120,28 @@ def cmd_train(a) -> int:
 def cmd_evaluate(a) -> int:
     from .train.inference import evaluate_run
 
-    m = evaluate_run(a.run_dir, data=a.data, split=a.split, data_dir=a.data_dir, device=a.device)
-    print(json.dumps(m, indent=2))
+    if len(a.run_dirs) == 1 and a.tta == "none":
+        m = evaluate_run(a.run_dirs[0], data=a.data, split=a.split, data_dir=a.data_dir, device=a.device)
+    else:
+        from .train.ensemble import Ensemble
+
+        m = Ensemble.load(a.run_dirs, tta=a.tta, device=a.device).evaluate(a.data, a.split, a.data_dir)
+    print(json.dumps(m, indent=2, default=float))
     return 0
+
+
+def _runs_then_images(items: list[str]) -> tuple[list[str], list[str]]:
+    """``RUN [RUN ...] IMAGE [IMAGE ...]``: the leading run folders (holding best.pt), then the image files."""
+    from pathlib import Path
+
+    k = 0
+    while k < len(items) and Path(items[k]).is_dir() and (Path(items[k]) / "best.pt").exists():
+        k += 1
+    if k == 0:
+        raise SmallmedError(f"{items[0]}: not a run folder (no best.pt); expected RUN [RUN ...] IMAGE [IMAGE ...].")
+    if k == len(items):
+        raise SmallmedError("no images given after the run folder(s); expected RUN [RUN ...] IMAGE [IMAGE ...].")
+    return items[:k], items[k:]
 
 
 def cmd_export(a) -> int:
@@ -173,7 +192,8 @@ def cmd_data_audit(a) -> int:
 def cmd_predict(a) -> int:
     from .train.inference import predict_images
 
-    rows = predict_images(a.run_dir, a.images, device=a.device)
+    runs, images = _runs_then_images(a.items)
+    rows = predict_images(runs, images, device=a.device, tta=a.tta)
     w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
@@ -478,8 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="metrics of a run's best model")
-    e.add_argument("run_dir")
+    e = sub.add_parser("evaluate", help="metrics of a run's best model, or of several runs as an ensemble")
+    e.add_argument("run_dirs", nargs="+", metavar="RUN", help="one run folder, or several (an ensemble: the mean of their predictions)")
+    e.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also average over the mirrored image")
     e.add_argument("--data", help="another dataset with the same classes (default: the run's)")
     e.add_argument("--data-dir")
     e.add_argument("--split", default="test")
@@ -487,8 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     pr = sub.add_parser("predict", help="class probabilities (or scores, for a regression run) for image files, as CSV on stdout")
-    pr.add_argument("run_dir")
-    pr.add_argument("images", nargs="+")
+    pr.add_argument("items", nargs="+", metavar="RUN_OR_IMAGE", help="RUN [RUN ...] IMAGE [IMAGE ...]: several runs "
+                    "are an ensemble (the mean of their predictions)")
+    pr.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also average over the mirrored image")
     pr.add_argument("--device", default="auto")
     pr.set_defaults(func=cmd_predict)
 

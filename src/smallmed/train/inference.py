@@ -82,22 +82,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
 def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", data_dir: str | None = None,
                  device: str = "auto") -> dict:
     """Metrics of a run's best model on a split of its own data or of another dataset with the same classes."""
-    from .setup import load_data
-
     run = load_run(run_dir, device)
     cfg = run.config
-    other = cfg.with_overrides(data=data, data_dir=data_dir) if (data or data_dir) else cfg
-    ds = load_data(other, "segmentation" if run.task.kind == "segmentation" else "labels")
-    if run.task.kind == "regression" and getattr(ds, "task", None) in ("binary", "multiclass"):
-        from ..data.dataset import as_regression
-
-        ds = as_regression(ds)
-    if run.task.kind in ("binary", "multiclass", "multilabel"):
-        if list(ds.class_names) != run.class_names:
-            raise SmallmedError(f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "
-                                f"({', '.join(run.class_names)}) in number or order; evaluate on data with the same classes.")
-    elif getattr(ds, "task", run.task.kind) != run.task.kind:
-        raise SmallmedError(f"{data or cfg.data}: a {getattr(ds, 'task', '?')} dataset, but the run is a {run.task.kind} run.")
+    ds = dataset_for_run(run, run_dir, data, data_dir)
     if split not in ds.splits:
         raise SmallmedError(f"split={split!r}: expected train, val or test.")
     loader = DataLoader(run.task.torch_dataset(ds.splits[split], run.transform()), batch_size=cfg.eval_batch_size)
@@ -107,6 +94,26 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "tes
     out = {"loss": res["loss"], **run.task.metrics(res["kept"], res["targets"])}
     out.update(_at_run_threshold(Path(run_dir), res["targets"], res["kept"]))
     return out
+
+
+def dataset_for_run(run: LoadedRun, run_dir, data: str | None = None, data_dir: str | None = None):
+    """The run's own dataset, or another one checked to have the same task and classes."""
+    from .setup import load_data
+
+    cfg = run.config
+    other = cfg.with_overrides(data=data, data_dir=data_dir) if (data or data_dir) else cfg
+    ds = load_data(other, "segmentation" if run.task.kind == "segmentation" else "labels")
+    if run.task.kind == "regression" and getattr(ds, "task", None) in ("binary", "multiclass"):
+        from ..data.dataset import as_regression
+
+        ds = as_regression(ds)
+    if run.task.kind in ("binary", "multiclass", "multilabel", "ordinal"):
+        if list(ds.class_names) != run.class_names:
+            raise SmallmedError(f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "
+                                f"({', '.join(run.class_names)}) in number or order; evaluate on data with the same classes.")
+    elif getattr(ds, "task", run.task.kind) != run.task.kind:
+        raise SmallmedError(f"{data or cfg.data}: a {getattr(ds, 'task', '?')} dataset, but the run is a {run.task.kind} run.")
+    return ds
 
 
 def _at_run_threshold(run_dir: Path, y, probs) -> dict:
@@ -136,19 +143,11 @@ def _at_run_threshold(run_dir: Path, y, probs) -> dict:
     return out
 
 
-@torch.no_grad()
-def predict_images(run_dir: str | Path, images: list[str | Path], device: str = "auto") -> list[dict]:
-    """Predictions for image files (PNG/JPEG/TIFF/DICOM), one dict per image.
-
-    Classification: the predicted class and one probability per class; regression: the score.
-    An image with no contrast (constant or not finite) is refused: no model output means anything for it.
-    """
+def read_for_prediction(run: LoadedRun, images) -> tuple:
+    """(a split of the image files read as ``run`` expects them, their own (width, height)); an image with no
+    contrast (constant or not finite) is refused: no model output means anything for it."""
     if not images:
         raise SmallmedError("no images given; expected one or more image files.")
-    run = load_run(run_dir, device)
-    if run.task.kind == "segmentation":
-        raise SmallmedError(f"{run_dir}: a segmentation run; predict writes class or score tables (masks: "
-                            "smallmed.load_run(run_dir).model).")
     chans = 1 if run.in_chans == 1 else 3
     arrays, sizes = [], []
     for p in images:
@@ -157,15 +156,28 @@ def predict_images(run_dir: str | Path, images: list[str | Path], device: str = 
             raise SmallmedError(f"{p}: the image is constant (every pixel {int(full.min())}); nothing to predict from.")
         sizes.append((full.shape[1], full.shape[0]))
         arrays.append(read_image(p, channels=chans, size=run.image_size))
-    split = Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64))
     if run.task.kind == "keypoints":
         from ..data.keypoints import KeypointSplit
 
-        k = len(run.task.names)
-        split = KeypointSplit(np.stack(arrays), np.zeros((len(arrays), k, 3), np.float32))
-    loader = DataLoader(run.task.torch_dataset(split, run.transform()), batch_size=run.config.eval_batch_size)
-    kept = run_loader(run.model, loader, _Predict(run.task))["kept"]
-    return [{"path": str(p), **run.task.prediction(kv, size)} for p, kv, size in zip(images, kept, sizes)]
+        return KeypointSplit(np.stack(arrays), np.zeros((len(arrays), len(run.task.names), 3), np.float32)), sizes
+    return Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64)), sizes
+
+
+def predict_images(run_dirs, images: list[str | Path], device: str = "auto", tta: str = "none") -> list[dict]:
+    """Predictions for image files (PNG/JPEG/TIFF/DICOM), one dict per image, from one run folder or a list of
+    them (an ensemble), optionally with flip test-time augmentation.
+
+    Classification: the predicted class and one probability per class; regression: the score; ordinal: the grade
+    and the expected grade; keypoints: every point in the image's own pixels.
+    """
+    from .ensemble import Ensemble
+
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    ens = Ensemble.load(dirs, tta=tta, device=device)
+    if ens.task.kind == "segmentation":
+        raise SmallmedError(f"{dirs[0]}: a segmentation run; predict writes class or score tables (masks: "
+                            "smallmed.load_run(run_dir).model).")
+    return ens.predict(images)
 
 
 class _Predict:
