@@ -31,7 +31,8 @@ class TrainConfig:
     fraction: float = 1.0  # nested stratified subset of the training split (same for every method)
     split_seed: int = 0  # fixes the train/val/test split of data without an official one
     image_size: int | None = None  # model input side; None = the data's own size
-    augment: str = "flip"  # preset or terms, see smallmed.data.transforms
+    augment: str | None = None  # preset or terms, see smallmed.data.transforms (None: the recipe's)
+    fit: str | None = None  # resize | pad: how images meet image_size (None: the recipe's, resize for both)
     normalize: str = "auto"  # auto = the weights' own statistics if named, else the training split's
     # model
     model: str = "resnet18"
@@ -55,16 +56,23 @@ class TrainConfig:
     task: str = "auto"
     loss: str = "auto"  # regression: mae | logcosh | mse (auto = mae); fixed for the other tasks
     balance: str = "none"  # none | sampling (seed 003: undersample the most frequent label, oversample the rest) | weights (inverse frequency)
-    # optimisation
+    # optimisation; recipe: baseline = the first build's defaults (Adam 1e-3, plateau, flip), strong = AdamW with
+    # warmup + cosine, label smoothing, TrivialAugmentWide, MixUp/CutMix and an EMA of the weights (see RECIPES)
+    recipe: str = "baseline"
     epochs: int = 10
     batch_size: int | None = None  # None: 64, or 16 under a seed-000 method (see resolve below)
     eval_batch_size: int = 256  # evaluation only (eval-mode BatchNorm: results do not depend on it)
-    optimizer: str = "adam"
-    lr: float = 1e-3
+    optimizer: str | None = None  # adam | adamw | sgd (None: the recipe's)
+    lr: float | None = None
     betas: tuple[float, float] | None = None  # None: (0.9, 0.999), or (0.9, 0.99) under a seed-000 method
     momentum: float = 0.9
-    weight_decay: float = 0.0
-    scheduler: str = "plateau"
+    weight_decay: float | None = None
+    scheduler: str | None = None
+    warmup_epochs: int | None = None  # linear warmup before the schedule (cosine); None: the recipe's
+    label_smoothing: float | None = None  # classification: targets (1 - e) one-hot + e / K
+    mixup: float | None = None  # MixUp Beta(a, a) (Zhang et al. 2018) on training batches; 0: off
+    cutmix: float | None = None  # CutMix Beta(a, a) (Yun et al. 2019); with mixup: one of the two per batch
+    ema: float | None = None  # decay of an exponential moving average of the weights, evaluated and saved instead; 0: off
     patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
     early_stop: int = 0  # stop after this many epochs without val-loss improvement (0: run every epoch)
     select_epoch: str = "val_loss"  # the epoch kept: lowest validation loss, or the last (a fixed number of epochs)
@@ -148,6 +156,18 @@ class TrainConfig:
 
         parse_rule(self.operating_point)
         check_choice("calibrate", self.calibrate, ("none", "temperature"))
+        check_choice("fit", self.fit, ("resize", "pad"))
+        if not 0 <= self.label_smoothing < 1:
+            raise SmallmedError(f"label_smoothing={self.label_smoothing}: expected a value in [0, 1).")
+        for name in ("mixup", "cutmix"):
+            v = getattr(self, name)
+            if not (v == 0 or 0 < v < float("inf")):
+                raise SmallmedError(f"{name}={v}: expected 0 (off) or a positive Beta parameter.")
+        if not (self.ema == 0 or 0 < self.ema < 1):
+            raise SmallmedError(f"ema={self.ema}: expected 0 (off) or a decay in (0, 1).")
+        if not 0 <= self.warmup_epochs < self.epochs or (self.warmup_epochs and self.scheduler != "cosine"):
+            raise SmallmedError(f"warmup_epochs={self.warmup_epochs}: expected 0..epochs-1 ({self.epochs - 1}), with "
+                                "scheduler='cosine' (the warmup leads into it).")
         check_choice("select_epoch", self.select_epoch, ("val_loss", "last"))
         if self.select_epoch == "last" and self.early_stop:
             raise SmallmedError(f"early_stop={self.early_stop} needs select_epoch='val_loss'; with 'last' every epoch runs.")
@@ -159,7 +179,8 @@ class TrainConfig:
         from .methods import METHODS, protocol_defaults
 
         check_choice("method", self.method, METHODS)
-        base = dict(GENERIC_DEFAULTS)
+        check_choice("recipe", self.recipe, tuple(RECIPES))
+        base = {**RECIPES[self.recipe], **GENERIC_DEFAULTS}
         if self.method != "full":
             base.update({k: v for k, v in protocol_defaults(self.method).items() if k in base})
         for k, v in base.items():
@@ -238,6 +259,17 @@ class TrainConfig:
 
 
 GENERIC_DEFAULTS = {"batch_size": 64, "betas": (0.9, 0.999), "head_epochs": 0, "freeze_bn_stats": True}
+
+# the two named recipes: values beneath a method's protocol and the user's own settings
+RECIPES = {
+    "baseline": {"augment": "flip", "fit": "resize", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
+                 "scheduler": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0,
+                 "ema": 0.0},
+    # built from MedMNIST+ (Doerrich et al. 2025) and timm's recipes, sized for small sets
+    "strong": {"augment": "trivial", "fit": "resize", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
+               "scheduler": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
+               "ema": 0.99},
+}
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 

@@ -47,6 +47,7 @@ class AugmentConfig:
     contrast: tuple[float, float] | None = None
     multiply: tuple[float, float] | None = None
     blur_p: float = 0.0
+    trivial: bool = False  # TrivialAugmentWide (Müller and Hutter 2021), one random op per image
 
     def __post_init__(self) -> None:
         for name in ("scale", "contrast", "multiply"):
@@ -62,6 +63,9 @@ class AugmentConfig:
 PRESETS: dict[str, AugmentConfig] = {
     "none": AugmentConfig(),
     "flip": AugmentConfig(hflip=True),
+    # the strong recipe's: TrivialAugmentWide, which on grayscale images has no colour op to apply (saturation is
+    # a no-op there); no flip (laterality can matter: add hflip where it does not)
+    "trivial": AugmentConfig(trivial=True),
     # seed 000: random horizontal flip and random crop with scale 0.8-1.2
     "seed000": AugmentConfig(hflip=True, scale=(0.8, 1.2)),
     # seed 003's detector augmentation: blur 50%, contrast 0.75-1.5, multiply 0.8-1.2,
@@ -95,7 +99,7 @@ def parse_augment(spec: str | AugmentConfig | None) -> AugmentConfig:
         if key not in names:
             check_choice("augment term", key, sorted(names | set(PRESETS)))
         try:
-            if key in ("hflip", "vflip"):
+            if key in ("hflip", "vflip", "trivial"):
                 kw[key] = value.lower() not in ("0", "false", "no") if value else True
             elif key in ("scale", "contrast", "multiply"):
                 lo, _, hi = value.partition("-")
@@ -107,6 +111,28 @@ def parse_augment(spec: str | AugmentConfig | None) -> AugmentConfig:
         except ValueError:
             raise SmallmedError(f"augment term {term!r}: could not read the value {value!r}.") from None
     return AugmentConfig(**kw)
+
+
+FITS = ("resize", "pad")  # how an image meets the model's input side: resized, or zero-padded around its centre
+
+
+class PadTo(nn.Module):
+    """Zero-pad an image to ``size`` x ``size`` around its centre (MedMNIST+'s way of enlarging small images);
+    a larger image is resized down first."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self.down = v2.Resize((size, size), antialias=True)
+
+    def forward(self, *inputs):
+        x = inputs[0] if len(inputs) == 1 else inputs
+        h, w = (x[0] if isinstance(x, tuple) else x).shape[-2:]
+        if h > self.size or w > self.size:
+            return self.down(x)
+        top, left = (self.size - h) // 2, (self.size - w) // 2
+        pad = v2.Pad([left, top, self.size - w - left, self.size - h - top], fill=0)
+        return pad(x)
 
 
 class PerSampleStandardize(v2.Transform):
@@ -165,6 +191,7 @@ def build_transform(
     normalize: str = "dataset",
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    fit: str = "resize",
 ) -> v2.Compose:
     """The whole path from a uint8 (C, H, W) tensor to a normalised float model input.
 
@@ -179,8 +206,11 @@ def build_transform(
         torch.Size([3, 64, 64])
     """
     check_choice("normalize", normalize, NORMALIZE)
+    check_choice("fit", fit, FITS)
     aug = parse_augment(augment) if train else AugmentConfig()
-    ops: list[nn.Module] = [v2.ToImage(), v2.Resize((image_size, image_size), antialias=True)]
+    ops: list[nn.Module] = [v2.ToImage(), PadTo(image_size) if fit == "pad" else v2.Resize((image_size, image_size), antialias=True)]
+    if aug.trivial:
+        ops.append(v2.TrivialAugmentWide())
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())
     if aug.vflip:

@@ -44,7 +44,7 @@ class LoadedRun:
     def transform(self):
         m = self.meta
         return build_transform(train=False, image_size=m["image_size"], channels=self.in_chans,
-                               normalize=m["normalize"], mean=m["mean"], std=m["std"])
+                               normalize=m["normalize"], mean=m["mean"], std=m["std"], fit=m.get("fit", "resize"))
 
 
 def _legacy_meta(ckpt: dict, where: Path) -> dict:

@@ -278,6 +278,32 @@ def _loss_weights(setup: Setup):
         raise SmallmedError("balance='weights' is defined for binary, multiclass and regression tasks.")
 
 
+def _batch_mix(cfg: TrainConfig, task):
+    """MixUp / CutMix on training batches (torchvision transforms v2; one of the two per batch when both are
+    on), for single-label classification only; None when off."""
+    if not (cfg.mixup or cfg.cutmix) or task.kind not in ("binary", "multiclass"):
+        return None
+    from torchvision.transforms import v2
+
+    k = len(task.class_names)
+    ops = ([v2.MixUp(alpha=cfg.mixup, num_classes=k)] if cfg.mixup else []) + \
+          ([v2.CutMix(alpha=cfg.cutmix, num_classes=k)] if cfg.cutmix else [])
+    choose = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+
+    def mix(x, y):
+        return choose(x, y)
+    return mix
+
+
+def _ema(model: nn.Module, cfg: TrainConfig):
+    """An exponential moving average of the weights (and BatchNorm buffers), or None when ``ema`` is 0."""
+    if not cfg.ema:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+
+
 def _check_finite(value: float, what: str, epoch: int, step: int | None, history: list, resuming: bool,
                   run_dir: Path, main: bool, device, distributed: bool) -> None:
     """Stop every rank together with one sentence when a loss is not finite."""
@@ -307,6 +333,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         task.init_head(model, getattr(setup.train_split, "labels", None))
     optimizer = build_optimizer(model, cfg)
     scheduler, on_val = build_scheduler(optimizer, cfg)
+    mix = _batch_mix(cfg, task)
+    ema = _ema(model, cfg)
     history: list[dict] = []
     start, best_loss, best_epoch = 0, math.inf, -1
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -318,6 +346,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
             scheduler.load_state_dict(ckpt["scheduler"])
         history, start = ckpt["history"], ckpt["epoch"] + 1
         best_loss, best_epoch = ckpt["best_val_loss"], ckpt["best_epoch"]
+        if ema is not None and ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
         log.info("resuming %s after epoch %d", run_dir, start)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -353,6 +383,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
         for step, (x, y) in enumerate(bar):
             x, y = x.to(device, non_blocking=True), to_device(y, device)
+            if mix is not None:
+                x, y = mix(x, y)  # soft targets: class probabilities that sum to one
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
                 out = train_model(x)
             loss = task.loss(out.float(), y)
@@ -368,6 +400,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             total += value * len(x)
             seen += len(x)
             for cb in callbacks:
@@ -378,7 +412,9 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
             t = torch.tensor([total, float(seen)], device=device)
             dist.all_reduce(t)
             total, seen = t[0].item(), int(t[1].item())
-        val = evaluate(model, val_loader, task)
+        # with an EMA the averaged weights are the model that is validated, chosen and saved
+        evaluated = ema.module if ema is not None else model
+        val = evaluate(evaluated, val_loader, task)
         _check_finite(val["loss"], "validation loss", epoch, None, **check)
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
@@ -386,6 +422,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "val_loss": val["loss"],
                **{f"val_{k}": val[k] for k in task.columns}, "trainable_params": trainable,
                "seconds": round(time.time() - t0, 3)}
+        if ema is not None:  # the raw weights' validation loss beside the average's
+            row["val_loss_raw"] = evaluate(model, val_loader, task)["loss"]
         if cfg.kl_weight or cfg.fd_weight:
             row["reg_loss"] = reg_total / max(seen, 1)
         history.append(row)
@@ -398,10 +436,11 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
                  "  *best" if improved else "")
         if main:
             if improved:
-                atomic_save({"model": model.state_dict(), "epoch": epoch, "val_loss": best_loss,
-                             **setup.checkpoint_meta()}, best_path)
+                atomic_save({"model": evaluated.state_dict(), "epoch": epoch, "val_loss": best_loss,
+                             "weights": "ema" if ema is not None else "raw", **setup.checkpoint_meta()}, best_path)
             atomic_save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "epoch": epoch, "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch,
             }, last_path)

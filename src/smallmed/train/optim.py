@@ -51,5 +51,11 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
         step = cfg.step_size or max(1, cfg.epochs // 2)
         return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.factor), False
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs), False
+        w = cfg.warmup_epochs or 0
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs - w)
+        if not w:
+            return cosine, False
+        # a linear warmup from lr/10 over the first epochs, then the cosine decay (timm's and MedMNIST+'s shape)
+        warm = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.1, total_iters=w)
+        return torch.optim.lr_scheduler.SequentialLR(opt, [warm, cosine], milestones=[w]), False
     return None, False

@@ -43,7 +43,8 @@ class Setup:
 
     def transform(self, train: bool):
         return build_transform(train=train, image_size=self.image_size, channels=self.in_chans,
-                               augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std)
+                               augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std,
+                               fit=self.cfg.fit)
 
     @functools.cached_property
     def train_split(self):
@@ -71,7 +72,7 @@ class Setup:
     def checkpoint_meta(self) -> dict:
         """What ``best.pt`` records beside the weights so that any command can rebuild and use the model."""
         return {"config": self.cfg.to_dict(), "recipe": self.built.recipe, "task_info": self.task.info(),
-                "image_size": self.image_size, "normalize": self.normalize,
+                "image_size": self.image_size, "normalize": self.normalize, "fit": self.cfg.fit,
                 "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
                 "base_hash": self.built.base_hash}
 
@@ -135,6 +136,13 @@ def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
         raise SmallmedError(f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed.")
     if cfg.balance != "none" and kind in ("segmentation", "keypoints"):
         raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
+    from ..config import RECIPES
+
+    for name in ("label_smoothing", "mixup", "cutmix"):
+        # the recipe's own value is for classification and simply not used by other tasks; a user's is refused
+        if getattr(cfg, name) and kind not in ("binary", "multiclass") and getattr(cfg, name) != RECIPES[cfg.recipe][name]:
+            raise SmallmedError(f"{name}={getattr(cfg, name)} mixes or softens class labels of single-label classification; "
+                                f"this is a {kind} task: set it to 0 (recipe='strong' sets it for classification only).")
     if kind not in ("binary", "multiclass") and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
         raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
 

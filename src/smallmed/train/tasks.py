@@ -90,6 +90,7 @@ class ClassificationTask(Task):
     calibrate: str = "none"  # none | temperature
     wants_val: bool = True  # finish() receives the best model's validation predictions
     graded: bool = False  # classes are ordered grades 0..K-1: also the graded metrics (MAE, QWK, ...)
+    label_smoothing: float = 0.0
 
     def outputs(self, ds) -> int:
         return len(self.class_names)
@@ -98,7 +99,8 @@ class ClassificationTask(Task):
         if self.kind == "multilabel":
             return F.binary_cross_entropy_with_logits(outputs.float(), targets)
         w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
-        return F.cross_entropy(outputs.float(), targets, weight=w)
+        # targets: class indices, or class probabilities after MixUp / CutMix
+        return F.cross_entropy(outputs.float(), targets, weight=w, label_smoothing=self.label_smoothing)
 
     def collect(self, outputs):
         o = outputs.float()
@@ -538,7 +540,8 @@ def task_for(ds, cfg) -> Task:
     if cfg.task == "ordinal":
         return OrdinalTask(class_names=list(ds.class_names))
     return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs),
-                              rule=cfg.operating_point, calibrate=cfg.calibrate, graded=cfg.task == "classification")
+                              rule=cfg.operating_point, calibrate=cfg.calibrate, graded=cfg.task == "classification",
+                              label_smoothing=cfg.label_smoothing if ds.task in ("binary", "multiclass") else 0.0)
 
 
 def task_from_info(info: dict) -> Task:

@@ -1,0 +1,101 @@
+"""The named training recipes (baseline, strong) and their parts: warmup + cosine, label smoothing,
+MixUp / CutMix, an EMA of the weights, TrivialAugmentWide, zero-padding small images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_baseline_keeps_the_first_builds_defaults_and_strong_fills_beneath_the_user():
+    from smallmed import TrainConfig
+
+    b = TrainConfig()
+    assert (b.optimizer, b.lr, b.scheduler, b.augment, b.weight_decay, b.ema, b.mixup) == ("adam", 1e-3, "plateau", "flip", 0.0, 0.0, 0.0)
+    s = TrainConfig(recipe="strong", epochs=5)
+    assert (s.optimizer, s.scheduler, s.augment, s.label_smoothing, s.warmup_epochs) == ("adamw", "cosine", "trivial", 0.1, 1)
+    assert 0 < s.ema < 1 and s.mixup > 0 and s.cutmix > 0
+    assert TrainConfig(recipe="strong", epochs=5, lr=3e-4, mixup=0).lr == 3e-4  # the user's settings win
+    assert TrainConfig(recipe="strong", epochs=5, mixup=0).mixup == 0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(recipe="stong"), "strong"), (dict(ema=1.0), "ema"), (dict(label_smoothing=1.0), "label_smoothing"),
+    (dict(mixup=-1.0), "mixup"), (dict(warmup_epochs=2, scheduler="plateau"), "cosine"), (dict(fit="crop"), "pad"),
+])
+def test_recipe_settings_are_checked(kw, match):
+    from smallmed import SmallmedError, TrainConfig
+
+    with pytest.raises(SmallmedError, match=match):
+        TrainConfig(epochs=5, **kw)
+
+
+def test_mixup_and_cutmix_targets_are_probabilities_that_sum_to_one():
+    from smallmed import TrainConfig
+    from smallmed.train.loop import _batch_mix
+    from smallmed.train.tasks import ClassificationTask
+
+    task = ClassificationTask(kind="multiclass", class_names=["a", "b", "c"])
+    mix = _batch_mix(TrainConfig(epochs=2, mixup=0.4, cutmix=1.0), task)
+    torch.manual_seed(0)
+    for _ in range(6):
+        x, y = mix(torch.rand(8, 1, 16, 16), torch.randint(0, 3, (8,)))
+        assert y.shape == (8, 3) and torch.allclose(y.sum(1), torch.ones(8)) and (y >= 0).all()
+    assert _batch_mix(TrainConfig(epochs=2), task) is None
+
+
+def test_warmup_then_cosine():
+    from smallmed import TrainConfig
+    from smallmed.train.optim import build_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched, on_val = build_scheduler(opt, TrainConfig(epochs=6, scheduler="cosine", warmup_epochs=2, lr=1.0))
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert not on_val and lrs[0] == pytest.approx(0.1) and lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)
+    assert lrs[2] > lrs[3] > lrs[4] > lrs[5]
+
+
+def test_ema_weights_are_the_ones_validated_saved_and_tested(tiny_cfg):
+    from smallmed import fit
+    from smallmed.train.checkpoint import load_checkpoint
+    from smallmed.train.inference import evaluate_run
+
+    cfg = tiny_cfg(ema=0.6, epochs=2, select_epoch="last")
+    m = fit(cfg)
+    best = load_checkpoint(f"{cfg.out}/best.pt")
+    last = load_checkpoint(f"{cfg.out}/last.pt")
+    assert best["weights"] == "ema"
+    ema = {k.removeprefix("module."): v for k, v in last["ema"].items() if k.startswith("module.")}
+    conv = [k for k, v in best["model"].items() if v.ndim == 4]
+    assert conv and all(torch.equal(best["model"][k], ema[k]) for k in conv)  # the average is what was saved
+    assert not all(torch.equal(best["model"][k], last["model"][k]) for k in conv)  # not the raw weights
+    assert evaluate_run(cfg.out, device="cpu")["auc"] == pytest.approx(m["test"]["auc"])
+    import csv
+
+    rows = list(csv.DictReader(open(f"{cfg.out}/history.csv")))
+    assert "val_loss_raw" in rows[0] and rows[-1]["val_loss"] != rows[-1]["val_loss_raw"]
+
+
+def test_pad_keeps_the_pixels_and_adds_a_zero_border():
+    from smallmed.data.transforms import build_transform
+
+    img = torch.full((1, 16, 16), 200, dtype=torch.uint8)
+    x = build_transform(train=False, image_size=32, channels=1, normalize="none", fit="pad")(img)
+    assert x.shape == (1, 32, 32)
+    assert torch.allclose(x[:, 8:24, 8:24], torch.full((1, 16, 16), 200 / 255))
+    assert x[:, :8].abs().sum() == 0 and x[:, :, 24:].abs().sum() == 0
+
+
+def test_strong_recipe_trains_classification_and_ignores_its_mixing_for_regression(tiny_cfg):
+    from smallmed import SmallmedError, fit
+
+    m = fit(tiny_cfg(recipe="strong", epochs=3))
+    assert 0 <= m["test"]["auc"] <= 1
+    fit(tiny_cfg(recipe="strong", epochs=2, task="regression", out=tiny_cfg().out + "-reg"))  # the recipe's mixing is not used
+    with pytest.raises(SmallmedError, match="mixup"):
+        fit(tiny_cfg(recipe="strong", epochs=2, task="regression", mixup=0.5, out=tiny_cfg().out + "-reg2"))
