@@ -138,7 +138,8 @@ def _runs_then_images(items: list[str]) -> tuple[list[str], list[str]]:
     while k < len(items) and Path(items[k]).is_dir() and (Path(items[k]) / "best.pt").exists():
         k += 1
     if k == 0:
-        raise SmallmedError(f"{items[0]}: not a run folder (no best.pt); expected RUN [RUN ...] IMAGE [IMAGE ...].")
+        what = "run folder not found" if not Path(items[0]).exists() else "not a run folder (no best.pt)"
+        raise SmallmedError(f"{items[0]}: {what}; expected RUN [RUN ...] IMAGE [IMAGE ...].")
     if k == len(items):
         raise SmallmedError("no images given after the run folder(s); expected RUN [RUN ...] IMAGE [IMAGE ...].")
     return items[:k], items[k:]
