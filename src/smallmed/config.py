@@ -6,6 +6,7 @@ Precedence: defaults < ``--config run.yaml`` < command-line flags < ``--set key=
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -122,6 +123,8 @@ class TrainConfig:
         check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda", "mps"))
         check_choice("normalize", self.normalize, ("auto", "dataset", "sample", "imagenet", "half", "xrv", "none"))
         _positive(self, "epochs", "batch_size", "eval_batch_size", "lr")
+        _check_ranges(self)
+        _check_applies(self)
         from .reparam.factorized import CONV_VARIANTS
 
         check_choice("conv", self.conv, CONV_VARIANTS)
@@ -339,6 +342,55 @@ def _coerce_fields(cfg) -> None:
     seed = getattr(cfg, "seed", 0)
     if not 0 <= seed < 2**32:
         raise SmallmedError(f"seed={seed}: expected an integer in [0, 2**32).")
+
+
+# value ranges beside nothing else: (low, high, low open, high open); every one also finite
+RANGES = {"lr": (0, math.inf, True, True), "momentum": (0, 1, False, True), "weight_decay": (0, 10, False, False),
+          "factor": (0, 1, True, True), "patience": (0, 1000, False, False), "early_stop": (0, 1000, False, False),
+          "step_size": (1, 10**6, False, False)}
+
+# a setting that changes nothing unless another has one of these values: (that setting, its values)
+APPLIES = {
+    "momentum": ("optimizer", ("sgd",)),
+    "patience": ("scheduler", ("plateau",)),
+    "factor": ("scheduler", ("plateau", "step")),
+    "step_size": ("scheduler", ("step",)),
+    "prune": ("method", ("full-svd", "full-out-svd", "sp-svd", "sp-svd-9", "full-svd-9")),
+    "svd_linear": ("method", ("full-svd", "full-out-svd", "sp-svd", "sp-svd-9", "full-svd-9")),
+    "rank_ratio": ("conv", ("sfconv", "fconv", "fconvsn")),
+}
+
+
+def _check_ranges(cfg) -> None:
+    import math
+
+    for name, (lo, hi, lo_open, hi_open) in RANGES.items():
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        bad = not math.isfinite(v) or v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi)
+        if bad:
+            lb, hb = "(" if lo_open else "[", ")" if hi_open else "]"
+            raise SmallmedError(f"{name}={v}: expected a finite value in {lb}{lo}, {hi}{hb}.")
+
+
+def _check_applies(cfg) -> None:
+    """Refuse a setting changed from its default where it would change nothing, naming what would make it apply."""
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name, (other, values) in APPLIES.items():
+        v = getattr(cfg, name)
+        if v not in (None, defaults[name]) and getattr(cfg, other) not in values:
+            raise SmallmedError(f"{name}={v!r} has no effect with {other}={getattr(cfg, other)!r}; it applies with "
+                                f"{other} {' or '.join(map(repr, values))}.")
+    if cfg.rff_layers and not (cfg.rff_epochs or cfg.rff_alternate):
+        raise SmallmedError("rff_layers has no effect without rff_epochs or rff_alternate (the epochs that freeze them).")
+    if tuple(cfg.svd_train) != defaults_svd_train() and cfg.method not in APPLIES["prune"][1]:
+        raise SmallmedError(f"svd_train={list(cfg.svd_train)} has no effect with method={cfg.method!r}; it applies with "
+                            "the SVD methods.")
+
+
+def defaults_svd_train() -> tuple[str, ...]:
+    return ("sigma", "head")
 
 
 def _positive(cfg, *names: str) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import APPLIES, TrainConfig
 from ..errors import SmallmedError
 from ..train.checkpoint import atomic_write_csv, atomic_write_text
 from .runner import run_grid
@@ -73,12 +73,14 @@ def cells(study: SFConvStudy, out: Path) -> list[TrainConfig]:
 
             check_choice("variant", v, tuple(VARIANTS))
         over = dict(VARIANTS[v])
+        if over.get("conv", "conv") in APPLIES["rank_ratio"][1]:  # the rank only means something for low-rank convs
+            over["rank_ratio"] = study.rank_ratio
         if "kl_weight" in over:
             over["kl_weight"] = study.kl_weight
         for seed in study.seeds:
             grid.append(TrainConfig(data=study.data, data_dir=study.data_dir, model=study.model,
                                     image_size=study.image_size, epochs=study.epochs, batch_size=study.batch_size,
-                                    rank_ratio=study.rank_ratio, augment="flip", seed=seed, progress=False, lr=study.lr,
+                                    augment="flip", seed=seed, progress=False, lr=study.lr,
                                     out=str(out / "runs" / v / f"s{seed}"), **over))
     return grid
 

@@ -1,0 +1,44 @@
+"""Every range is declared once (config.RANGES) and every setting that only some other setting makes
+meaningful says which (config.APPLIES): a value that would change nothing is refused, never ignored."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from smallmed import SmallmedError, TrainConfig
+from smallmed.config import APPLIES, RANGES
+
+
+@pytest.mark.parametrize("name", sorted(RANGES))
+def test_values_outside_each_declared_range_are_refused(name):
+    lo, hi, lo_open, hi_open = RANGES[name]
+    extra = {"scheduler": "step"} if name in ("step_size", "factor") else {}
+    extra |= {"optimizer": "sgd"} if name == "momentum" else {}
+    extra |= {"scheduler": "plateau"} if name == "patience" else {}
+    for bad in (math.nan, math.inf, lo - 1, *([hi + 1] if math.isfinite(hi) else []), *([lo] if lo_open else []), *([hi] if hi_open else [])):
+        with pytest.raises(SmallmedError, match=name):
+            TrainConfig(epochs=4, **extra, **{name: bad})
+    mid = (lo + hi) / 2 if math.isfinite(hi) else lo + 1e-3
+    TrainConfig(epochs=4, **extra, **{name: int(mid) if name in ("patience", "early_stop", "step_size") else mid})
+
+
+@pytest.mark.parametrize("name", sorted(APPLIES))
+def test_a_setting_without_effect_is_refused_naming_what_would_apply_it(name):
+    other, values = APPLIES[name]
+    value = {"momentum": 0.5, "patience": 2, "factor": 0.5, "step_size": 3, "prune": 0.5, "svd_linear": True,
+             "rank_ratio": 0.5}[name]
+    elsewhere = {"optimizer": "adam", "scheduler": "cosine", "method": "full", "conv": "conv"}[other]
+    with pytest.raises(SmallmedError, match=f"{name}=.*no effect.*{other}"):
+        TrainConfig(epochs=4, **{other: elsewhere, name: value})
+    TrainConfig(epochs=4, **{other: values[0], name: value})  # where it applies it is accepted
+
+
+def test_the_cli_refuses_an_ignored_flag_in_one_sentence(tmp_path, capsys):
+    from smallmed.cli import main
+
+    assert main(["train", "--data", "x.npz", "--momentum", "0.5", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "momentum=0.5 has no effect" in err[0]
+    assert not (tmp_path / "r").exists()
