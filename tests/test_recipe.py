@@ -99,3 +99,26 @@ def test_strong_recipe_trains_classification_and_ignores_its_mixing_for_regressi
     fit(tiny_cfg(recipe="strong", epochs=2, task="regression", out=tiny_cfg().out + "-reg"))  # the recipe's mixing is not used
     with pytest.raises(SmallmedError, match="mixup"):
         fit(tiny_cfg(recipe="strong", epochs=2, task="regression", mixup=0.5, out=tiny_cfg().out + "-reg2"))
+
+
+def test_strong_recipe_under_a_method_short_runs_and_other_schedules():
+    """The recipe's warmup leads into its cosine schedule, and its decay is AdamW's: neither is forced onto a
+    setting that cannot use it."""
+    from smallmed import TrainConfig
+
+    c = TrainConfig(method="sp-svd", recipe="strong")
+    assert (c.optimizer, c.scheduler, c.batch_size, c.head_epochs) == ("adamw", "cosine", 16, 1)
+    assert TrainConfig(recipe="strong", epochs=1).warmup_epochs == 0
+    assert TrainConfig(recipe="strong", scheduler="plateau").warmup_epochs == 0
+    lora = TrainConfig.for_method("lora", recipe="strong")  # the protocol given explicitly, as the CLI does
+    assert lora.optimizer == "adam" and lora.weight_decay == 0.0 and lora.warmup_epochs == 0
+
+
+def test_old_run_configs_with_idle_settings_still_load():
+    from smallmed import TrainConfig
+
+    assert TrainConfig.from_saved({"conv": "dpc", "rank_ratio": 0.0625}).rank_ratio == TrainConfig().rank_ratio
+    from smallmed import SmallmedError
+
+    with pytest.raises(SmallmedError, match="rank_ratio"):
+        TrainConfig(conv="dpc", rank_ratio=0.0625)

@@ -273,7 +273,8 @@ def cmd_ra2_train(a) -> int:
 
     shapes = landmark_mean_shapes(find_images(a.images), a.landmarks)
     locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
-    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed, init=a.init,
+    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed,
+                    init=str(Path(a.init).resolve()) if a.init else None,
                     localiser_epochs=a.localiser_epochs,
                     localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
                     mean_shape=shapes)

@@ -185,10 +185,19 @@ class TrainConfig:
         check_choice("recipe", self.recipe, tuple(RECIPES))
         base = {**RECIPES[self.recipe], **GENERIC_DEFAULTS}
         if self.method != "full":
-            base.update({k: v for k, v in protocol_defaults(self.method).items() if k in base})
+            # a method's protocol (its paper's) sits above the baseline recipe; the strong recipe keeps its own
+            # optimiser, schedule and learning rate and takes only the protocol's batch, betas and stages
+            own = set(RECIPES["strong"]) if self.recipe == "strong" else set()
+            base.update({k: v for k, v in protocol_defaults(self.method).items() if k in base and k not in own})
+        unset = {k for k in base if getattr(self, k) is None}
         for k, v in base.items():
-            if getattr(self, k) is None:
+            if k in unset:
                 setattr(self, k, v)
+        # the recipe's warmup leads into its cosine schedule: with another schedule, or too few epochs, it is dropped
+        if "warmup_epochs" in unset and (self.scheduler != "cosine" or self.warmup_epochs >= self.epochs):
+            self.warmup_epochs = 0
+        if "weight_decay" in unset and self.optimizer != "adamw" and self.recipe == "strong":
+            self.weight_decay = 0.0  # the strong recipe's decay is AdamW's decoupled one, not an L2 term for Adam/SGD
 
     @classmethod
     def from_sources(cls, *, yaml_path: str | Path | None = None, flags: dict | None = None,
@@ -242,6 +251,17 @@ class TrainConfig:
         if unknown:
             check_choice(f"{source} key", unknown[0], sorted(names))
         return cls(**d)
+
+    @classmethod
+    def from_saved(cls, d: dict, *, source: str = "config") -> "TrainConfig":
+        """A config saved by a run folder: fields that a later smallmed refuses as having no effect (their
+        value never changed anything) are read back at their defaults, so old runs load, resume and compare."""
+        d = dict(d)
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, (other, values) in APPLIES.items():
+            if name in d and d.get(other, defaults.get(other)) not in values:
+                d[name] = defaults[name]
+        return cls.from_dict(d, source=source)
 
     @classmethod
     def for_method(cls, method: str, **kw) -> "TrainConfig":

@@ -307,7 +307,7 @@ class Pipeline:
         if not (self.dir / "ra2.json").exists():
             raise SmallmedError(f"{self.dir}: no ra2.json; not a run folder of `smallmed ra2 train`.")
         self.info = json.loads((self.dir / "ra2.json").read_text())
-        self.cfg = RA2Config(**self.info["config"])
+        self.cfg = RA2Config(**{**self.info["config"], "init": None})  # the start of training is not needed to predict
         self.scorers = {name: [load_run(self.dir / r, device) for r in runs] for name, runs in self.info["runs"].items()}
         self.localisers = {}
         for kind, run in self.cfg.localisers.items():

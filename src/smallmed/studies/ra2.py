@@ -454,7 +454,7 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
 def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> Path:
     """Run (or resume) the study stage by stage; after each stage ``report.md`` is rewritten from the runs
     finished so far, so a study cut short still reports what it has."""
-    out = Path(out)
+    out = Path(out).resolve()  # run folders are recorded by absolute path (a localiser used from another folder)
     check_recipes(study.variants)
     bad = [k for k in study.localiser_kinds if k not in ("unet", "keypoint-rcnn")] or ([] if study.localiser_kinds else ["none"])
     if bad:
@@ -615,10 +615,11 @@ def _verdict(study: RA2Study, state: dict, summ: dict, bone: dict) -> list[str]:
                          f"{lh['localiser']['frac_error'] * 100:.1f} % vs {lh['mean_shape']['frac_error'] * 100:.1f} %: the "
                          f"pediatric-trained localiser {'transfers better than' if better else 'does not beat'} the mean shape there.")
     for size, recipes in sorted(summ["sizes"].items(), reverse=True):
-        best = min(recipes, key=lambda r: recipes[r]["mae_rounded"])
+        chosen = {r: v for r, v in recipes.items() if "val_mae" in v}  # recipes, chosen on validation
+        best = min(chosen, key=lambda r: chosen[r]["val_mae"]) if chosen else min(recipes, key=lambda r: recipes[r]["mae_rounded"])
         b = recipes[best]
         skill = b["vs_median"]["mae"]["hi"] < 0 and b["vs_median"]["qwk"]["lo"] > 0
-        lines.append(f"- Knee grades at {size} px: lowest MAE {best} (accuracy {b['acc']:.3f}, MAE {b['mae_rounded']:.3f}, "
+        lines.append(f"- Knee grades at {size} px: the recipe with the lowest validation MAE is {best} (test accuracy {b['acc']:.3f}, MAE {b['mae_rounded']:.3f}, "
                      f"QWK {b['qwk']:.3f}); against the training median {'it shows skill: both paired intervals exclude 0' if skill else 'its paired intervals do not both exclude 0'} "
                      f"(ΔMAE {_ci_text(b['vs_median']['mae'])}, ΔQWK {_ci_text(b['vs_median']['qwk'])})"
                      + (". Goals (accuracy >= 0.70, MAE <= 0.34, QWK >= 0.85): "

@@ -140,14 +140,16 @@ def constant(label: np.ndarray, value: float) -> dict:
 def run_seconds(run: str | Path) -> tuple[float, int, int, int]:
     """(training seconds, epochs run, best epoch, epoch cap) of a finished run."""
     m = json.loads((Path(run) / "metrics.json").read_text())
-    cfg = TrainConfig.from_dict({**__import__("yaml").safe_load((Path(run) / "config.yaml").read_text()), "out": str(run)})
+    cfg = TrainConfig.from_saved({**__import__("yaml").safe_load((Path(run) / "config.yaml").read_text()), "out": str(run)})
     return float(m["wall_seconds"]), int(m["epochs"]), int(m["best_epoch"]), int(cfg.epochs)
 
 
 def val_mae(run: str | Path) -> float:
     """The best epoch's validation MAE (the one number the ensemble's recipe is chosen by)."""
     m = json.loads((Path(run) / "metrics.json").read_text())
-    return float(m["val"].get("val_mae", np.inf))
+    if "val_mae" not in m["val"]:
+        raise SmallmedError(f"{run}: no validation MAE in metrics.json; this run cannot be compared on validation.")
+    return float(m["val"]["val_mae"])
 
 
 # ------------------------------------------------------------------------------------------- flip TTA, ensembles
@@ -268,14 +270,15 @@ def knee_section(study, out: Path, train_labels: np.ndarray, ensemble: dict | No
             lines.append(f"| {name}: grade {value:g} | - | {m['acc']:.3f} | {m['mae_rounded']:.3f} | {m['qwk']:.3f} | "
                          f"{m['balanced_acc']:.3f} | {m['weighted_rmse']:.3f} | {m['mae']:.3f} | - | - | 0 |")
             rows.append({"size": size, "recipe": name, "seed": "", **{k: m[k] for k in ("acc", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse", "mae")}})
-        best_name, best_mae = None, np.inf
+        best_name, best_mae = None, np.inf  # chosen by validation MAE: the test split chooses nothing
         for r, runs in table.items():
             ms = [x["m"] for x in runs]
             mean_p = seed_mean([x["pred"] for x in runs]) if len(runs) > 1 else runs[0]["pred"]
             vs = paired_bootstrap(label, mean_p, ref)
             g = float(np.mean([m["mae_rounded"] for m in ms]))
-            if g < best_mae:
-                best_name, best_mae = r, g
+            v = float(np.mean([val_mae(out / "runs" / f"knee{size}" / r / f"s{x['seed']}") for x in runs]))
+            if v < best_mae:
+                best_name, best_mae = r, v
             lines.append(f"| {r}: {LABELS.get(r, r)} | {len(runs)} | {_fmt([m['acc'] for m in ms])} | "
                          f"{_fmt([m['mae_rounded'] for m in ms])} | {_fmt([m['qwk'] for m in ms])} | "
                          f"{_fmt([m['balanced_acc'] for m in ms])} | {_fmt([m['weighted_rmse'] for m in ms])} | "
@@ -288,7 +291,7 @@ def knee_section(study, out: Path, train_labels: np.ndarray, ensemble: dict | No
                              "best_epoch": x["best"], "epochs": x["epochs"], "seconds": x["sec"]})
             summary["sizes"].setdefault(size, {})[r] = {
                 "acc": float(np.mean([m["acc"] for m in ms])), "mae_rounded": g,
-                "qwk": float(np.mean([m["qwk"] for m in ms])), "seeds": len(runs), "vs_median": vs}
+                "qwk": float(np.mean([m["qwk"] for m in ms])), "seeds": len(runs), "vs_median": vs, "val_mae": v}
         if ensemble and ensemble.get("size") == size:
             for key, name in (("plain", "ensemble"), ("flip", "ensemble + flip TTA")):
                 if key not in ensemble:
@@ -308,7 +311,7 @@ def knee_section(study, out: Path, train_labels: np.ndarray, ensemble: dict | No
             b = seed_mean([x["pred"] for x in table["base"]]) if len(table["base"]) > 1 else table["base"][0]["pred"]
             a = seed_mean([x["pred"] for x in table[best_name]]) if len(table[best_name]) > 1 else table[best_name][0]["pred"]
             vs = paired_bootstrap(label, a, b)
-            lines += ["", f"Lowest mean MAE of the grade at {size} px: {best_name}; against the seed's base "
+            lines += ["", f"Lowest mean validation MAE at {size} px: {best_name}; on the test knees against the seed's base "
                       f"(paired over the test knees, predictions averaged over seeds): ΔMAE {_ci(vs['mae'])}, ΔQWK {_ci(vs['qwk'])}."]
         plot_confusions(table, out / f"confusion_knee{size}.png", size)
         lines += ["", f"Confusion matrices (first seed of each recipe): `confusion_knee{size}.png`.", ""]

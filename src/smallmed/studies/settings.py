@@ -76,7 +76,11 @@ def check_cell(cfg_dict: dict) -> None:
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     now = json.loads(json.dumps(cfg_dict, default=str))
     saved = json.loads(json.dumps(saved, default=str))
-    diffs = _diff(saved, now, NEUTRAL_KEYS)
+    from ..config import APPLIES
+
+    # a setting with no effect in this cell (rank_ratio of a plain conv) cannot make two cells differ
+    idle = {k for k, (other, values) in APPLIES.items() if now.get(other) not in values}
+    diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
     if diffs:
         raise SmallmedError(f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
                             f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out.")

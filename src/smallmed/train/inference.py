@@ -72,7 +72,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     ckpt = load_checkpoint(where)
     if "recipe" not in ckpt:
         ckpt = _legacy_meta(ckpt, where)
-    cfg = TrainConfig.from_dict({**ckpt["config"], "out": str(run_dir)}, source=str(where))
+    cfg = TrainConfig.from_saved({**ckpt["config"], "out": str(run_dir)}, source=str(where))
     model = rebuild(cfg, ckpt["recipe"], ckpt["model"], where=str(where))
     model.smallmed_base_hash = ckpt.get("base_hash")
     model.to(resolve_device(device)).eval()
@@ -155,7 +155,11 @@ def read_for_prediction(run: LoadedRun, images) -> tuple:
         if full.min() == full.max():
             raise SmallmedError(f"{p}: the image is constant (every pixel {int(full.min())}); nothing to predict from.")
         sizes.append((full.shape[1], full.shape[0]))
-        arrays.append(read_image(p, channels=chans, size=run.image_size))
+        # fit="pad": the run's transform pads the image as it is; otherwise it is read at the input side
+        arrays.append(full if run.meta.get("fit") == "pad" else read_image(p, channels=chans, size=run.image_size))
+    if len({a.shape for a in arrays}) > 1:
+        raise SmallmedError(f"the images have different sizes ({', '.join(sorted({str(a.shape[:2]) for a in arrays}))}); "
+                            "a padding run (fit='pad') predicts one size at a time.")
     if run.task.kind == "keypoints":
         from ..data.keypoints import KeypointSplit
 

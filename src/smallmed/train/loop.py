@@ -167,7 +167,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None,
         raise SmallmedError(f"{run_dir}: no config.yaml; not a smallmed run folder to resume.")
     saved = load_yaml(run_dir / "config.yaml")
     saved["out"] = str(run_dir)
-    cfg = TrainConfig.from_dict(saved, source=str(run_dir / "config.yaml"))
+    cfg = TrainConfig.from_saved(saved, source=str(run_dir / "config.yaml"))
     finished = run_dir / "metrics.json"
     if epochs is not None and epochs != cfg.epochs:
         if epochs < cfg.epochs:
@@ -299,9 +299,14 @@ def _ema(model: nn.Module, cfg: TrainConfig):
     """An exponential moving average of the weights (and BatchNorm buffers), or None when ``ema`` is 0."""
     if not cfg.ema:
         return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from torch.optim.swa_utils import AveragedModel
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    def avg(averaged, current, n):
+        # timm's warmup of the decay: early on the average follows the weights, so a short run on a small set
+        # is not scored on weights from its first steps
+        d = min(cfg.ema, (1 + int(n)) / (10 + int(n)))
+        return averaged * d + current * (1 - d)
+    return AveragedModel(model, avg_fn=avg, use_buffers=True)
 
 
 def _check_finite(value: float, what: str, epoch: int, step: int | None, history: list, resuming: bool,

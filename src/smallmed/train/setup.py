@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data import nested_fraction
-from ..data.transforms import build_transform, dataset_mean_std
+from ..data.transforms import build_transform, dataset_mean_std, parse_augment
 from ..errors import SmallmedError
 from ..models import model_entry
 from .recipe import Built, build_model
@@ -143,6 +143,11 @@ def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
         if getattr(cfg, name) and kind not in ("binary", "multiclass") and getattr(cfg, name) != RECIPES[cfg.recipe][name]:
             raise SmallmedError(f"{name}={getattr(cfg, name)} mixes or softens class labels of single-label classification; "
                                 f"this is a {kind} task: set it to 0 (recipe='strong' sets it for classification only).")
+    if kind in ("segmentation", "keypoints") and parse_augment(cfg.augment).trivial:
+        raise SmallmedError(f"augment={cfg.augment!r}: TrivialAugmentWide is for labelled images, not masks or keypoints; "
+                            "use --augment flip or terms such as scale=0.9-1.1,rotate=10.")
+    if kind == "keypoints" and cfg.fit == "pad":
+        raise SmallmedError("fit='pad' is for labelled images; keypoint runs squash images to the input side (fit='resize').")
     if kind not in ("binary", "multiclass") and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
         raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
 

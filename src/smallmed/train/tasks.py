@@ -376,6 +376,7 @@ class OrdinalTask(Task):
     def __post_init__(self) -> None:
         if len(self.class_names) < 3:
             raise SmallmedError(f"an ordinal head needs at least 3 grades; this data has {len(self.class_names)} classes.")
+        _coral()  # a missing package is said before any training
 
     def outputs(self, ds) -> int:
         return len(self.class_names) - 1
@@ -541,6 +542,8 @@ def task_for(ds, cfg) -> Task:
         return OrdinalTask(class_names=list(ds.class_names))
     return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs),
                               rule=cfg.operating_point, calibrate=cfg.calibrate, graded=cfg.task == "classification",
+                              columns=("acc", "balanced_acc", "auc", "mae", "qwk") if cfg.task == "classification"
+                              else ClassificationTask.columns,
                               label_smoothing=cfg.label_smoothing if ds.task in ("binary", "multiclass") else 0.0)
 
 
