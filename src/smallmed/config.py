@@ -404,13 +404,9 @@ def _check_applies(cfg) -> None:
                                 f"{other} {' or '.join(map(repr, values))}.")
     if cfg.rff_layers and not (cfg.rff_epochs or cfg.rff_alternate):
         raise SmallmedError("rff_layers has no effect without rff_epochs or rff_alternate (the epochs that freeze them).")
-    if tuple(cfg.svd_train) != defaults_svd_train() and cfg.method not in APPLIES["prune"][1]:
+    if tuple(cfg.svd_train) != tuple(defaults["svd_train"]) and cfg.method not in APPLIES["prune"][1]:
         raise SmallmedError(f"svd_train={list(cfg.svd_train)} has no effect with method={cfg.method!r}; it applies with "
                             "the SVD methods.")
-
-
-def defaults_svd_train() -> tuple[str, ...]:
-    return ("sigma", "head")
 
 
 def _positive(cfg, *names: str) -> None:

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import SmallmedError
 from ..io import RunLock, atomic_write_csv, atomic_write_json
+from ..metrics.keypoints import keypoint_errors
 from .joints import to_left
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,6 @@ def _predict(model, images: list[np.ndarray], size: int, k: int) -> tuple[np.nda
     return pts, conf
 
 
-def _errors(pred: np.ndarray, truth: np.ndarray, width: int) -> dict:
-    vis = truth[..., 2] > 0
-    d = np.hypot(pred[..., 0] - truth[..., 0], pred[..., 1] - truth[..., 1])[vis]
-    return {"px_error": float(d.mean()), "frac_error": float(d.mean() / width), "pck_0.05": float((d <= 0.05 * width).mean())}
-
-
 def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
     """Train (or resume) a Keypoint R-CNN localiser on a keypoint npz; returns ``metrics.json``'s contents."""
     from ..data.keypoints import load_keypoints
@@ -179,7 +174,7 @@ def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
                 total, n = total + loss.item() * len(idx), n + len(idx)
             sched.step()
             pv, _ = _predict(model, [im[..., 0] if im.ndim == 3 else im for im in va.images], cfg.image_size, len(names))
-            err = _errors(pv, va.keypoints, side)
+            err = keypoint_errors(pv, va.keypoints[..., :2], va.keypoints[..., 2], side)
             row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_px_error": err["px_error"],
                    "val_frac_error": err["frac_error"], "seconds": round(time.time() - t0, 2)}
             history.append(row)
@@ -193,11 +188,7 @@ def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
                      err["px_error"], row["seconds"])
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
         pt, _ = _predict(model, [im[..., 0] if im.ndim == 3 else im for im in te.images], cfg.image_size, len(names))
-        test = _errors(pt, te.keypoints, side)
-        vis = te.keypoints[..., 2] > 0
-        d = np.hypot(pt[..., 0] - te.keypoints[..., 0], pt[..., 1] - te.keypoints[..., 1])
-        test["per_joint"] = {n: {"frac_error": float(d[:, j][vis[:, j]].mean() / side)} for j, n in enumerate(names)}
-        test["n"] = int(vis.sum())
+        test = keypoint_errors(pt, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
         metrics = {"task": "keypoints", "kind": "keypoint-rcnn", "test": test, "best_epoch": best_epoch + 1,
                    "epochs": len(history), "wall_seconds": round(sum(r["seconds"] for r in history), 2),
                    "image_px": side, "train_images": len(tr)}

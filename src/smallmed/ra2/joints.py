@@ -144,37 +144,26 @@ def crop(image: np.ndarray, center: tuple[float, float], side: float, out: int) 
     return np.asarray(Image.fromarray(canvas).resize((out, out), Image.BILINEAR))
 
 
+def _crop_centres(points: dict[str, tuple[float, float]], limb: str):
+    """(assessment, centre) of every assessment of ``limb`` whose landmarks are all in ``points``."""
+    for a in SCHEMA:
+        if a.limb == limb and all(n in points for n in points_for(a)):
+            yield a, np.mean([points[n] for n in points_for(a)], axis=0)
+
+
 def crops_for_limb(image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, out: int) -> dict[str, np.ndarray]:
     """Crop of every assessment of ``limb`` from a left-oriented image and its points: {column: [out, out]}."""
     w = image.shape[1]
-    res = {}
-    for a in SCHEMA:
-        if a.limb != limb:
-            continue
-        names = points_for(a)
-        if not all(n in points for n in names):
-            continue
-        c = np.mean([points[n] for n in names], axis=0)
-        res[a.column] = crop(image, (float(c[0]), float(c[1])), crop_size(a) * w, out)
-    return res
+    return {a.column: crop(image, (float(c[0]), float(c[1])), crop_size(a) * w, out) for a, c in _crop_centres(points, limb)}
 
 
 def crop_boxes(points: dict[str, tuple[float, float]], limb: str, width: int) -> dict[str, tuple[float, float, float]]:
     """{column: (x centre, y centre, side)} of every assessment's crop, in the original image's pixels
     (``points`` in the original image too; right limbs are mirrored as for cropping, then back)."""
-    left = flip_points(points, width) if limb.startswith("R") else points
-    res = {}
-    for a in SCHEMA:
-        if a.limb != limb:
-            continue
-        names = points_for(a)
-        if not all(n in left for n in names):
-            continue
-        cx, cy = np.mean([left[n] for n in names], axis=0)
-        if limb.startswith("R"):
-            cx = width - 1 - cx
-        res[a.column] = (float(cx), float(cy), crop_size(a) * width)
-    return res
+    right = limb.startswith("R")
+    left = flip_points(points, width) if right else points
+    return {a.column: (float(width - 1 - c[0] if right else c[0]), float(c[1]), crop_size(a) * width)
+            for a, c in _crop_centres(left, limb)}
 
 
 def draw_overlay(image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, scores: dict[str, float],

@@ -500,7 +500,7 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
 def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     """The fold ensemble's test predictions (mean score of the fold models, seeds averaged), with and
     without horizontal-flip TTA; None until every fold model has finished."""
-    from .ra2_scoring import GRADES, predict_test, read_predictions
+    from .ra2_scoring import GRADES, flip_scores, read_predictions
 
     path = out / "ensemble_choice.json"
     recipe = study.ensemble if study.ensemble != "best" else (json.loads(path.read_text())["recipe"] if path.exists() else None)
@@ -522,7 +522,7 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
             flip = np.load(cache)
         else:
             test = np.load(out / "data" / "knee_subset.npz")["test_images"]
-            flip = np.mean([predict_test(r, test, flip=True) for r in runs], 0)
+            flip = flip_scores(runs, test)
             _atomic(cache, lambda f: np.save(f, flip))
         res["flip"] = {"label": label, "score": flip, "grade": np.clip(np.rint(flip), *GRADES)}
     return res

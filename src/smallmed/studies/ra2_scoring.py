@@ -155,48 +155,20 @@ def val_mae(run: str | Path) -> float:
 # ------------------------------------------------------------------------------------------- flip TTA, ensembles
 
 
-def predict_test(run: str | Path, images: np.ndarray, *, flip: bool) -> np.ndarray:
-    """The expected grade (score) of every image from one run, averaged with its horizontal mirror when ``flip``."""
-    import torch
-    from torch.utils.data import DataLoader
-
+def flip_scores(runs: list, images: np.ndarray) -> np.ndarray:
+    """The expected grade (score) of every image from the runs as one ensemble with horizontal-flip TTA
+    (:class:`smallmed.train.ensemble.Ensemble`: the mean over members and both views)."""
     from ..data.dataset import Split
-    from ..train.inference import load_run
-    from ..train.loop import run_loader
+    from ..train.ensemble import Ensemble
 
-    r = load_run(run)
-    if images.ndim == 3:
-        images = images[..., None]  # (N, H, W) -> (N, H, W, 1)
-    views = [images, images[:, :, ::-1].copy()] if flip else [images]
-    outs = []
-    for v in views:
-        split = Split(v, np.zeros(len(v), np.int64))
-        loader = DataLoader(r.task.torch_dataset(split, r.transform()), batch_size=256)
-        with torch.no_grad():
-            kept = run_loader(r.model, loader, _NoLoss(r.task))["kept"]
-        outs.append(_score(r.task, kept))
-    return np.mean(outs, axis=0)
-
-
-def _score(task, kept: np.ndarray) -> np.ndarray:
-    if task.kind == "regression":
+    ens = Ensemble.load(runs, tta="flip", device="cpu")
+    split = Split(images[..., None] if images.ndim == 3 else images, np.zeros(len(images), np.int64))
+    kept, _ = ens.kept(lambda run: split)
+    if ens.task.kind == "regression":
         return kept.reshape(-1)
-    if task.kind == "ordinal":
+    if ens.task.kind == "ordinal":
         return kept.sum(1)
     return kept @ np.arange(kept.shape[1])
-
-
-class _NoLoss:
-    def __init__(self, task) -> None:
-        self.task = task
-
-    def loss(self, out, y):
-        import torch
-
-        return torch.zeros(())
-
-    def collect(self, out):
-        return self.task.collect(out)
 
 
 # ------------------------------------------------------------------------------------------------------ report
