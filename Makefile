@@ -25,8 +25,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/smallmed demo
 
+# one pytest worker per core (pytest-xdist), one torch thread per worker: tiny models scale badly over threads
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

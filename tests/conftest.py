@@ -22,7 +22,10 @@ if os.environ.get("SMALLMED_DATA_DIR"):
 os.environ["SMALLMED_OFFLINE"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-if "OMP_NUM_THREADS" not in os.environ:
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one thread per worker: `make test` runs a worker per core, and tiny models scale badly over threads
+    torch.set_num_threads(1)
+elif "OMP_NUM_THREADS" not in os.environ:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

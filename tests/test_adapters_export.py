@@ -120,5 +120,5 @@ def test_onnx_export_matches_pytorch_and_folded_checkpoint_loads(source, tmp_pat
     assert main(["export", str(run_dir)]) == 2  # nothing named: one sentence, exit 2
     assert main(["export", str(run_dir), "--low-rank", "--folded", str(tmp_path / "f2.pt")]) == 2
     assert not (tmp_path / "f2.pt").exists()
-    with pytest.raises(SmallmedError, match="lora_rank=8 applies to method='lora'"):
+    with pytest.raises(SmallmedError, match="lora_rank=8 has no effect with method='full-svd'; it applies with method 'lora'"):
         TrainConfig(method="full-svd", lora_rank=8)

@@ -143,7 +143,7 @@ def test_npz_reader_only_ever_raises_smallmed_error(tmp_path_factory, img_dtype,
 
 
 def test_two_writers_and_a_stale_lock(tmp_path):
-    from smallmed.train.checkpoint import RunLock
+    from smallmed.io import RunLock
 
     with RunLock(tmp_path / "out"):
         lock = tmp_path / "out" / ".lock"
@@ -159,7 +159,7 @@ def test_two_writers_and_a_stale_lock(tmp_path):
 
 
 def test_files_get_the_umask_mode(tmp_path):
-    from smallmed.train.checkpoint import atomic_write_text
+    from smallmed.io import atomic_write_text
 
     old = os.umask(0o022)
     try:

@@ -38,7 +38,7 @@ def _probs(rows):
 
 
 def test_ensemble_with_flip_is_the_mean_of_members_on_both_images(two_runs):
-    from smallmed.train.inference import predict_images
+    from smallmed.train.ensemble import predict_images
 
     runs, files, flipped, _ = two_runs
     got = _probs(predict_images(runs, files, device="cpu", tta="flip"))
@@ -91,7 +91,7 @@ def test_predict_cli_takes_runs_then_images(two_runs, capsys):
 
 def test_predict_on_a_keypoint_run_writes_points_in_image_pixels(tmp_path):
     from smallmed import TrainConfig, fit
-    from smallmed.train.inference import predict_images
+    from smallmed.train.ensemble import predict_images
 
     rng = np.random.default_rng(0)
     n = 30

@@ -85,7 +85,7 @@ def test_rff_study_bad_splits_leaves_nothing(tmp_path, capsys):
 
 
 def test_metrics_json_is_strict_json(tmp_path):
-    from smallmed.train.checkpoint import atomic_write_json
+    from smallmed.io import atomic_write_json
 
     atomic_write_json(tmp_path / "m.json", {"auc": float("nan"), "x": [1.0, float("inf")], "ok": 0.5})
     text = (tmp_path / "m.json").read_text()

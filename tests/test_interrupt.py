@@ -25,7 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'src
 # never on a timer.
 HOLD_AT_CALL = textwrap.dedent("""
     import sys, time, pathlib
-    import smallmed.train.checkpoint as C
+    import smallmed.io as C
     import smallmed.train.loop as L
     import smallmed.studies.bn as B
     hold, marker = int(sys.argv[1]), pathlib.Path(sys.argv[2])

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_r_ratio_matches_full_basis_oracle():
     """Before: off-diagonal energy ignored M' outside the pretrained span (R ~9x too high)."""
-    from smallmed.analysis.svd import r_ratio
+    from smallmed.reparam.diagnostics import r_ratio
 
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(16, 8, 3, 3, generator=g), torch.randn(16, 8, 3, 3, generator=g)

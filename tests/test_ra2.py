@@ -426,7 +426,7 @@ def test_scorers_start_from_another_run(tmp_path, tiny_cfg, narrowing_only):
     """--init RUN: every fold model starts from the run's weights (its head replaced)."""
     from smallmed import fit
     from smallmed.cli import main
-    from smallmed.train.checkpoint import load_checkpoint
+    from smallmed.io import load_checkpoint
 
     fit(tiny_cfg(task="regression", out=str(tmp_path / "src")))
     root = _ra2_set(tmp_path / "set", n_patients=3)

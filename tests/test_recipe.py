@@ -62,7 +62,7 @@ def test_warmup_then_cosine():
 
 def test_ema_weights_are_the_ones_validated_saved_and_tested(tiny_cfg):
     from smallmed import fit
-    from smallmed.train.checkpoint import load_checkpoint
+    from smallmed.io import load_checkpoint
     from smallmed.train.inference import evaluate_run
 
     cfg = tiny_cfg(ema=0.6, epochs=2, select_epoch="last")

@@ -21,7 +21,7 @@ def test_rff_layers_of_reference_models():
 
 def test_frozen_layers_get_no_update_and_keep_bn_statistics(tiny_cfg, tmp_path):
     from smallmed.train import fit
-    from smallmed.train.checkpoint import load_checkpoint
+    from smallmed.io import load_checkpoint
 
     snap = {}
 

@@ -262,7 +262,7 @@ def test_pruned_factors_follow_a_loaded_state_dict():
 
 
 def test_r_ratio_skips_unchanged_weights():
-    from smallmed.analysis.svd import r_ratios
+    from smallmed.reparam.diagnostics import r_ratios
 
     m = create_model("resnet18", 2, input_size=32)
     r = r_ratios(m.state_dict(), m.state_dict())

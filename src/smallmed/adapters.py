@@ -21,12 +21,10 @@ import torch
 from torch import nn
 
 from .errors import SmallmedError
+from .methods import apply_method, get_method
 from .roles import head_name, parameter_roles, unwrap
 
 FORMAT = "smallmed-adapter/1"
-
-# the roles each method trains (SVD methods: sigma + head, plus whatever svd_train adds)
-METHOD_ROLES = {"fc-train": {"head"}, "bitfit": {"head", "bn", "bias"}, "lora": {"head", "lora"}}
 
 
 def base_fingerprint(model: nn.Module) -> str:
@@ -47,14 +45,11 @@ def base_fingerprint(model: nn.Module) -> str:
 
 
 def _roles_of(method: str, settings: dict) -> set[str]:
-    from .methods import SVD_METHODS
-
-    if method in SVD_METHODS:
-        return {"sigma", "head", *settings.get("svd_train", ())}
-    if method not in METHOD_ROLES:
+    roles = get_method(method).trained_roles(settings)
+    if roles is None:
         raise SmallmedError(f"method={method!r} has no adapter (it trains every weight); save the whole model, "
                             "e.g. the run's folded.pt or best.pt.")
-    return METHOD_ROLES[method]
+    return roles
 
 
 def adapter_state(model: nn.Module, method: str, settings: dict | None = None) -> dict[str, torch.Tensor]:
@@ -94,7 +89,7 @@ def save_adapter(model: nn.Module, path: str | Path, *, method: str | None = Non
             "base_hash": base_hash, "head": head}
     from safetensors.torch import save
 
-    from .train.checkpoint import atomic_write_bytes
+    from .io import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, save(tensors, metadata=meta))
@@ -127,9 +122,7 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     The base must be the weights the adapter was trained from (checked by fingerprint); a head of
     another size is replaced by the adapter's.
     """
-    from .methods import apply_method
     from .models import reset_classifier
-    from .reparam.svd import SVDConfig
 
     tensors, meta = read_adapter(path)
     got = base_fingerprint(base_model)
@@ -141,12 +134,16 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     if w is not None and tuple(unwrap(base_model).get_submodule(head).weight.shape) != tuple(w.shape):
         reset_classifier(base_model, int(w.shape[0]))
     s = meta["settings"]
-    svd = SVDConfig(**s["svd"]) if s.get("svd") else None
-    apply_method(base_model, meta["method"], svd=svd, lora_rank=int(s.get("lora_rank", 4)))
-    missing = [k for k in tensors if k not in base_model.state_dict()]
-    if missing:
-        raise SmallmedError(f"{path}: tensors {', '.join(missing[:4])} have no place in this model.")
-    base_model.load_state_dict(tensors, strict=False)
+    apply_method(base_model, meta["method"], s)
+    extra = [k for k in tensors if k not in base_model.state_dict()]
+    if extra:
+        raise SmallmedError(f"{path}: tensors {', '.join(extra[:4])} have no place in this model.")
+    # every tensor the method trains must come from the file: the rest of the model is the checked base
+    lacking = sorted(set(adapter_state(base_model, meta["method"], s)) - set(tensors))
+    if lacking:
+        raise SmallmedError(f"{path}: the adapter lacks {', '.join(lacking[:4])}, which method "
+                            f"{meta['method']!r} trains.")
+    base_model.load_state_dict(tensors, strict=False)  # partial by design: exactly the method's tensors
     base_model.smallmed_method, base_model.smallmed_method_settings = meta["method"], s
     base_model.smallmed_base_hash = meta["base_hash"]
     return base_model.eval()
@@ -154,14 +151,7 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
 
 def method_settings(cfg) -> dict:
     """What :func:`load_adapter` needs to re-apply a run's method to a base model."""
-    import dataclasses
-
-    out = {"freeze_bn_stats": bool(cfg.freeze_bn_stats), "svd_train": list(cfg.svd_train)}
-    if cfg.svd is not None:
-        out["svd"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg.svd).items()}
-    if cfg.method == "lora":
-        out["lora_rank"] = int(cfg.lora_rank)
-    return out
+    return {"freeze_bn_stats": bool(cfg.freeze_bn_stats), **get_method(cfg.method).settings(cfg)}
 
 
 __all__ = ["adapter_state", "base_fingerprint", "load_adapter", "method_settings", "read_adapter", "save_adapter"]

@@ -191,7 +191,7 @@ def cmd_data_audit(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from .train.inference import predict_images
+    from .train.ensemble import predict_images
 
     runs, images = _runs_then_images(a.items)
     rows = predict_images(runs, images, device=a.device, tta=a.tta)
@@ -352,7 +352,7 @@ def cmd_ra2_evaluate(a) -> int:
 
 def _study(presets: dict, a):
     """The chosen preset with every study field given on the command line replaced (lists become tuples)."""
-    from .train.checkpoint import check_out_dir
+    from .io import check_out_dir
 
     check_out_dir(a.out)  # a folder that cannot be written fails before any data is read
     _at_least(a, max_train=0, epochs=1, image_size=4, batch_size=1, splits=1, knee_epochs=1,

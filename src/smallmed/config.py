@@ -50,7 +50,7 @@ class TrainConfig:
     svd_train: tuple[str, ...] = ("sigma", "head")  # with SVD methods: sigma, head, bn, bias
     svd_linear: bool = False  # also decompose Linear layers other than the classifier
     prune: float | None = None  # override the method's pruned fraction of singular values
-    lora_rank: int = 4  # method lora: rank of the LoRA update on every k > 1 conv (Hu et al. 2022, via peft)
+    lora_rank: int | None = None  # LoRA/DoRA: rank of the update on every k > 1 conv (None: the method's default)
     # task (classification and segmentation follow from the data; regression scores take a loss)
     # the head (--head) for graded labels: regression = a bounded score (seed 003), classification = softmax
     # (argmax and expected grade), ordinal = CORN (coral-pytorch); auto: from the data
@@ -151,10 +151,6 @@ class TrainConfig:
             raise SmallmedError(f"fprs={self.fprs}: expected false-positive rates in [0, 1).")
         if self.weight_decay < 0 or self.patience < 0 or self.num_workers < 0 or self.early_stop < 0:
             raise SmallmedError("weight_decay, patience, early_stop and num_workers must not be negative.")
-        if self.lora_rank < 1:
-            raise SmallmedError(f"lora_rank={self.lora_rank}: expected at least 1.")
-        if self.lora_rank != 4 and self.method != "lora":
-            raise SmallmedError(f"lora_rank={self.lora_rank} applies to method='lora'; this run's method is {self.method!r}.")
         from .metrics.clinical import parse_rule
 
         parse_rule(self.operating_point)
@@ -179,9 +175,9 @@ class TrainConfig:
         """Fill the fields left at None: seed 000's protocol under a fine-tuning method other than
         ``full``, the generic defaults otherwise. Explicit values always win, so
         ``TrainConfig(method="full-svd")``, ``for_method`` and the CLI give the same run."""
-        from .methods import METHODS, protocol_defaults
+        from .methods import get_method, protocol_defaults
 
-        check_choice("method", self.method, METHODS)
+        method = get_method(self.method)
         check_choice("recipe", self.recipe, tuple(RECIPES))
         base = {**RECIPES[self.recipe], **GENERIC_DEFAULTS}
         if self.method != "full":
@@ -189,6 +185,9 @@ class TrainConfig:
             # optimiser, schedule and learning rate and takes only the protocol's batch, betas and stages
             own = set(RECIPES["strong"]) if self.recipe == "strong" else set()
             base.update({k: v for k, v in protocol_defaults(self.method).items() if k in base and k not in own})
+        for k, v in method.protocol.items():  # the method's own settings (lora_rank) take its default when unset
+            if k in method.uses and getattr(self, k) is None:
+                setattr(self, k, v)
         unset = {k for k in base if getattr(self, k) is None}
         for k, v in base.items():
             if k in unset:
@@ -218,19 +217,6 @@ class TrainConfig:
         return cls.from_dict(merged, source=str(yaml_path) if yaml_path else "config")
 
     @property
-    def svd(self):
-        """The SVD settings of this run as an :class:`smallmed.reparam.SVDConfig` (None without an SVD method)."""
-        from .methods import SVD_METHODS
-        from .reparam.svd import SVDConfig
-
-        if self.method not in SVD_METHODS:
-            return None
-        spec = dict(SVD_METHODS[self.method])
-        if self.prune is not None:
-            spec["prune"] = self.prune
-        return SVDConfig(mode=spec["mode"], prune=spec["prune"], train=tuple(self.svd_train), linear=self.svd_linear)
-
-    @property
     def factorize(self):
         """The factorized-conv settings as a :class:`smallmed.reparam.FactorizeConfig` (None for plain convs)."""
         from .reparam.factorized import FactorizeConfig
@@ -258,7 +244,7 @@ class TrainConfig:
         value never changed anything) are read back at their defaults, so old runs load, resume and compare."""
         d = dict(d)
         defaults = {f.name: f.default for f in fields(cls)}
-        for name, (other, values) in APPLIES.items():
+        for name, (other, values) in applies().items():
             if name in d and d.get(other, defaults.get(other)) not in values:
                 d[name] = defaults[name]
         return cls.from_dict(d, source=source)
@@ -367,7 +353,7 @@ def _coerce_fields(cfg) -> None:
 # value ranges beside nothing else: (low, high, low open, high open); every one also finite
 RANGES = {"lr": (0, math.inf, True, True), "momentum": (0, 1, False, True), "weight_decay": (0, 10, False, False),
           "factor": (0, 1, True, True), "patience": (0, 1000, False, False), "early_stop": (0, 1000, False, False),
-          "step_size": (1, 10**6, False, False)}
+          "step_size": (1, 10**6, False, False), "lora_rank": (1, 4096, False, False)}
 
 # a setting that changes nothing unless another has one of these values: (that setting, its values)
 APPLIES = {
@@ -375,10 +361,16 @@ APPLIES = {
     "patience": ("scheduler", ("plateau",)),
     "factor": ("scheduler", ("plateau", "step")),
     "step_size": ("scheduler", ("step",)),
-    "prune": ("method", ("full-svd", "full-out-svd", "sp-svd", "sp-svd-9", "full-svd-9")),
-    "svd_linear": ("method", ("full-svd", "full-out-svd", "sp-svd", "sp-svd-9", "full-svd-9")),
     "rank_ratio": ("conv", ("sfconv", "fconv", "fconvsn")),
 }
+
+
+def applies() -> dict[str, tuple[str, tuple]]:
+    """:data:`APPLIES` and, for each config field some fine-tuning method reads (``lora_rank``, ``prune``), the
+    methods that read it: declared by the methods themselves (``Method.uses``)."""
+    from .methods import method_fields
+
+    return {**APPLIES, **{name: ("method", users) for name, users in method_fields().items()}}
 
 
 def _check_ranges(cfg) -> None:
@@ -397,16 +389,15 @@ def _check_ranges(cfg) -> None:
 def _check_applies(cfg) -> None:
     """Refuse a setting changed from its default where it would change nothing, naming what would make it apply."""
     defaults = {f.name: f.default for f in fields(cfg)}
-    for name, (other, values) in APPLIES.items():
+    for name, (other, values) in applies().items():
         v = getattr(cfg, name)
+        if isinstance(v, list):
+            v = tuple(v)
         if v not in (None, defaults[name]) and getattr(cfg, other) not in values:
             raise SmallmedError(f"{name}={v!r} has no effect with {other}={getattr(cfg, other)!r}; it applies with "
                                 f"{other} {' or '.join(map(repr, values))}.")
     if cfg.rff_layers and not (cfg.rff_epochs or cfg.rff_alternate):
         raise SmallmedError("rff_layers has no effect without rff_epochs or rff_alternate (the epochs that freeze them).")
-    if tuple(cfg.svd_train) != tuple(defaults["svd_train"]) and cfg.method not in APPLIES["prune"][1]:
-        raise SmallmedError(f"svd_train={list(cfg.svd_train)} has no effect with method={cfg.method!r}; it applies with "
-                            "the SVD methods.")
 
 
 def _positive(cfg, *names: str) -> None:

@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from .errors import SmallmedError
-from .train.checkpoint import atomic_write_file
+from .methods import get_method
+from .io import atomic_write_file
 
 log = logging.getLogger(__name__)
 ATOL = 1e-4  # ONNX Runtime vs PyTorch, float32 logits: max absolute difference allowed
@@ -27,21 +28,18 @@ ATOL = 1e-4  # ONNX Runtime vs PyTorch, float32 logits: max absolute difference 
 
 def plain_model(run, *, low_rank: bool = False, example: torch.Tensor | None = None) -> nn.Module:
     """The run's model without any reparametrisation (identical outputs), on the CPU in eval mode."""
-    from .reparam import fold, svd_modules, to_low_rank
-    from .reparam.lora import lora_modules, merge_lora
+    from .reparam import to_low_rank
 
+    method = get_method(run.config.method)
     model = run.model.cpu().eval()
     if low_rank:
-        if not svd_modules(model) or not (run.config.prune or run.config.method.endswith("-9")):
+        if not method.pruned(method.settings(run.config)):
             raise SmallmedError(f"--low-rank needs a pruned SVD run (full-svd-9 or --prune); this run used "
                                 f"method={run.config.method!r}.")
         low, _ = to_low_rank(model, example if example is not None else _example(run, 2), layers="svd")
         return low.eval()
-    if svd_modules(model):
-        return fold(model).eval()
-    if lora_modules(model):
-        return merge_lora(model).eval()
-    return model
+    merged = method.merge(model)
+    return (merged if merged is not None else model).eval()
 
 
 def _example(run, n: int) -> torch.Tensor:

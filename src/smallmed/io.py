@@ -3,6 +3,8 @@
 Every writer puts its bytes in a temporary file in the same folder, then renames it over the
 target, so a crash or a kill leaves either the old file or the new one. This module imports
 nothing of smallmed but the error type, so data, models, reports and studies can all use it.
+Checkpoints are torch files written the same way and read safely (``weights_only=True``); torch is
+imported inside those functions so the command line starts without it.
 """
 
 from __future__ import annotations
@@ -155,3 +157,35 @@ def _alive(pid: int) -> bool:
 def atomic_savefig(fig, path: str | Path, dpi: int = 120) -> None:
     """``fig.savefig`` as PNG through a temporary file."""
     _atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file."""
+    import torch
+
+    _atomic(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read a smallmed checkpoint safely (``weights_only=True``)."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise SmallmedError(f"{path}: checkpoint not found.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise SmallmedError(f"{path}: not a readable checkpoint ({load_failure(e)}).") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise SmallmedError(f"{path}: not a smallmed checkpoint (no 'model' entry).")
+    return ckpt
+
+
+def load_failure(e: Exception) -> str:
+    """torch.load's reason in a few words, without its advice to load unsafely."""
+    text = str(e)
+    if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        return "it holds Python objects that a safe load refuses; smallmed never unpickles arbitrary code"
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    return first[:200]

@@ -2,7 +2,8 @@
 
 Roles: ``head`` (the classifier or output layer), ``sigma`` (singular values of an SVD
 parametrisation), ``factor`` (factors of a factorized conv), ``lora`` (LoRA factors), ``bn`` (the affine parameters of any
-normalisation layer: BatchNorm, GroupNorm, LayerNorm, InstanceNorm), ``bias`` and ``weight``.
+normalisation layer: BatchNorm, GroupNorm, LayerNorm, InstanceNorm), ``bias`` and ``weight``; a
+method's own module may declare another (``smallmed_role = "ssf"`` on the module that holds the tensors).
 
 Roles are found by module type and by the parametrizations themselves (a parametrization class
 declares ``role = "sigma"``), never by name substrings. The head is found as timm does: a model's
@@ -108,10 +109,11 @@ def set_trainable(model: nn.Module, roles: tuple[str, ...] | set[str]) -> dict[s
         >>> set_trainable(m, {"head"})
         {'head': 10}
     """
-    unknown = set(roles) - set(ROLES)
-    if unknown:
-        raise SmallmedError(f"roles {sorted(unknown)}: expected some of {', '.join(ROLES)}.")
     found = parameter_roles(model)
+    known = set(ROLES) | set(found.values())  # a method's own modules may declare a role (smallmed_role)
+    unknown = set(roles) - known
+    if unknown:
+        raise SmallmedError(f"roles {sorted(unknown)}: expected some of {', '.join(sorted(known))}.")
     for name, p in unwrap(model).named_parameters():
         p.requires_grad_(found.get(name, "weight") in roles)
     return trainable_by_role(model, found)

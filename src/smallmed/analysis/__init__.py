@@ -1,5 +1,9 @@
-"""Analyses of trained models. ``svd``: the R ratio, singular-value dynamics and their plots."""
+"""Analyses of models, independent of training (importing this package loads none of them).
 
-from .svd import r_ratio, r_ratios, sigma_dynamics, write_svd_diagnostics
+- ``cost``: parameters, FLOPs per image and measured throughput of a model.
+- ``receptive_field``: theoretical receptive field per layer (Araujo et al. 2019), with a brute-force check.
+- ``erf``: effective receptive field from input gradients (Luo et al. 2016) and occlusion maps.
 
-__all__ = ["r_ratio", "r_ratios", "sigma_dynamics", "write_svd_diagnostics"]
+The SVD diagnostics (R ratio, singular-value dynamics) live beside the parametrisation, in
+:mod:`smallmed.reparam.diagnostics`.
+"""

@@ -153,7 +153,7 @@ def summary_lines(f: dict) -> list[str]:
 
 def fix_duplicates(ds, findings: dict, how: str, out: str | Path) -> dict:
     """Write a cleaned copy of ``ds`` to ``out`` (MedMNIST layout .npz); returns what was removed per split."""
-    from ..train.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     if how not in ("drop", "merge"):
         raise SmallmedError(f"--fix {how}: expected drop or merge.")

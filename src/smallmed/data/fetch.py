@@ -54,7 +54,7 @@ def fetch(
     info = MEDMNIST[base]
     if size not in info.md5:
         raise SmallmedError(f"{base} has no size {size}; available: {', '.join(map(str, sorted(info.md5)))}.")
-    from ..train.checkpoint import check_out_dir
+    from ..io import check_out_dir
 
     dest = check_out_dir(Path(dest) if dest else cache_dir(), "--dest")
     dest.mkdir(parents=True, exist_ok=True)

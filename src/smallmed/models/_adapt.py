@@ -40,7 +40,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            from ..train.checkpoint import load_failure
+            from ..io import load_failure
 
             raise SmallmedError(f"{path}: not a readable weights file ({load_failure(e)}).") from None
     for key in ("model", "state_dict"):

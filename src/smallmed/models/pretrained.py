@@ -153,7 +153,7 @@ def convert_pickled_model(src: str | Path, dst: str | Path) -> Path:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SmallmedError(f"{src}: expected a model or a state dict of tensors, found {type(obj).__name__}.")
     tensors = {k: v.detach().contiguous().clone() for k, v in state.items()}
-    from ..train.checkpoint import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     atomic_write_bytes(dst, save(tensors, metadata={"converted_from": src.name}))
     return dst

@@ -129,7 +129,7 @@ def _predict(model, images: list[np.ndarray], size: int, k: int) -> tuple[np.nda
 def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
     """Train (or resume) a Keypoint R-CNN localiser on a keypoint npz; returns ``metrics.json``'s contents."""
     from ..data.keypoints import load_keypoints
-    from ..train.checkpoint import atomic_save, load_checkpoint
+    from ..io import atomic_save, load_checkpoint
 
     out = Path(out)
     if (out / "metrics.json").exists():
@@ -200,7 +200,7 @@ class DetectorLocaliser:
     """A trained Keypoint R-CNN run used on full radiographs: ``locate(image, limb) -> (points, confidence)``."""
 
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
-        from ..train.checkpoint import load_checkpoint
+        from ..io import load_checkpoint
 
         run_dir = Path(run_dir)
         info = json.loads((run_dir / "detector.json").read_text())

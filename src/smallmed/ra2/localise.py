@@ -19,7 +19,7 @@ from .joints import HAND21, to_left
 def hand_keypoints_npz(src: str | Path, out: str | Path) -> Path:
     """The 10 RA2 hand joints from a 21-point hand keypoint file, right hands mirrored to the left."""
     from ..data.npz import open_npz
-    from ..train.checkpoint import _atomic
+    from ..io import _atomic
 
     src = Path(src)
     npz = open_npz(src, ("images", "keypoints_xyv", "keypoint_names"))
@@ -120,7 +120,7 @@ def fit_landmark_localiser(train: list, val: list, test: list, names: list[str],
     kept): the test samples never choose anything. Returns the run's metrics (``test``: errors on ``test``).
     """
     from ..config import TrainConfig
-    from ..studies.runner import run_cell
+    from ..train.cell import run_cell
 
     out = Path(out)
     data = landmark_npz(train, val or train, test or train, names, size, out.parent / f".{out.name}-landmarks.npz")

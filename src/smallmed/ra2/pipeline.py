@@ -229,7 +229,7 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
     """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
     from ..data.dataset import ImageDataset, Split
     from ..train import fit
-    from ..train.checkpoint import atomic_write_json
+    from ..io import atomic_write_json
     from ..config import TrainConfig
 
     cfg = cfg or RA2Config()
@@ -403,7 +403,7 @@ class Pipeline:
             scores[pid] = vals
         table = ScoreTable(scores, str(images_dir))
         if joints_out:
-            from ..train.checkpoint import atomic_write_json
+            from ..io import atomic_write_json
 
             atomic_write_json(Path(joints_out), joints)
         return table, notes

@@ -153,7 +153,7 @@ def totals(table: ScoreTable) -> dict[str, dict[str, float | None]]:
 
 def write_table(table: ScoreTable | dict, path: str | Path) -> Path:
     """Write the challenge CSV (totals recomputed from the joints; missing scores left empty), atomically."""
-    from ..train.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     scores = table.scores if isinstance(table, ScoreTable) else table
     buf = io.StringIO()

@@ -35,7 +35,7 @@ from ..registry import check_choice
 
 log = logging.getLogger(__name__)
 
-CONV_VARIANTS = ("conv", "sfconv", "fconv", "fconvsn", "dpc")  # distinct from smallmed.methods.METHODS (fine-tuning)
+CONV_VARIANTS = ("conv", "sfconv", "fconv", "fconvsn", "dpc")  # distinct from the fine-tuning methods (smallmed.methods)
 
 
 class FactorizedConv2d(nn.Module):

@@ -32,10 +32,11 @@ def lora_targets(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if type(m) is nn.Conv2d and m.kernel_size != (1, 1)]
 
 
-def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None) -> dict:
+def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None, *, dora: bool = False) -> dict:
     """Inject LoRA into every k > 1 conv of ``model`` (in place); returns a summary.
 
-    ``alpha`` defaults to ``rank`` (a scale of 1). Only the LoRA factors are left trainable;
+    ``alpha`` defaults to ``rank`` (a scale of 1). ``dora``: DoRA (Liu et al. 2024), PEFT's weight-decomposed
+    variant with a learned magnitude per output channel (its magnitude vectors carry the same role). Only the LoRA factors are left trainable;
     the factors carry ``smallmed_role = "lora"`` for :mod:`smallmed.roles`.
 
     Example:
@@ -48,14 +49,14 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None) -> d
     if not targets:
         raise SmallmedError("method='lora': the model has no conv with a kernel larger than 1x1 to adapt.")
     cfg = peft.LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), lora_dropout=0.0,
-                          target_modules=targets, bias="none")
+                          target_modules=targets, bias="none", use_dora=bool(dora))
     peft.inject_adapter_in_model(cfg, model)
     for m in lora_modules(model):
-        for part in (m.lora_A, m.lora_B):
+        for part in (m.lora_A, m.lora_B, getattr(m, "lora_magnitude_vector", {})):
             for sub in part.values():
                 sub.smallmed_role = "lora"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"rank": int(rank), "alpha": float(alpha if alpha is not None else rank), "layers": len(targets),
+    return {"rank": int(rank), "dora": bool(dora), "alpha": float(alpha if alpha is not None else rank), "layers": len(targets),
             "trainable": trainable}
 
 

@@ -18,7 +18,7 @@ NOT_FOR = ("It is a research model trained on a small dataset. It is not a medic
 def write_model_card(run_dir: str | Path) -> Path:
     """Write ``run_dir/model_card.md``: data, intended use, metrics with intervals, operating point,
     calibration, limitations and how to reproduce the run."""
-    from ..train.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     run_dir = Path(run_dir)
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -22,7 +22,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         >>> write_run_report("runs/r18")   # doctest: +SKIP
         PosixPath('runs/r18/report.md')
     """
-    from ..train.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
     run_dir = Path(run_dir)
     try:

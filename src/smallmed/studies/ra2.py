@@ -26,8 +26,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import _atomic, atomic_write_csv, atomic_write_text
-from .ra2_scoring import RECIPES, check_recipes, recipe_config, val_mae
+from ..io import _atomic, atomic_write_csv, atomic_write_text
+from .ra2_scoring import RECIPES, _is_densenet, _seeds, _sizes, check_recipes, recipe_config, val_mae
 from .runner import run_grid
 
 log = logging.getLogger(__name__)
@@ -307,19 +307,6 @@ def _common(study: RA2Study) -> dict:
     if study.knee_scheduler == "plateau":
         c["patience"] = 1
     return c
-
-
-def _is_densenet(recipe: str) -> bool:
-    return RECIPES[recipe][0]["model"].startswith("densenet")
-
-
-def _sizes(study: RA2Study, recipe: str) -> tuple[int, ...]:
-    # the DenseNet recipes cost ~8x a ResNet-18 epoch: under a cap they run at the smallest size only
-    return (min(study.knee_sizes),) if _is_densenet(recipe) and study.densenet_epochs else tuple(study.knee_sizes)
-
-
-def _seeds(study: RA2Study, recipe: str) -> tuple[int, ...]:
-    return tuple(study.seeds[:1]) if recipe in study.one_seed else tuple(study.seeds)
 
 
 def knee_cell(study: RA2Study, out: Path, recipe: str, size: int, seed: int, source: str | None) -> TrainConfig:

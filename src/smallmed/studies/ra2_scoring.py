@@ -46,6 +46,19 @@ LABELS = {
 GRADES = (0, 4)
 
 
+def _is_densenet(recipe: str) -> bool:
+    return RECIPES[recipe][0]["model"].startswith("densenet")
+
+
+def _sizes(study, recipe: str) -> tuple[int, ...]:
+    # the DenseNet recipes cost ~8x a ResNet-18 epoch: under a cap they run at the smallest size only
+    return (min(study.knee_sizes),) if _is_densenet(recipe) and study.densenet_epochs else tuple(study.knee_sizes)
+
+
+def _seeds(study, recipe: str) -> tuple[int, ...]:
+    return tuple(study.seeds[:1]) if recipe in study.one_seed else tuple(study.seeds)
+
+
 def check_recipes(names) -> None:
     unknown = [r for r in names if r not in RECIPES]
     if unknown:
@@ -210,7 +223,6 @@ def knee_section(study, out: Path, train_labels: np.ndarray, ensemble: dict | No
     caps: list[tuple[int, int]] = []
     missing: list[str] = []
     seconds = 0.0
-    from .ra2 import _seeds, _sizes
 
     for size in sorted(study.knee_sizes, reverse=True):
         table: dict[str, list[dict]] = {}

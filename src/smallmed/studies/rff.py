@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3

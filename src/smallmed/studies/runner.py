@@ -18,48 +18,9 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from ..train.cell import cell_log, run_cell  # noqa: F401  (re-exported for the studies)
 
 log = logging.getLogger(__name__)
-
-
-def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
-    """Run (or resume, or skip) one cell; returns its metrics. Safe to call in a fresh process."""
-    import torch
-
-    from ..train import fit, resume
-
-    if threads:
-        torch.set_num_threads(threads)
-    cfg = TrainConfig.from_dict(cfg_dict)
-    out = Path(cfg.out)
-    if (out / "metrics.json").exists():
-        return json.loads((out / "metrics.json").read_text())
-    if (out / "last.pt").exists():
-        with cell_log(out):
-            return resume(out)
-    if out.exists():
-        shutil.rmtree(out)  # started but no epoch finished: start again
-    with cell_log(out):
-        return fit(cfg)
-
-
-@contextlib.contextmanager
-def cell_log(out: Path):
-    """Every message of one run, at INFO, appended to ``out/train.log`` (whatever the console shows)."""
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "train.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    lg = logging.getLogger("smallmed")
-    old = lg.level
-    lg.setLevel(logging.INFO)
-    lg.addHandler(handler)
-    try:
-        yield
-    finally:
-        lg.removeHandler(handler)
-        handler.close()
-        lg.setLevel(old)
 
 
 @contextlib.contextmanager

@@ -38,9 +38,9 @@ def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
 def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
     """Refuse (or with ``fresh`` start over) when ``out`` holds a study run with other settings; then
     record this invocation's settings in ``out/study.json``."""
-    from ..train.checkpoint import atomic_write_text
+    from ..io import atomic_write_text
 
-    from ..train.checkpoint import check_out_dir
+    from ..io import check_out_dir
 
     out = check_out_dir(out)
     saved_path = out / "study.json"
@@ -76,10 +76,10 @@ def check_cell(cfg_dict: dict) -> None:
     saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     now = json.loads(json.dumps(cfg_dict, default=str))
     saved = json.loads(json.dumps(saved, default=str))
-    from ..config import APPLIES
+    from ..config import applies
 
     # a setting with no effect in this cell (rank_ratio of a plain conv) cannot make two cells differ
-    idle = {k for k, (other, values) in APPLIES.items() if now.get(other) not in values}
+    idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
     diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
     if diffs:
         raise SmallmedError(f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"

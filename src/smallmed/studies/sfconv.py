@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import APPLIES, TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_csv, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_text
 from .runner import run_grid
 from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.checkpoint import atomic_write_csv, atomic_write_text
+from ..io import atomic_write_csv, atomic_write_text
+from ..methods import get_method
 from .runner import run_cell, run_grid
 import numpy as np
 
@@ -68,7 +69,7 @@ class SVDStudy:
     epochs: int = 15  # the most; early stopping ends most runs sooner
     early_stop: int = 3
     augment: str = "seed000"
-    lora_rank: int = 4
+    lora_rank: int | None = None  # None: each LoRA-family method's own default
     weights: str | None = None
     source_data: str = "auto"  # auto: ChestMNIST (NIH ChestX-ray14) where present or downloadable, else RSNA bone-age hands
     source_fraction: float = 1.0  # of the source's training split (auto sets it per source, see SOURCES)
@@ -185,7 +186,7 @@ def cells(study: SVDStudy, out: Path, weights: str) -> list[TrainConfig]:
     for frac in study.fractions:
         for method in study.methods:
             for seed in study.seeds:
-                extra = {"lora_rank": study.lora_rank} if method == "lora" else {}
+                extra = {"lora_rank": study.lora_rank} if study.lora_rank and "lora_rank" in get_method(method).uses else {}
                 grid.append(TrainConfig.for_method(
                     method, data=study.data, data_dir=study.data_dir, model=study.model, weights=weights,
                     image_size=study.image_size, epochs=study.epochs, early_stop=study.early_stop, fraction=frac,
@@ -301,6 +302,11 @@ def _kb(b) -> str:
     return f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.0f} KB"
 
 
+def _lora_text(grid) -> str:
+    ranks = sorted({c.lora_rank for c in grid if c.lora_rank})
+    return f"LoRA rank {', '.join(map(str, ranks))}; " if ranks else ""
+
+
 def _compare(study, fr: list[dict], method: str, base: str) -> tuple[dict | None, list[float]]:
     """Paired bootstrap over test images (seeds averaged) and DeLong p per seed, ``method`` - ``base``."""
     from .stats import compare_runs
@@ -324,8 +330,8 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         f"{', '.join(_frac_label(f) for f in study.fractions)} (nested, the same subsets for every method); seeds "
         f"{', '.join(map(str, study.seeds))}. Every run: 1 epoch head only, then Adam (0.9, 0.99), lr 1e-3, plateau "
         f"patience 4, batch 16, early stopping after {study.early_stop} epochs without validation-loss improvement "
-        f"(at most {study.epochs}), best epoch by validation loss; augmentation `{study.augment}`; LoRA rank "
-        f"{study.lora_rank}; {_split_text(study)}. Training time summed over runs {sum(r['seconds'] for r in rows) / 60:.1f} "
+        f"(at most {study.epochs}), best epoch by validation loss; augmentation `{study.augment}`; "
+        f"{_lora_text(grid)}{_split_text(study)}. Training time summed over runs {sum(r['seconds'] for r in rows) / 60:.1f} "
         f"min (this invocation: {seconds / 60:.1f} min; finished runs are reused).",
         "",
         *_source_and_r(weights, grid, results),

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import SmallmedError
+from .inference import _Predict, dataset_for_run, load_run, read_for_prediction
 
 TTA = ("none", "flip")
 
@@ -49,7 +50,6 @@ class Ensemble:
     @classmethod
     def load(cls, run_dirs, *, tta: str = "none", device: str = "auto") -> "Ensemble":
         from ..registry import check_choice
-        from .inference import load_run
 
         check_choice("tta", tta, TTA)
         dirs = [Path(d) for d in run_dirs]
@@ -77,7 +77,6 @@ class Ensemble:
 
     def kept(self, split_for) -> tuple[np.ndarray, np.ndarray]:
         """(mean kept over members and views, targets); ``split_for(run)`` gives each member its split."""
-        from .inference import _Predict
         from .loop import run_loader
 
         outs, targets = [], None
@@ -91,7 +90,6 @@ class Ensemble:
 
     def evaluate(self, data: str | None = None, split: str = "test", data_dir: str | None = None) -> dict:
         """Metrics of the ensemble on a split (its own operating point fixed on the validation split)."""
-        from .inference import dataset_for_run
 
         ds = dataset_for_run(self.runs[0], self.dirs[0], data, data_dir)
         if split not in ds.splits:
@@ -109,7 +107,6 @@ class Ensemble:
 
     def predict(self, images) -> list[dict]:
         """One row per image file (as ``smallmed predict``), from the ensemble."""
-        from .inference import read_for_prediction
 
         sizes, per_run = None, {}
         for run in self.runs:
@@ -117,3 +114,18 @@ class Ensemble:
             per_run[id(run)] = split
         kept, _ = self.kept(lambda run: per_run[id(run)])
         return [{"path": str(p), **self.task.prediction(k, s)} for p, k, s in zip(images, kept, sizes)]
+
+
+def predict_images(run_dirs, images: list[str | Path], device: str = "auto", tta: str = "none") -> list[dict]:
+    """Predictions for image files (PNG/JPEG/TIFF/DICOM), one dict per image, from one run folder or a list of
+    them (an ensemble), optionally with flip test-time augmentation.
+
+    Classification: the predicted class and one probability per class; regression: the score; ordinal: the grade
+    and the expected grade; keypoints: every point in the image's own pixels.
+    """
+    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
+    ens = Ensemble.load(dirs, tta=tta, device=device)
+    if ens.task.kind == "segmentation":
+        raise SmallmedError(f"{dirs[0]}: a segmentation run; predict writes class or score tables (masks: "
+                            "smallmed.load_run(run_dir).model).")
+    return ens.predict(images)

@@ -15,7 +15,7 @@ from ..data import read_image
 from ..data.dataset import Split
 from ..data.transforms import build_transform
 from ..errors import SmallmedError
-from .checkpoint import load_checkpoint
+from ..io import load_checkpoint
 from .loop import evaluate, run_loader
 from .recipe import rebuild
 from .setup import resolve_device
@@ -165,23 +165,6 @@ def read_for_prediction(run: LoadedRun, images) -> tuple:
 
         return KeypointSplit(np.stack(arrays), np.zeros((len(arrays), len(run.task.names), 3), np.float32)), sizes
     return Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64)), sizes
-
-
-def predict_images(run_dirs, images: list[str | Path], device: str = "auto", tta: str = "none") -> list[dict]:
-    """Predictions for image files (PNG/JPEG/TIFF/DICOM), one dict per image, from one run folder or a list of
-    them (an ensemble), optionally with flip test-time augmentation.
-
-    Classification: the predicted class and one probability per class; regression: the score; ordinal: the grade
-    and the expected grade; keypoints: every point in the image's own pixels.
-    """
-    from .ensemble import Ensemble
-
-    dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
-    ens = Ensemble.load(dirs, tta=tta, device=device)
-    if ens.task.kind == "segmentation":
-        raise SmallmedError(f"{dirs[0]}: a segmentation run; predict writes class or score tables (masks: "
-                            "smallmed.load_run(run_dir).model).")
-    return ens.predict(images)
 
 
 class _Predict:

@@ -5,7 +5,7 @@ from ``(seed, epoch)``, so a run resumed from the checkpoint of epoch e continue
 the uninterrupted run would have (on the same device and thread count).
 
 What differs between tasks lives in :mod:`smallmed.train.tasks`; what a fine-tuning method does
-at the end lives in :func:`smallmed.methods.on_fit_end`; the model is built by
+at the end lives in :func:`smallmed.train.finish.finish_run` (through the method's own ``report`` and ``merge``); the model is built by
 :func:`smallmed.train.recipe.build_model` here and wherever a run is reloaded.
 """
 
@@ -34,7 +34,7 @@ from ..metrics import loss_variance
 from ..report import plot_history, write_model_card, write_run_report
 from ..roles import head_name, unwrap
 from ..schedules import Callback, TwoStage
-from .checkpoint import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
+from ..io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .setup import Setup, prepare
 from .tasks import ClassificationTask, Task
@@ -189,7 +189,7 @@ def resume(run_dir: str | Path, *, epochs: int | None = None,
 
 
 def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict:
-    from .checkpoint import RunLock, check_out_dir
+    from ..io import RunLock, check_out_dir
 
     distributed, rank, world = _distributed()
     if cfg.out:
@@ -490,10 +490,10 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
         "versions": {"torch": torch.__version__},
         "method": cfg.method,
     }
-    from ..methods import on_fit_end
+    from .finish import finish_run
 
     example = next(iter(test_loader))[0]
-    metrics.update(on_fit_end(model, cfg=cfg, built=setup.built, run_dir=run_dir, example=example))
+    metrics.update(finish_run(model, cfg=cfg, built=setup.built, run_dir=run_dir, example=example))
     plot_history(history, run_dir / "loss_curves.png", best_epoch=best_epoch + 1,
                  title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
     atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished

@@ -76,8 +76,9 @@ def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size
     from ..methods import apply_method
 
     base_hash = base_fingerprint(model) if pretrained and cfg.method != "full" else None
-    names, summary = apply_method(model, cfg.method, svd=cfg.svd, lora_rank=cfg.lora_rank)
-    model.smallmed_method, model.smallmed_method_settings = cfg.method, method_settings(cfg)
+    settings = method_settings(cfg)
+    names, summary = apply_method(model, cfg.method, settings)
+    model.smallmed_method, model.smallmed_method_settings = cfg.method, settings
     model.smallmed_base_hash = base_hash
     return Built(model, recipe, names, summary, pretrained_state, total, named, base_hash)
 

@@ -31,7 +31,7 @@ from torchvision import tv_tensors
 
 from ..errors import SmallmedError
 from ..metrics import bootstrap_ci, classification_metrics
-from .checkpoint import atomic_write_text
+from ..io import atomic_write_text
 
 
 class Task:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..reparam.svd import SVDWeight, svd_modules
+from .svd import SVDWeight, svd_modules
 
 
 def r_ratio(pretrained: torch.Tensor, other: torch.Tensor, mode: str = "full", groups: int = 1) -> float:
@@ -116,7 +116,7 @@ def plot_sigma(dyn: dict, path: str | Path, title: str = "") -> None:
 
 def write_svd_diagnostics(model: nn.Module, run_dir: str | Path) -> dict:
     """``svd_diagnostics.json`` and ``sigma_hist.png`` for an SVD-tuned model; returns the summary."""
-    from ..train.checkpoint import atomic_write_json
+    from ..io import atomic_write_json
 
     dyn = sigma_dynamics(model)
     if not dyn:

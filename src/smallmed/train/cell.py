@@ -1,0 +1,54 @@
+"""One run in its own folder, started, resumed or read back: what a study cell and a localiser share.
+
+A finished run (``metrics.json`` present) is read back, never redone; an interrupted one resumes
+from its ``last.pt``; a folder with no finished epoch starts again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from ..config import TrainConfig
+from .loop import fit, resume
+
+
+def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
+    """Run (or resume, or skip) one cell; returns its metrics. Safe to call in a fresh process."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig.from_dict(cfg_dict)
+    out = Path(cfg.out)
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    if (out / "last.pt").exists():
+        with cell_log(out):
+            return resume(out)
+    if out.exists():
+        shutil.rmtree(out)  # started but no epoch finished: start again
+    with cell_log(out):
+        return fit(cfg)
+
+
+@contextlib.contextmanager
+def cell_log(out: Path):
+    """Every message of one run, at INFO, appended to ``out/train.log`` (whatever the console shows)."""
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    lg = logging.getLogger("smallmed")
+    old = lg.level
+    lg.setLevel(logging.INFO)
+    lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        lg.removeHandler(handler)
+        handler.close()
+        lg.setLevel(old)
