@@ -37,6 +37,10 @@ CASES = {
     "sp-svd": (9 * 1 + 9 * 4 + HEAD, {}),
     "sp-svd-9": (9 * 1 + 9 * 4 + HEAD, {}),
     "full-svd-9": (min(1, 36) + min(4, 36) + HEAD, {}),
+    # LoRA's factors plus a magnitude per output channel of each adapted conv
+    "dora": (R * 1 * 9 + 4 * R + R * 4 * 9 + 4 * R + 4 + 4 + HEAD, {"lora_rank": R}),
+    # a scale and a shift per output channel of every conv
+    "ssf": (2 * 4 + 2 * 4 + HEAD, {}),
 }
 
 
