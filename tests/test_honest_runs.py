@@ -80,7 +80,7 @@ def test_resume_without_last_checkpoint_says_it_starts_over(tiny_cfg, caplog):
 def test_rff_study_bad_splits_leaves_nothing(tmp_path, capsys):
     out = tmp_path / "rff"
     assert main(["study", "rff", "--splits", "0", "--out", str(out)]) == 2
-    assert "--splits 0: expected at least 1" in capsys.readouterr().err
+    assert "splits=0: expected at least 1" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -102,6 +102,6 @@ def test_ctrl_c_message_names_the_run_folder(tiny_npz, tmp_path, capsys, monkeyp
     monkeypatch.setattr(cli, "cmd_train", interrupted)
     assert cli.main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "myrun")]) == 130
     assert f"smallmed train --resume {tmp_path / 'myrun'}" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "cmd_study_bn", interrupted)
+    monkeypatch.setattr(cli, "cmd_study", interrupted)
     assert cli.main(["study", "bn", "--out", str(tmp_path / "s"), "--epochs", "2"]) == 130
     assert "study bn --out" in capsys.readouterr().err

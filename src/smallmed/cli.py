@@ -25,27 +25,45 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _add_study_flags(p: argparse.ArgumentParser, module: str, cls: str) -> None:
-    """A flag for every field of a study dataclass that has no hand-written flag yet, typed from its hint."""
-    import importlib
+def _add_study_parsers(sub) -> None:
+    """``smallmed study NAME`` for every registered study: its presets, and a flag per settings field typed from
+    its hint, with the help the study registered."""
+    from .studies import get_study, study_names
 
-    study = getattr(importlib.import_module(f"smallmed.studies.{module}"), cls)
-    hints = typing.get_type_hints(study)
-    have = {o for a in p._actions for o in a.option_strings}
-    for f in dataclasses.fields(study):
-        flag = "--" + f.name.replace("_", "-")
-        if flag in have:
-            continue
-        hint = hints[f.name]
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if hint is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(hint) is tuple:
-            kind = next((a for a in typing.get_args(hint) if a in (int, float, str)), str)
-            p.add_argument(flag, type=kind, nargs="+", default=None, metavar="X")
-        else:
-            base = args[0] if args else hint
-            p.add_argument(flag, type=base if base in (int, float) else str, default=None)
+    st = sub.add_parser("study", help="run a paper's experiment as a resumable study")
+    ssub = st.add_subparsers(dest="study", required=True)
+    for name in study_names():
+        entry = get_study(name)
+        p = ssub.add_parser(name, help=entry.summary)
+        p.add_argument("--preset", choices=tuple(entry.presets), default=entry.default)
+        p.add_argument("--out", default=f"runs/study-{name}")
+        p.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+        if entry.parallel:
+            p.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
+            p.add_argument("--backend", choices=("process", "ray"), default="process")
+        hints = typing.get_type_hints(entry.settings)
+        for f in dataclasses.fields(entry.settings):
+            hint, kw = hints[f.name], {"default": None, "help": entry.help.get(f.name)}
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if hint is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(hint) is tuple:
+                kw.update(nargs="+", metavar="X", type=next((a for a in typing.get_args(hint) if a in (int, float, str)), str))
+            else:
+                base = args[0] if args else hint
+                kw["type"] = base if base in (int, float) else str
+            p.add_argument("--" + f.name.replace("_", "-"), **kw)
+        p.set_defaults(func=cmd_study, fields=[f.name for f in dataclasses.fields(entry.settings)])
+
+
+def cmd_study(a) -> int:
+    from .studies import run_study
+
+    changes = {k: getattr(a, k) for k in a.fields if getattr(a, k) is not None}
+    extra = {"workers": a.workers, "backend": a.backend} if hasattr(a, "workers") else {}
+    report = run_study(a.study, a.preset, out=a.out, fresh=a.fresh, **extra, **changes)
+    print(f"report: {report}")
+    return 0
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -350,51 +368,6 @@ def cmd_ra2_evaluate(a) -> int:
     return 0
 
 
-def _study(presets: dict, a):
-    """The chosen preset with every study field given on the command line replaced (lists become tuples)."""
-    from .io import check_out_dir
-
-    check_out_dir(a.out)  # a folder that cannot be written fails before any data is read
-    _at_least(a, max_train=0, epochs=1, image_size=4, batch_size=1, splits=1, knee_epochs=1,
-              knee_max_train=0, localiser_epochs=1, e2e_epochs=1, folds=2)
-    study = presets[a.preset]
-    for s in getattr(a, "seeds", None) or []:
-        if not 0 <= s < 2**32:
-            raise SmallmedError(f"--seeds {s}: expected integers in [0, 2**32).")
-    changes = {}
-    for f in dataclasses.fields(study):
-        v = getattr(a, f.name, None)
-        if v is not None and v != []:
-            changes[f.name] = tuple(v) if isinstance(v, list) else v
-    return dataclasses.replace(study, **changes)
-
-
-def cmd_study_svd(a) -> int:
-    from .studies.svd import PRESETS, run_svd_study
-
-    study = _study(PRESETS, a)
-    report = run_svd_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_study_ra2(a) -> int:
-    from .studies.ra2 import PRESETS, run_ra2_study
-
-    report = run_ra2_study(_study(PRESETS, a), a.out, fresh=a.fresh)
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_study_bn(a) -> int:
-    from .studies.bn import PRESETS, run_bn_study
-
-    study = _study(PRESETS, a)
-    report = run_bn_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
-    print(f"report: {report}")
-    return 0
-
-
 def _any_model(name: str, size: int, channels: int, stem: str = "auto", num_classes: int = 2):
     """A smallmed model, or any torchvision classification model by name (random init)."""
     import difflib
@@ -458,24 +431,6 @@ def cmd_explain(a) -> int:
     written = explain_run(a.run_dir, a.images, split=a.split, n=a.n, patch=a.patch, stride=a.stride, out=a.out)
     for path in written:
         print(path)
-    return 0
-
-
-def cmd_study_rff(a) -> int:
-    from .studies.rff import PRESETS, run_rff_study
-
-    study = _study(PRESETS, a)
-    report = run_rff_study(study, a.out, fresh=a.fresh)
-    print(f"report: {report}")
-    return 0
-
-
-def cmd_study_sfconv(a) -> int:
-    from .studies.sfconv import PRESETS, run_sfconv_study
-
-    study = _study(PRESETS, a)
-    report = run_sfconv_study(study, a.out, workers=a.workers, backend=a.backend, fresh=a.fresh)
-    print(f"report: {report}")
     return 0
 
 
@@ -547,63 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true")
     f.set_defaults(func=cmd_data_fetch)
 
-    st = sub.add_parser("study", help="run a paper's experiment as a resumable study")
-    ssub = st.add_subparsers(dest="study", required=True)
-    sv = ssub.add_parser("svd", help="seed 000: methods x training fractions x seeds")
-    sv.add_argument("--data", help="target data (default: the preset's; pneumoniamnist, covid-ieee8023 for 'covid')")
-    sv.add_argument("--preset", choices=("quick", "covid", "paper"), default="quick")
-    sv.add_argument("--out", default="runs/study-svd")
-    sv.add_argument("--weights", help="pretrained source weights (default: pretrain on rsna-boneage first)")
-    sv.add_argument("--model")
-    sv.add_argument("--image-size", type=int)
-    sv.add_argument("--epochs", type=int)
-    sv.add_argument("--source-epochs", type=int)
-    sv.add_argument("--source-image-size", type=int, help="image size of the source pretraining (default: --image-size)")
-    sv.add_argument("--methods", nargs="+")
-    sv.add_argument("--fractions", nargs="+", type=float)
-    sv.add_argument("--seeds", nargs="+", type=int)
-    sv.add_argument("--data-dir")
-    sv.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
-    sv.add_argument("--backend", choices=("process", "ray"), default="process")
-    sv.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
-    _add_study_flags(sv, "svd", "SVDStudy")
-    sv.set_defaults(func=cmd_study_svd)
-
-    s3 = ssub.add_parser("ra2", help="seed 003: joint localisation, the scoring recipe on knee grades, RA2 end to end")
-    s3.add_argument("--preset", choices=("quick", "full", "paper"), default="quick")
-    s3.add_argument("--out", default="runs/study-ra2")
-    s3.add_argument("--seeds", nargs="+", type=int)
-    s3.add_argument("--variants", nargs="+", help="the scoring recipes (base, v1, logcosh, weights, r18, r18-hands, "
-                    "r18-hands-cls, r18-hands-ordinal, r18-hands-lora, r18-hands-svd)")
-    s3.add_argument("--knee-epochs", type=int)
-    s3.add_argument("--knee-max-train", type=int)
-    s3.add_argument("--localiser-epochs", type=int)
-    s3.add_argument("--e2e-epochs", type=int)
-    s3.add_argument("--folds", type=int)
-    s3.add_argument("--data-dir")
-    s3.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
-    _add_study_flags(s3, "ra2", "RA2Study")
-    s3.set_defaults(func=cmd_study_ra2)
-
-    sb = ssub.add_parser("bn", help="seed 002: batch norm none / before / after the ReLU x seeds")
-    sb.add_argument("--data", nargs="+", help="datasets (default: retinamnist pneumoniamnist)")
-    sb.add_argument("--preset", choices=("quick", "paper"), default="quick")
-    sb.add_argument("--out", default="runs/study-bn")
-    sb.add_argument("--model", help="vgg16 (default), resnet18 or small_cnn")
-    sb.add_argument("--norms", nargs="+", help="subset of none bn bn-after-act")
-    sb.add_argument("--weights", help="pretrained weights for every variant (BN layers report as fresh)")
-    sb.add_argument("--epochs", type=int)
-    sb.add_argument("--batch-size", type=int)
-    sb.add_argument("--lr", type=float)
-    sb.add_argument("--image-size", type=int)
-    sb.add_argument("--max-train", type=int, help="training images per data set (0 = all)")
-    sb.add_argument("--seeds", nargs="+", type=int)
-    sb.add_argument("--data-dir")
-    sb.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
-    sb.add_argument("--backend", choices=("process", "ray"), default="process")
-    sb.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
-    _add_study_flags(sb, "bn", "BNStudy")
-    sb.set_defaults(func=cmd_study_bn)
+    _add_study_parsers(sub)
 
     rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (any smallmed or torchvision model)")
     rf.add_argument("model")
@@ -631,41 +530,6 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--stride", type=int, help="default: patch / 2")
     ex.add_argument("--out", help="default: RUN_DIR/explain")
     ex.set_defaults(func=cmd_explain)
-
-    sf = ssub.add_parser("sfconv", help="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds")
-    sf.add_argument("--preset", choices=("quick", "seg", "paper"), default="quick",
-                    help="quick: RetinaMNIST classification; seg: U-Net lung segmentation (covid-lungseg)")
-    sf.add_argument("--out", default="runs/study-sfconv")
-    sf.add_argument("--data", help="default: retinamnist")
-    sf.add_argument("--model")
-    sf.add_argument("--image-size", type=int)
-    sf.add_argument("--epochs", type=int)
-    sf.add_argument("--rank-ratio", type=float)
-    sf.add_argument("--kl-weight", type=float)
-    sf.add_argument("--variants", nargs="+", help="subset of conv fconv fconvsn dpc sfconv-nokl sfconv")
-    sf.add_argument("--seeds", nargs="+", type=int)
-    sf.add_argument("--data-dir")
-    sf.add_argument("--workers", type=int, default=1)
-    sf.add_argument("--backend", choices=("process", "ray"), default="process")
-    sf.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
-    _add_study_flags(sf, "sfconv", "SFConvStudy")
-    sf.set_defaults(func=cmd_study_sfconv)
-
-    sr = ssub.add_parser("rff", help="seed 001: receptive-field freeze, transfer to held-out classes")
-    sr.add_argument("--preset", choices=("quick", "resnet"), default="quick")
-    sr.add_argument("--out", default="runs/study-rff")
-    sr.add_argument("--data", help="a multi-class data set (default: rsna-boneage, 5 age groups)")
-    sr.add_argument("--model")
-    sr.add_argument("--image-size", type=int)
-    sr.add_argument("--splits", type=int, help="number of class splits")
-    sr.add_argument("--base-epochs", type=int, help="n: base epochs before the branch epoch n+1")
-    sr.add_argument("--transfer-epochs", type=int)
-    sr.add_argument("--max-train", type=int)
-    sr.add_argument("--seeds", nargs="+", type=int)
-    sr.add_argument("--data-dir")
-    sr.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
-    _add_study_flags(sr, "rff", "RFFStudy")
-    sr.set_defaults(func=cmd_study_rff)
 
     ra = sub.add_parser("ra2", help="rheumatoid-arthritis joint damage (Sharp/van der Heijde, RA2 DREAM Challenge)")
     rsub = ra.add_subparsers(dest="ra2_command", required=True)

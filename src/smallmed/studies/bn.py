@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from .base import register_study
 from ..io import atomic_write_csv, atomic_write_text
 from .runner import run_grid
 from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
@@ -239,3 +240,11 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
     atomic_write_text(report, "\n".join(lines))
     return report
 
+
+
+register_study(
+    "bn", summary="seed 002: batch norm none / before / after the ReLU x seeds", presets=PRESETS, run=run_bn_study,
+    parallel=True,
+    help={"data": "datasets (default: retinamnist pneumoniamnist)", "model": "vgg16 (default), resnet18 or small_cnn",
+          "norms": "subset of none bn bn-after-act", "weights": "pretrained weights for every variant (BN layers report as fresh)",
+          "max_train": "training images per data set (0 = all)"})

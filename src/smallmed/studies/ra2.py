@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from .base import register_study
 from ..io import _atomic, atomic_write_csv, atomic_write_text
 from .ra2_scoring import RECIPES, _is_densenet, _seeds, _sizes, check_recipes, recipe_config, val_mae
 from .runner import run_grid
@@ -684,3 +685,9 @@ def _e2e_lines(study: RA2Study, e2e: dict) -> list[str]:
         lines.append(f"| {pid} | {r['total_true']:.0f} | {pt} | {te} | {r['mae_erosion']:.3f} ({r['mae_erosion_if_zero']:.3f}) | "
                      f"{r['mae_narrowing']:.3f} ({r['mae_narrowing_if_zero']:.3f}) |")
     return lines + [""]
+
+
+register_study(
+    "ra2", summary="seed 003: joint localisation, knee KL scoring recipes, bone age, RA2 end to end", presets=PRESETS,
+    run=run_ra2_study,
+    help={"variants": f"the scoring recipes ({', '.join(RECIPES)})"})

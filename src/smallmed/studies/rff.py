@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import SmallmedError
+from .base import register_study
 from ..io import atomic_write_text
 from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
 
@@ -293,3 +294,10 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
+
+
+register_study(
+    "rff", summary="seed 001: receptive-field freeze, transfer to held-out classes", presets=PRESETS,
+    run=run_rff_study,
+    help={"data": "a multi-class data set (default: rsna-boneage, 5 age groups)", "splits": "number of class splits",
+          "base_epochs": "n: base epochs before the branch epoch n+1"})

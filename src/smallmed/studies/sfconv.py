@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import APPLIES, TrainConfig
 from ..errors import SmallmedError
+from .base import register_study
 from ..io import atomic_write_csv, atomic_write_text
 from .runner import run_grid
 from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
@@ -245,3 +246,10 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     atomic_write_text(report, "\n".join(lines))
     return report
 
+
+
+register_study(
+    "sfconv", summary="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds", presets=PRESETS,
+    run=run_sfconv_study, parallel=True,
+    help={"data": "default: retinamnist (seg preset: covid-lungseg)",
+          "variants": "subset of conv fconv fconvsn dpc sfconv-nokl sfconv"})

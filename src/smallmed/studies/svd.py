@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from .base import register_study
 from ..io import atomic_write_csv, atomic_write_text
 from ..methods import get_method
 from .runner import run_cell, run_grid
@@ -430,3 +431,12 @@ def _plot(study: SVDStudy, rows, path: Path) -> None:
     ax.legend(fontsize=8)
     ax.set_title(f"{study.data}: AUC vs training fraction (seed 000 fig. 3)")
     _save(fig, path)
+
+
+register_study(
+    "svd", summary="seed 000: fine-tuning methods x training fractions x seeds, against full fine-tuning",
+    presets=PRESETS, run=run_svd_study, parallel=True,
+    help={"data": "target data (default: the preset's; pneumoniamnist, covid-ieee8023 for 'covid')",
+          "weights": "pretrained source weights (default: pretrain on the preset's source first)",
+          "source_image_size": "image size of the source pretraining (default: --image-size)",
+          "methods": "registered methods (smallmed.methods), 'full' among them"})

@@ -1,0 +1,109 @@
+"""The studies registry: each study file declares its settings dataclass, its presets and its run function
+once (:func:`register_study`); the ``smallmed study`` subcommands, their ``--preset`` choices and their
+flags are generated from it, and :func:`run_study` is the same path from Python.
+
+Example:
+    >>> from smallmed.studies import run_study, study_names
+    >>> "bn" in study_names()
+    True
+    >>> run_study("bn", "quick", out="runs/study-bn", epochs=2)              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import SmallmedError
+from ..registry import check_choice
+
+
+@dataclass(frozen=True)
+class StudyEntry:
+    """One registered study.
+
+    Attributes:
+        name: the subcommand (``smallmed study NAME``).
+        summary: one line for ``--help``.
+        presets: named settings (instances of the study's dataclass); ``default`` names the one used without
+            ``--preset``.
+        run: ``run(study, out, *, fresh, [workers, backend])``, returning the report's path.
+        parallel: whether ``run`` takes ``workers`` and ``backend`` (cells as processes or Ray tasks).
+        help: per-field help for the generated flags.
+    """
+
+    name: str
+    summary: str
+    presets: dict[str, Any]
+    run: Callable[..., Path]
+    parallel: bool = False
+    default: str = "quick"
+    help: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> type:
+        return type(self.presets[self.default])
+
+
+_STUDIES: dict[str, StudyEntry] = {}
+
+# numeric fields a study may have, and their least value: one check for the CLI and for Python
+MINIMUM = {"max_train": 0, "epochs": 1, "image_size": 4, "batch_size": 1, "splits": 1, "knee_epochs": 1,
+           "knee_max_train": 0, "localiser_epochs": 1, "e2e_epochs": 1, "folds": 2, "source_epochs": 1,
+           "base_epochs": 1, "transfer_epochs": 1}
+
+
+def register_study(name: str, *, summary: str, presets: dict, run: Callable[..., Path], parallel: bool = False,
+                   default: str = "quick", help: dict[str, str] | None = None) -> StudyEntry:
+    if name in _STUDIES:
+        raise ValueError(f"study {name!r} is registered twice")
+    if default not in presets:
+        raise ValueError(f"study {name!r}: default preset {default!r} is not among {sorted(presets)}")
+    entry = StudyEntry(name, summary, dict(presets), run, parallel, default, dict(help or {}))
+    _STUDIES[name] = entry
+    return entry
+
+
+def get_study(name: str) -> StudyEntry:
+    check_choice("study", name, study_names())
+    return _STUDIES[name]
+
+
+def study_names() -> tuple[str, ...]:
+    return tuple(_STUDIES)
+
+
+def configure(name: str, preset: str | None = None, **changes) -> Any:
+    """The preset's settings with ``changes`` applied (lists become tuples), checked: unknown fields, values
+    below their least, seeds outside [0, 2**32) are refused in one sentence naming the setting."""
+    entry = get_study(name)
+    preset = preset or entry.default
+    check_choice(f"{name} study preset", preset, tuple(entry.presets))
+    study = entry.presets[preset]
+    names = {f.name for f in dataclasses.fields(study)}
+    for k, v in changes.items():
+        if k not in names:
+            check_choice(f"{name} study setting", k, sorted(names))
+        if k in MINIMUM and v is not None and v < MINIMUM[k]:
+            raise SmallmedError(f"{k}={v}: expected at least {MINIMUM[k]}.")
+    for s in changes.get("seeds") or ():
+        if not 0 <= s < 2**32:
+            raise SmallmedError(f"seeds: {s} is outside [0, 2**32).")
+    return dataclasses.replace(study, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+
+
+def run_study(name: str, preset: str | None = None, *, out: str | Path, fresh: bool = False, workers: int = 1,
+              backend: str = "process", **changes) -> Path:
+    """Run (or resume) study ``name`` from a preset with ``changes``; returns the report's path."""
+    from ..io import check_out_dir
+
+    entry = get_study(name)
+    check_out_dir(out)  # a folder that cannot be written fails before any data is read
+    study = configure(name, preset, **changes)
+    if entry.parallel:
+        return entry.run(study, out, workers=workers, backend=backend, fresh=fresh)
+    if workers != 1 or backend != "process":
+        raise SmallmedError(f"the {name} study runs its cells in this process; workers and backend do not apply.")
+    return entry.run(study, out, fresh=fresh)
