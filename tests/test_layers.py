@@ -21,7 +21,7 @@ LAYERS = [
     {"schedules"},
     {"train"},
     {"ra2", "explain"},
-    {"studies"},
+    {"studies", "tune"},
     {"demo"},
     {"cli", "__init__"},
 ]

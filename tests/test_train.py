@@ -11,7 +11,7 @@ from smallmed.schedules import Callback, TwoStage, freeze_bn_stats, set_trainabl
 
 
 def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path):
-    m = fit(tiny_cfg(epochs=4))
+    m = fit(tiny_cfg(epochs=4, figures=True))
     run = tmp_path / "run"
     for f in ("config.yaml", "history.csv", "last.pt", "best.pt", "metrics.json", "test_predictions.csv",
               "loss_curves.png", "roc_test.png", "report.md"):
@@ -162,3 +162,11 @@ def test_multilabel_training(tmp_path):
     m = fit(TrainConfig(data=str(path), model="small_cnn", epochs=1, batch_size=16, out=str(tmp_path / "r"),
                         progress=False, augment="none"))
     assert len(m["test"]["auc_per_class"]) == 3
+
+
+def test_a_run_without_figures_writes_the_same_numbers_and_no_image(tiny_cfg, tmp_path):
+    a = fit(tiny_cfg(epochs=2, out=str(tmp_path / "a"), figures=True))
+    b = fit(tiny_cfg(epochs=2, out=str(tmp_path / "b")))
+    assert a["test"]["auc"] == b["test"]["auc"] and a["test"]["ci95"] == b["test"]["ci95"]
+    assert list((tmp_path / "a").glob("*.png")) and not list((tmp_path / "b").glob("*.png"))
+    assert "png" not in (tmp_path / "b" / "report.md").read_text()

@@ -434,6 +434,21 @@ def cmd_explain(a) -> int:
     return 0
 
 
+def cmd_tune(a) -> int:
+    from .config import TrainConfig, load_yaml, parse_set
+    from .tune import DEFAULT_SPACE, TuneConfig, load_space, parse_budget, tune
+
+    sets = parse_set(a.set or [])
+    base = {"recipe": "strong", "model": "resnet18", **(load_yaml(a.config) if a.config else {}), "data": a.data,
+            **({"model": a.model} if a.model else {}), **sets}
+    TrainConfig.from_dict(base)  # the starting recipe is checked before anything runs
+    tc = TuneConfig(base=base, space=load_space(a.space) if a.space else dict(DEFAULT_SPACE), fixed=tuple(sets),
+                    trials=a.trials, budget_s=parse_budget(a.budget) if a.budget else 0.0, seed=a.seed, cv=a.cv,
+                    final_seeds=a.final_seeds, pruner=a.pruner)
+    print(f"report: {tune(tc, a.out)}")
+    return 0
+
+
 def cmd_demo(a) -> int:
     from .demo import run_demo
 
@@ -503,6 +518,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_data_fetch)
 
     _add_study_parsers(sub)
+
+    tu = sub.add_parser("tune", help="search a recipe on train/val only (Optuna), then test it once against the start")
+    tu.add_argument("--data", required=True)
+    tu.add_argument("--model", help="default: resnet18")
+    tu.add_argument("--config", help="YAML of TrainConfig keys: the starting recipe (trial 0)")
+    tu.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="fix a setting: it is not searched")
+    tu.add_argument("--space", help="YAML search space: key: [choices] or key: {low, high, log} (default: the "
+                    "strong recipe's lr, weight_decay, label_smoothing, augment, mixup, cutmix, ema)")
+    tu.add_argument("--trials", type=int, default=0, help="scored trials to reach")
+    tu.add_argument("--budget", help="search time, e.g. 90s, 45m, 2h (counted over resumes)")
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--cv", default="auto", help="auto (5 folds of train+val when val < 200 images), 0, or folds")
+    tu.add_argument("--final-seeds", type=int, default=3, help="seeds of the final tuned and starting runs")
+    tu.add_argument("--pruner", choices=("hyperband", "halving", "none"), default="hyperband")
+    tu.add_argument("--out", required=True)
+    tu.set_defaults(func=cmd_tune)
 
     rf = sub.add_parser("rf", help="receptive field of every conv/pool layer (any smallmed or torchvision model)")
     rf.add_argument("model")

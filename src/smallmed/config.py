@@ -31,6 +31,12 @@ class TrainConfig:
     data_dir: str | None = None
     fraction: float = 1.0  # nested stratified subset of the training split (same for every method)
     split_seed: int = 0  # fixes the train/val/test split of data without an official one
+    # k-fold cross-validation over train+val (a search's objective on small data): train on k-1 folds,
+    # validate on fold cv_fold, patient-grouped where ids exist; 0: the split as given
+    cv_folds: int = 0
+    cv_fold: int = 0
+    holdout: str = "test"  # the split the final metrics read: test, or val (a search trial never reads test)
+    figures: bool = True  # the run's figures (curves, ROC, reliability, overlays); search trials skip them
     image_size: int | None = None  # model input side; None = the data's own size
     augment: str | None = None  # preset or terms, see smallmed.data.transforms (None: the recipe's)
     fit: str | None = None  # resize | pad: how images meet image_size (None: the recipe's, resize for both)
@@ -168,6 +174,16 @@ class TrainConfig:
             raise SmallmedError(f"warmup_epochs={self.warmup_epochs}: expected 0..epochs-1 ({self.epochs - 1}), with "
                                 "scheduler='cosine' (the warmup leads into it).")
         check_choice("select_epoch", self.select_epoch, ("val_loss", "last"))
+        check_choice("holdout", self.holdout, ("test", "val"))
+        if self.cv_folds == 1 or not 0 <= self.cv_folds <= 100:
+            raise SmallmedError(f"cv_folds={self.cv_folds}: expected 0 (the split as given) or 2..100 folds.")
+        if self.cv_fold and not self.cv_folds:
+            raise SmallmedError(f"cv_fold={self.cv_fold} has no effect with cv_folds=0; it applies with cv_folds 2 or more.")
+        if self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
+            raise SmallmedError(f"cv_fold={self.cv_fold}: expected 0..{self.cv_folds - 1} (cv_folds={self.cv_folds}).")
+        if self.cv_folds and self.holdout != "val":
+            raise SmallmedError(f"cv_folds={self.cv_folds} pools train and val into folds: set holdout='val' (the held-out "
+                                "fold), so that the test split is left for the final evaluation.")
         if self.select_epoch == "last" and self.early_stop:
             raise SmallmedError(f"early_stop={self.early_stop} needs select_epoch='val_loss'; with 'last' every epoch runs.")
 

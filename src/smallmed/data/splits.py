@@ -108,3 +108,32 @@ def nested_fraction(
     if len(idx) == 0:
         raise SmallmedError(f"fraction={fraction} selects no training images.")
     return idx
+
+
+def kfold(labels: np.ndarray, k: int, fold: int, *, seed: int = 0, groups: np.ndarray | None = None,
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """(training, held-out) indices of fold ``fold`` of ``k``: stratified by label and, with ``groups``
+    (patient ids), every image of a patient on the same side (scikit-learn's StratifiedGroupKFold).
+
+    Example:
+        >>> tr, ho = kfold(np.array([0, 1] * 10), 5, 0)
+        >>> len(tr), len(ho), sorted(set(np.r_[tr, ho])) == list(range(20))
+        (16, 4, True)
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if not 0 <= fold < k:
+        raise SmallmedError(f"cv_fold={fold}: expected 0..{k - 1} (cv_folds={k}).")
+    strata = _strata(labels)
+    if groups is None:
+        if np.bincount(strata).max() < k or len(strata) < k:
+            raise SmallmedError(f"cv_folds={k}: {len(strata)} images are too few for {k} folds.")
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = list(splitter.split(np.zeros(len(strata)), strata))
+    else:
+        if len(np.unique(np.asarray(groups).astype(str))) < k:
+            raise SmallmedError(f"cv_folds={k}: fewer patients than folds.")
+        splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        parts = list(splitter.split(np.zeros(len(strata)), strata, np.asarray(groups).astype(str)))
+    train, held = parts[fold]
+    return np.sort(train), np.sort(held)

@@ -72,7 +72,7 @@ def write_run_report(run_dir: str | Path) -> Path:
     for r in hist:
         vals = [f"{float(r[c]):.2g}" if c == "lr" else f"{float(r[c]):.4f}" if r[c] not in ("", None) else "" for c in cols]
         lines.append(f"| {r['epoch']} | " + " | ".join(vals) + " |")
-    plots = ["![loss curves](loss_curves.png)"]
+    plots = ["![loss curves](loss_curves.png)"] if (run_dir / "loss_curves.png").exists() else []
     if (run_dir / "roc_test.png").exists():
         plots.append("![test ROC](roc_test.png)")
     if (run_dir / "reliability_test.png").exists():

@@ -21,6 +21,10 @@ class Callback:
 
     def on_batch_end(self, epoch: int, step: int, loss: float) -> None: ...
 
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        """After the epoch's validation and checkpoints; ``row`` is its history row (``val_loss`` ...).
+        A search's pruner raises here to stop a trial."""
+
 
 def set_trainable(model: nn.Module, predicate: Callable[[str], bool]) -> tuple[int, int]:
     """``requires_grad = predicate(name)`` for every parameter; returns (trainable, total) counts."""

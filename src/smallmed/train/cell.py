@@ -16,8 +16,9 @@ from ..config import TrainConfig
 from .loop import fit, resume
 
 
-def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
-    """Run (or resume, or skip) one cell; returns its metrics. Safe to call in a fresh process."""
+def run_cell(cfg_dict: dict, threads: int | None = None, callbacks=()) -> dict:
+    """Run (or resume, or skip) one cell; returns its metrics. Safe to call in a fresh process.
+    ``callbacks`` (:class:`smallmed.schedules.Callback`) see every epoch, e.g. a search's pruner."""
     import torch
 
     if threads:
@@ -28,11 +29,11 @@ def run_cell(cfg_dict: dict, threads: int | None = None) -> dict:
         return json.loads((out / "metrics.json").read_text())
     if (out / "last.pt").exists():
         with cell_log(out):
-            return resume(out)
+            return resume(out, callbacks=list(callbacks))
     if out.exists():
         shutil.rmtree(out)  # started but no epoch finished: start again
     with cell_log(out):
-        return fit(cfg)
+        return fit(cfg, callbacks=list(callbacks))
 
 
 @contextlib.contextmanager

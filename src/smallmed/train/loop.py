@@ -450,6 +450,9 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
                 "epoch": epoch, "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch,
             }, last_path)
             atomic_write_csv(run_dir / "history.csv", history)
+        for cb in callbacks:  # optional hook: callbacks written before it existed have none
+            if hasattr(cb, "on_epoch_end"):
+                cb.on_epoch_end(epoch, row)
     if distributed:
         dist.barrier()
     if not main:
@@ -463,13 +466,14 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
     cfg, ds, task = setup.cfg, setup.dataset, setup.task
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     test_loader = setup.loader("test", train=False)
-    res = run_loader(model, test_loader, task, setup.device, keep_inputs=8)
+    res = run_loader(model, test_loader, task, setup.device, keep_inputs=8 if cfg.figures else 0)
     test = {"loss": res["loss"], **task.metrics(res["kept"], res["targets"])}
     val = None
     if getattr(task, "wants_val", False):  # operating threshold and calibration are fitted on validation only
         v = run_loader(model, setup.loader("val", train=False), task, setup.device)
         val = (v["kept"], v["targets"])
-    test.update(task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val))
+    test.update(task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val,
+                            figures=cfg.figures))
     best = history[best_epoch]
     metrics = {
         "task": task.kind,
@@ -494,8 +498,9 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
 
     example = next(iter(test_loader))[0]
     metrics.update(finish_run(model, cfg=cfg, built=setup.built, run_dir=run_dir, example=example))
-    plot_history(history, run_dir / "loss_curves.png", best_epoch=best_epoch + 1,
-                 title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
+    if cfg.figures:
+        plot_history(history, run_dir / "loss_curves.png", best_epoch=best_epoch + 1,
+                     title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
     atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
     write_run_report(run_dir)
     write_model_card(run_dir)

@@ -152,6 +152,36 @@ def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
         raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
 
 
+def resplit(ds, cfg: TrainConfig):
+    """The splits a run sees: with ``cv_folds``, train+val pooled and fold ``cv_fold`` held out as val; with
+    ``holdout='val'``, the final evaluation reads the validation split and the test split is dropped unread."""
+    import dataclasses
+
+    if not cfg.cv_folds and cfg.holdout == "test":
+        return ds
+    from ..data.splits import kfold
+
+    splits = dict(ds.splits)
+    if cfg.cv_folds:
+        pooled = _concat(splits["train"], splits["val"])
+        groups = getattr(pooled, "patient_ids", None)
+        tr, ho = kfold(_labels(pooled), cfg.cv_folds, cfg.cv_fold, seed=cfg.split_seed, groups=groups)
+        splits["train"], splits["val"] = pooled.subset(tr), pooled.subset(ho)
+    splits["test"] = splits["val"]
+    return dataclasses.replace(ds, splits=splits)
+
+
+def _concat(a, b):
+    """Two splits of one dataset as one (array fields concatenated; a field missing in either is dropped)."""
+    import dataclasses
+
+    out = {}
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        out[f.name] = None if x is None or y is None else np.concatenate([np.asarray(x), np.asarray(y)])
+    return type(a)(**out)
+
+
 def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -> Setup:
     """Load data, pick the training subset, build the model and resolve preprocessing.
 
@@ -167,6 +197,7 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
             raise SmallmedError(f"task='regression' needs one integer label or score per image; {cfg.data} has "
                                 f"{getattr(ds, 'task', 'masks or keypoints')}.")
         ds = as_regression(ds)
+    ds = resplit(ds, cfg)
     task = task_for(ds, cfg)
     check_options(cfg, task, model_task)
     train = ds.splits["train"]

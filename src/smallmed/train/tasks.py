@@ -129,8 +129,9 @@ class ClassificationTask(Task):
             w.writerow([i, label, int(np.argmax(pi)), *[f"{v:.6f}" for v in pi], *score])
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
         auc = classification_metrics(self.kind, targets, kept, fprs=self.fprs)["auc"]
-        plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
-                 title=f"test ROC, AUC {auc:.4f}")
+        if kw.get("figures", True):
+            plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
+                     title=f"test ROC, AUC {auc:.4f}")
         out = {"ci95": ci}
         if self.graded:
             out["ci95"].update(_graded_ci(targets, kept @ np.arange(kept.shape[1]), kept.argmax(1), seed))
@@ -141,7 +142,7 @@ class ClassificationTask(Task):
 
             out.update(clinical_summary(self.kind, val[1], val[0], targets, kept, rule=self.rule,
                                         calibrate=self.calibrate, seed=seed))
-            if out.get("reliability"):
+            if out.get("reliability") and kw.get("figures", True):
                 plot_reliability(out["reliability"], run_dir / "reliability_test.png",
                                  title=f"test reliability, ECE {out['ece']:.3f} ({out['ece_bins']} equal-mass bins)")
         return out

@@ -1,0 +1,357 @@
+"""``smallmed tune``: a budgeted, resumable recipe search that never reads the test split (Optuna).
+
+The search (Akiba et al. 2019, Optuna: TPE sampler, Hyperband pruning on validation loss) trains each
+trial on the training split and scores it by its best validation loss; where the validation split is
+small (under :data:`SMALL_VAL` images) the score is the mean over k folds of train+val instead
+(patient-grouped where ids exist). Trials run with ``holdout='val'``: their final metrics read the
+validation split, and the test split is dropped before any trial sees it. The study lives in
+``OUT/study.db`` (SQLite), so a killed search resumes with the same command (``optuna-dashboard
+OUT/study.db`` shows it). Only at the end is the test split read, once per final run: the best recipe and
+the search's starting recipe, each with the same seeds, so the report says how much the search itself
+adds.
+
+Files: ``study.db``, ``trials.csv``, ``best.yaml`` (a config for ``smallmed train --config``),
+``report.md``, ``trials/`` (one run folder per distinct recipe) and ``final/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import TrainConfig, dump_yaml, load_yaml
+from .errors import SmallmedError
+from .io import atomic_write_csv, atomic_write_text, check_out_dir
+from .registry import check_choice
+from .schedules.freezing import Callback
+
+log = logging.getLogger(__name__)
+
+SMALL_VAL = 200  # validation images below which a trial is scored by k-fold cross-validation
+STUDY = "smallmed-tune"
+
+# the default space: the strong recipe's knobs; a YAML file (--space) replaces it. A list is a choice,
+# {low, high[, log]} a range (int when both ends are ints)
+DEFAULT_SPACE: dict = {
+    "lr": {"low": 1e-4, "high": 3e-3, "log": True},
+    "weight_decay": {"low": 1e-4, "high": 0.2, "log": True},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "augment": ["flip", "trivial"],
+    "mixup": [0.0, 0.2],
+    "cutmix": [0.0, 1.0],
+    "ema": [0.0, 0.99],
+}
+
+
+@dataclass
+class TuneConfig:
+    """A search. ``base``: the starting recipe (a TrainConfig's keys), trial 0; ``fixed``: keys of ``base`` taken
+    out of the space (``--set``); ``trials`` and/or ``budget_s`` bound the search; ``cv``: ``auto`` (k folds
+    when the validation split is small), 0 (the split as given) or a fold count."""
+
+    base: dict
+    space: dict = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    fixed: tuple[str, ...] = ()
+    trials: int = 0
+    budget_s: float = 0.0
+    seed: int = 0
+    cv: str = "auto"
+    final_seeds: int = 3
+    pruner: str = "hyperband"
+
+    def __post_init__(self) -> None:
+        if self.trials < 0 or self.budget_s < 0 or not math.isfinite(self.budget_s):
+            raise SmallmedError("trials and budget must not be negative.")
+        if not self.trials and not self.budget_s:
+            raise SmallmedError("tune needs a bound: --trials N or --budget 60m (or both).")
+        if not 0 <= self.final_seeds <= 20:
+            raise SmallmedError(f"final_seeds={self.final_seeds}: expected 0..20.")
+        check_choice("pruner", self.pruner, ("hyperband", "halving", "none"))
+        if self.cv != "auto" and not (self.cv.isdigit() and (int(self.cv) == 0 or 2 <= int(self.cv) <= 20)):
+            raise SmallmedError(f"cv={self.cv!r}: expected auto, 0 or a fold count 2..20.")
+        missing = [k for k in self.fixed if k not in self.base]
+        if missing:
+            raise SmallmedError(f"fixed settings {missing} have no value in the starting recipe.")
+        self.space = {k: v for k, v in self.space.items() if k not in self.fixed}
+        check_space(self.space)
+        if not self.space:
+            raise SmallmedError("the search space is empty (every key is fixed by --set); nothing to tune.")
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in ``90s``, ``45m``, ``2h`` or a bare number of minutes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise SmallmedError(f"--budget {text!r}: expected a duration such as 90s, 45m or 2h.")
+    return float(m.group(1)) * {"s": 1, "m": 60, "": 60, "h": 3600}[m.group(2)]
+
+
+def check_space(space: dict) -> None:
+    """Every key a config field; every value a non-empty list of choices or a ``{low, high[, log]}`` range."""
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    for k, v in space.items():
+        if k not in names:
+            check_choice("search space key", k, sorted(names))
+        if isinstance(v, list):
+            if not v:
+                raise SmallmedError(f"search space {k}: an empty list of choices.")
+        elif isinstance(v, dict):
+            extra = set(v) - {"low", "high", "log"}
+            lo, hi = v.get("low"), v.get("high")
+            ok = not extra and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi))
+            if not ok or not lo < hi or (v.get("log") and lo <= 0):
+                raise SmallmedError(f"search space {k}: expected a list of choices or {{low, high[, log]}} with "
+                                    f"low < high (and low > 0 with log); got {v}.")
+        else:
+            raise SmallmedError(f"search space {k}: expected a list of choices or {{low, high[, log]}}; got {v!r}.")
+
+
+def sample(trial, space: dict) -> dict:
+    out = {}
+    for k, v in space.items():
+        if isinstance(v, list):
+            out[k] = trial.suggest_categorical(k, v)
+        elif isinstance(v["low"], int) and isinstance(v["high"], int):
+            out[k] = trial.suggest_int(k, v["low"], v["high"], log=bool(v.get("log")))
+        else:
+            out[k] = trial.suggest_float(k, float(v["low"]), float(v["high"]), log=bool(v.get("log")))
+    return out
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise SmallmedError("smallmed tune uses Optuna: pip install 'smallmed[tune]' (or pip install optuna).") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+class _Report(Callback):
+    """Reports each epoch's validation loss to the trial and stops it when the pruner says so."""
+
+    def __init__(self, trial, offset: int = 0) -> None:
+        self.trial, self.offset = trial, offset
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        self.trial.report(float(row["val_loss"]), self.offset + epoch)
+        if self.trial.should_prune():
+            import optuna
+
+            raise optuna.TrialPruned()
+
+
+def _recipe_dir(out: Path, params: dict) -> Path:
+    key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out / "trials" / key
+
+
+def _folds(tc: TuneConfig, base: TrainConfig) -> int:
+    if tc.cv != "auto":
+        return int(tc.cv)
+    from .train.setup import load_data
+
+    ds = load_data(base)
+    n = len(ds.splits["val"])
+    return 5 if n < SMALL_VAL else 0
+
+
+def _objective(tc: TuneConfig, out: Path, folds: int):
+    from .train.cell import run_cell
+
+    def objective(trial) -> float:
+        params = sample(trial, tc.space)
+        root = _recipe_dir(out, params)
+        trial.set_user_attr("run", str(root.relative_to(out)))
+        cells = range(folds) if folds else [None]
+        losses = []
+        for i, k in enumerate(cells):
+            over = {"cv_folds": folds, "cv_fold": k} if folds else {}
+            run = root / f"fold{k}" if folds else root
+            cfg = TrainConfig.from_dict({**tc.base, **params, **over, "holdout": "val", "out": str(run),
+                                         "progress": False, "figures": False})
+            # a run resumed after a kill first replays its finished epochs to the pruner
+            cb = None if folds else _Report(trial)
+            if cb is not None and (run / "history.csv").exists() and not (run / "metrics.json").exists():
+                import csv
+
+                for j, row in enumerate(csv.DictReader(open(run / "history.csv"))):
+                    cb.on_epoch_end(j, {"val_loss": float(row["val_loss"])})
+            m = run_cell(cfg.to_dict(), callbacks=[cb] if cb else [])
+            losses.append(float(m["val"]["val_loss"]))
+            if folds:  # pruned on the running mean over folds
+                trial.report(sum(losses) / len(losses), i)
+                if trial.should_prune():
+                    import optuna
+
+                    raise optuna.TrialPruned()
+        return sum(losses) / len(losses)
+
+    return objective
+
+
+def _study(tc: TuneConfig, out: Path, trial_count: int):
+    optuna = _optuna()
+    # the sampler is seeded by the number of trials already scored, so a resumed search draws what an
+    # uninterrupted one would have drawn
+    sampler = optuna.samplers.TPESampler(seed=tc.seed * 100003 + trial_count, n_startup_trials=5)
+    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+              "none": lambda: optuna.pruners.NopPruner()}[tc.pruner]()
+    return optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=STUDY, direction="minimize",
+                               sampler=sampler, pruner=pruner, load_if_exists=True)
+
+
+def _settings_check(tc: TuneConfig, out: Path) -> None:
+    """A search folder holds one search: other settings are refused (the study.db would mix them)."""
+    want = {"base": tc.base, "space": tc.space, "fixed": list(tc.fixed), "seed": tc.seed, "cv": tc.cv,
+            "pruner": tc.pruner}
+    path = out / "tune.json"
+    want = json.loads(json.dumps(want, default=str))
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = [k for k in want if have.get(k) != want[k]]
+            raise SmallmedError(f"{out}: holds a search with other settings ({', '.join(diff)}); choose another --out.")
+    else:
+        from .io import atomic_write_json
+
+        atomic_write_json(path, want)
+
+
+def tune(tc: TuneConfig, out: str | Path) -> Path:
+    """Run (or resume) the search, then the final runs; returns the report's path."""
+    optuna = _optuna()
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _settings_check(tc, out)
+    base = TrainConfig.from_dict({**tc.base, "out": str(out / "base")})
+    folds = _folds(tc, base)
+    log.info("tune: %s on %s; objective: best validation loss%s", ", ".join(tc.space), base.data,
+             f", mean over {folds} folds of train+val" if folds else "")
+    study = _study(tc, out, 0)
+    # a trial killed mid-run is marked failed and its recipe queued again: its run folder resumes
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs=dict(t.user_attrs), skip_if_exists=False)
+    if not study.trials:
+        resolved = base.to_dict()
+        start = {k: resolved[k] for k in tc.space if _in_space(tc.space[k], resolved[k])}
+        # the starting recipe is trial 0 (marked when every searched setting of it lies in the space)
+        study.enqueue_trial(start, user_attrs={"start": len(start) == len(tc.space)})
+    t0 = time.time()
+    used = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
+    while True:
+        scored = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
+        if tc.trials and len(scored) >= tc.trials:
+            break
+        if tc.budget_s and used + (time.time() - t0) >= tc.budget_s:
+            break
+        study = _study(tc, out, len(scored))
+        study.optimize(_objective(tc, out, folds), n_trials=1, catch=())
+        _write_trials(study, out)
+    _write_trials(study, out)
+    return _finish(tc, out, study, folds)
+
+
+def _in_space(spec, v) -> bool:
+    if isinstance(spec, list):
+        return v in spec
+    return v is not None and spec["low"] <= v <= spec["high"]
+
+
+def _write_trials(study, out: Path) -> None:
+    rows = []
+    for t in study.trials:
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value if t.value is not None else "",
+                     "seconds": round(t.duration.total_seconds(), 1) if t.duration else "",
+                     **{f"param_{k}": v for k, v in t.params.items()}, "run": t.user_attrs.get("run", "")})
+    atomic_write_csv(out / "trials.csv", rows)
+
+
+def _finish(tc: TuneConfig, out: Path, study, folds: int) -> Path:
+    import optuna
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise SmallmedError(f"{out}: no trial finished within the budget; give it more time or trials.")
+    best = min(done, key=lambda t: (t.value, t.number))
+    tuned = {**tc.base, **best.params}
+    atomic_write_text(out / "best.yaml", dump_yaml(TrainConfig.from_dict({**tuned, "out": "runs/tuned"}).to_dict()))
+    start = next((t for t in done if t.user_attrs.get("start")), None)
+    final = _final_runs(tc, out, tuned)
+    return _report(tc, out, study, best, start, final, folds)
+
+
+def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
+    """The best recipe and the starting one, same seeds, official train/val split; the test split read once each."""
+    from .studies.runner import run_grid
+
+    cells, keys = [], []
+    for name, recipe in (("tuned", tuned), ("start", tc.base)):
+        for s in range(tc.final_seeds):
+            cells.append(TrainConfig.from_dict({**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"),
+                                                "progress": False}))
+            keys.append((name, s))
+    results = run_grid(cells) if cells else []
+    return {k: m for k, m in zip(keys, results)}
+
+
+def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: int) -> Path:
+    import optuna
+
+    from .studies.stats import fmt_ci, fmt_paired, mean_ci, paired
+
+    states = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    lines = [f"# smallmed tune: {tc.base.get('data')}", "",
+             f"Search (Optuna TPE, {tc.pruner} pruning on validation loss, seed {tc.seed}): "
+             f"{', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}; "
+             f"search time {sum((t.duration.total_seconds() for t in study.trials if t.duration), 0) / 60:.1f} min. "
+             "Trials never read the test split.", "",
+             "Objective: " + (f"the mean over {folds} folds of train+val of each fold's best validation loss (the "
+                              f"validation split holds under {SMALL_VAL} images)." if folds else
+                              "the best validation loss on the validation split."), "",
+             f"Best trial {best.number}: validation loss {best.value:.4f}"
+             + (f" (the starting recipe, trial {start.number}: {start.value:.4f})" if start else "") + ".", "",
+             "| setting | best | space |", "|---|---|---|"]
+    for k, v in best.params.items():
+        lines.append(f"| {k} | {v:.4g} | {tc.space[k]} |" if isinstance(v, float) else f"| {k} | {v} | {tc.space[k]} |")
+    try:
+        imp = optuna.importance.get_param_importances(study)
+        lines += ["", "Importance of each setting for the validation loss (Optuna's default importance evaluator, over finished trials): "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()) + "."]
+    except Exception as e:  # too few trials, or one value everywhere
+        lines += ["", f"Importances not computed ({str(e).splitlines()[0][:120]})."]
+    if final:
+        head = next(iter(final.values()))
+        metric = "auc" if "auc" in head["test"] else next(k for k in ("mae", "dice", "acc") if k in head["test"])
+        seeds = range(tc.final_seeds)
+        tv = [final[("tuned", s)]["test"][metric] for s in seeds]
+        sv = [final[("start", s)]["test"][metric] for s in seeds]
+        lines += ["", f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)", "",
+                  f"| recipe | test {metric} per seed | mean [95% t-CI] |", "|---|---|---|",
+                  f"| tuned (best.yaml) | {', '.join(f'{x:.4f}' for x in tv)} | {fmt_ci(mean_ci(tv))} |",
+                  f"| starting recipe | {', '.join(f'{x:.4f}' for x in sv)} | {fmt_ci(mean_ci(sv))} |", "",
+                  f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
+                  "difference; the search chose on validation only."]
+    lines += ["", f"Reproduce: `smallmed train --config {out / 'best.yaml'} --out runs/tuned`. Browse the search: "
+              f"`optuna-dashboard sqlite:///{out / 'study.db'}`."]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def load_space(path: str | Path) -> dict:
+    space = load_yaml(path)
+    if not isinstance(space, dict) or not space:
+        raise SmallmedError(f"{path}: expected a mapping of config keys to choices or ranges.")
+    check_space(space)
+    return space
