@@ -66,6 +66,15 @@ def cmd_study(a) -> int:
     return 0
 
 
+def _help(name: str) -> str | None:
+    """Help text read from the registries (the methods and their papers)."""
+    if name == "method":
+        from .methods import get_method, method_names
+
+        return "fine-tuning method: " + "; ".join(f"{n}: {get_method(n).paper}" for n in method_names())
+    return None
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size``), typed from the dataclass."""
     from .config import TrainConfig
@@ -85,7 +94,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         else:
             base = next((a for a in args if a is not type(None)), hint) if args else hint
             names = [flag, "--head"] if f.name == "task" else [flag]  # the output head for graded labels
-            p.add_argument(*names, type=base if base in (int, float) else str, default=None)
+            p.add_argument(*names, type=base if base in (int, float) else str, default=None, help=_help(f.name))
 
 
 def _train_config(a: argparse.Namespace):

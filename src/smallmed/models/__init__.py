@@ -1,24 +1,32 @@
 """Models: one registry over torchvision/timm backbones adapted to small medical images.
 
 - ``registry``: names -> builders.  ``_adapt``: safe weight loading, stems, classifier heads.
-- ``resnet``, ``densenet``, ``vgg``, ``small_cnn``, ``efficientnet``: one file per family.
+  ``pretrained``: named weights (ImageNet, torchxrayvision) fetched on request with a hash check.
+- ``resnet``, ``densenet``, ``densenet_ra2``, ``vgg``, ``small_cnn``, ``efficientnet``, ``unet``: one file per
+  family, each registering its builders; every module here is imported by discovery, so a new family is a
+  new file.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
 from pathlib import Path
 
 from torch import nn
 
 from ..errors import SmallmedError
 from ..registry import check_choice
-from . import densenet, densenet_ra2, efficientnet, resnet, small_cnn, unet, vgg  # noqa: F401  (registration)
 from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
 __all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights", "model_entry",
            "read_state_dict", "reset_classifier"]
+
+for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _m.name.startswith("_") and _m.name not in ("registry", "pretrained"):
+        importlib.import_module(f"{__name__}.{_m.name}")  # each family file registers its builders
 
 log = logging.getLogger(__name__)
 STEMS = ("auto", "imagenet", "small")
