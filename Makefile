@@ -25,9 +25,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/smallmed demo
 
-# one pytest worker per core (pytest-xdist), one torch thread per worker: tiny models scale badly over threads
+# one pytest worker per core (pytest-xdist, idle workers steal queued tests), one torch thread per worker:
+# tiny models scale badly over threads
 test: setup
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

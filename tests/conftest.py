@@ -70,8 +70,17 @@ def tiny_cfg(tiny_npz, tmp_path):
 
     def make(**kw):
         # figures cost seconds per run: the tests that read them ask for them (figures=True)
-        base = dict(data=str(tiny_npz), model="small_cnn", epochs=2, batch_size=16, lr=3e-3,
-                    out=str(tmp_path / "run"), progress=False, augment="none", figures=False)
+        base = dict(
+            data=str(tiny_npz),
+            model="small_cnn",
+            epochs=2,
+            batch_size=16,
+            lr=3e-3,
+            out=str(tmp_path / "run"),
+            progress=False,
+            augment="none",
+            figures=False,
+        )
         base.update(kw)
         return TrainConfig(**base)
 

@@ -18,8 +18,17 @@ def source(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("adapters")
     data = make_medmnist(root / "tiny.npz", n=(64, 24, 24))
-    fit(TrainConfig(data=str(data), model="resnet18", epochs=1, batch_size=16, progress=False, augment="none",
-                    out=str(root / "src")))
+    fit(
+        TrainConfig(
+            data=str(data),
+            model="resnet18",
+            epochs=1,
+            batch_size=16,
+            progress=False,
+            augment="none",
+            out=str(root / "src"),
+        )
+    )
     return root, data, root / "src" / "best.pt"
 
 
@@ -27,8 +36,19 @@ def _tuned(source, method, **kw):
     root, data, weights = source
     out = root / method
     if not (out / "metrics.json").exists():
-        fit(TrainConfig.for_method(method, data=str(data), model="resnet18", epochs=2, progress=False, augment="none",
-                                   weights=str(weights), out=str(out), **kw))
+        fit(
+            TrainConfig.for_method(
+                method,
+                data=str(data),
+                model="resnet18",
+                epochs=2,
+                progress=False,
+                augment="none",
+                weights=str(weights),
+                out=str(out),
+                **kw,
+            )
+        )
     return out
 
 
@@ -51,8 +71,9 @@ def test_peft_baselines_train_only_their_roles(source, method, roles):
         convs = [m.base_layer for m in run.model.modules() if hasattr(m, "lora_A")]
         n_lora = sum(p.numel() for k, p in run.model.named_parameters() if found[k] == "lora")
         # rank 2: A is a k x k conv in -> 2, B a 1x1 conv 2 -> out
-        assert convs and n_lora == sum(2 * (c.in_channels * c.kernel_size[0] * c.kernel_size[1] + c.out_channels)
-                                       for c in convs)
+        assert convs and n_lora == sum(
+            2 * (c.in_channels * c.kernel_size[0] * c.kernel_size[1] + c.out_channels) for c in convs
+        )
         assert any(not torch.equal(tuned[k], torch.zeros_like(tuned[k])) for k in tuned if "lora_B" in k)  # it learned
     import json
 
@@ -101,8 +122,12 @@ def test_onnx_export_matches_pytorch_and_folded_checkpoint_loads(source, tmp_pat
     from smallmed.export import plain_model
 
     run_dir = _tuned(source, "lora", lora_rank=2)
-    assert main(["-q", "export", str(run_dir), "--onnx", str(tmp_path / "m.onnx"), "--folded",
-                 str(tmp_path / "folded.pt")]) == 0
+    assert (
+        main(
+            ["-q", "export", str(run_dir), "--onnx", str(tmp_path / "m.onnx"), "--folded", str(tmp_path / "folded.pt")]
+        )
+        == 0
+    )
     run = load_run(run_dir)
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for b in (1, 7):  # dynamic batch
@@ -120,5 +145,7 @@ def test_onnx_export_matches_pytorch_and_folded_checkpoint_loads(source, tmp_pat
     assert main(["export", str(run_dir)]) == 2  # nothing named: one sentence, exit 2
     assert main(["export", str(run_dir), "--low-rank", "--folded", str(tmp_path / "f2.pt")]) == 2
     assert not (tmp_path / "f2.pt").exists()
-    with pytest.raises(SmallmedError, match="lora_rank=8 has no effect with method='full-svd'; it applies with method 'lora'"):
+    with pytest.raises(
+        SmallmedError, match="lora_rank=8 has no effect with method='full-svd'; it applies with method 'lora'"
+    ):
         TrainConfig(method="full-svd", lora_rank=8)

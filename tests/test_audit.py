@@ -66,7 +66,9 @@ def test_fix_writes_a_clean_copy_and_never_touches_the_original(tmp_path, how):
 def test_fix_needs_out_and_refuses_the_original(tmp_path):
     src = _leaky(tmp_path / "leaky.npz")
     assert main(["data", "audit", str(src), "--fix", "drop"]) == 2
-    assert main(["data", "audit", str(src), "--out", str(tmp_path / "x.npz")]) == 2 and not (tmp_path / "x.npz").exists()
+    assert (
+        main(["data", "audit", str(src), "--out", str(tmp_path / "x.npz")]) == 2 and not (tmp_path / "x.npz").exists()
+    )
     ds = load_dataset(str(src))
     with pytest.raises(Exception, match="never overwritten"):
         fix_duplicates(ds, audit(ds, near=None), "drop", src)

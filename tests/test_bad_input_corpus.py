@@ -23,7 +23,9 @@ def corpus(tmp_path):
     make_medmnist(d / "ok.npz")
     (d / "empty.npz").write_bytes(b"")
     imgs = {f"{s}_images": np.zeros((4, 8, 8), np.uint8) for s in ("train", "val", "test")}
-    np.savez(d / "strlabels.npz", **imgs, **{f"{s}_labels": np.array(["a", "b", "a", "b"]) for s in ("train", "val", "test")})
+    np.savez(
+        d / "strlabels.npz", **imgs, **{f"{s}_labels": np.array(["a", "b", "a", "b"]) for s in ("train", "val", "test")}
+    )
     (d / "afile").write_text("x")
     (d / "bad.yaml").write_text("epochs: abc\n")
     (d / "bool.yaml").write_text("progress: maybe\n")
@@ -31,9 +33,16 @@ def corpus(tmp_path):
     import torch
 
     y1 = np.zeros(8, np.uint8)
-    np.savez(d / "oneclass.npz", **{f"{s}_images": np.random.default_rng(0).integers(0, 255, (8, 8, 8)).astype(np.uint8)
-                                   for s in ("train", "val", "test")},
-             train_labels=y1, val_labels=np.array([0, 1] * 4, np.uint8), test_labels=np.array([0, 1] * 4, np.uint8))
+    np.savez(
+        d / "oneclass.npz",
+        **{
+            f"{s}_images": np.random.default_rng(0).integers(0, 255, (8, 8, 8)).astype(np.uint8)
+            for s in ("train", "val", "test")
+        },
+        train_labels=y1,
+        val_labels=np.array([0, 1] * 4, np.uint8),
+        test_labels=np.array([0, 1] * 4, np.uint8),
+    )
     from PIL import Image
 
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "a.png")
@@ -84,8 +93,21 @@ def _cases(d: Path):
         (["ra2", "evaluate", str(d / "scores.csv"), str(d / "nope.csv")], "outside 0-5"),
         (["ra2", "evaluate", str(d / "nope.csv"), str(d / "scores.csv")], "score table not found"),
         (["ra2", "predict", str(d / "nope"), str(d), "--out", str(d / "p.csv")], "not a run folder"),
-        (["ra2", "train", "--images", str(d), "--scores", str(d / "scores.csv"), "--landmarks", str(d), "--out",
-          str(d / "r")], "no images named PATIENT"),
+        (
+            [
+                "ra2",
+                "train",
+                "--images",
+                str(d),
+                "--scores",
+                str(d / "scores.csv"),
+                "--landmarks",
+                str(d),
+                "--out",
+                str(d / "r"),
+            ],
+            "no images named PATIENT",
+        ),
     ]
 
 
@@ -105,11 +127,36 @@ def test_every_command_answers_bad_input_in_one_sentence(corpus, capsys):
         assert _snapshot(corpus) == before, (args, "files were written or changed")
 
 
-_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2**40, 2**40), st.floats(allow_nan=True),
-                    st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3),
-                    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
-_KEYS = st.sampled_from(["epochs", "lr", "batch_size", "seed", "fraction", "betas", "progress", "model", "norm",
-                         "augment", "fprs", "image_size", "method", "prune", "rank_ratio", "head_epochs", "bogus"])
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+_KEYS = st.sampled_from(
+    [
+        "epochs",
+        "lr",
+        "batch_size",
+        "seed",
+        "fraction",
+        "betas",
+        "progress",
+        "model",
+        "norm",
+        "augment",
+        "fprs",
+        "image_size",
+        "method",
+        "prune",
+        "rank_ratio",
+        "head_epochs",
+        "bogus",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -124,8 +171,13 @@ def test_config_parser_only_ever_raises_smallmed_error(d):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.sampled_from(["u1", "i8", "f4", "U2", "b1"]), st.sampled_from(["u1", "f4", "U3", "i8", "b1"]),
-       st.lists(st.integers(0, 5), min_size=1, max_size=4), st.integers(0, 3), st.booleans())
+@given(
+    st.sampled_from(["u1", "i8", "f4", "U2", "b1"]),
+    st.sampled_from(["u1", "f4", "U3", "i8", "b1"]),
+    st.lists(st.integers(0, 5), min_size=1, max_size=4),
+    st.integers(0, 3),
+    st.booleans(),
+)
 def test_npz_reader_only_ever_raises_smallmed_error(tmp_path_factory, img_dtype, lab_dtype, shape, n, multi):
     from smallmed.data import load_dataset
 

@@ -10,8 +10,9 @@ from smallmed.studies import bn as bn_mod
 
 
 def test_bn_study_tiny_grid_writes_curves_paired_differences_and_batch_effect(tmp_path, tiny_npz):
-    study = dc.replace(bn_mod.PRESETS["quick"], data=(str(tiny_npz),), model="small_cnn", seeds=(0, 1), epochs=2,
-                       batch_size=16)
+    study = dc.replace(
+        bn_mod.PRESETS["quick"], data=(str(tiny_npz),), model="small_cnn", seeds=(0, 1), epochs=2, batch_size=16
+    )
     report = bn_mod.run_bn_study(study, tmp_path / "bn")
     text = report.read_text()
     for norm in ("none", "bn", "bn-after-act"):

@@ -17,8 +17,23 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).re
 
 
 def _train_args(data, out, *extra):
-    return ["train", "--data", str(data), "--model", "small_cnn", "--epochs", "2", "--batch-size", "16",
-            "--augment", "none", "--no-progress", "--out", str(out), *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "small_cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--augment",
+        "none",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_train_evaluate_predict(tiny_npz, tmp_path, capsys):
@@ -40,8 +55,22 @@ def test_train_evaluate_predict(tiny_npz, tmp_path, capsys):
 
 def test_config_file_flags_and_set(tiny_npz, tmp_path):
     (tmp_path / "run.yaml").write_text(f"data: {tiny_npz}\nmodel: small_cnn\nepochs: 3\nlr: 0.01\n")
-    args = ["-q", "train", "--config", str(tmp_path / "run.yaml"), "--epochs", "1", "--no-progress",
-            "--augment", "none", "--out", str(tmp_path / "r"), "--set", "lr=0.002", "betas=[0.9,0.99]"]
+    args = [
+        "-q",
+        "train",
+        "--config",
+        str(tmp_path / "run.yaml"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--augment",
+        "none",
+        "--out",
+        str(tmp_path / "r"),
+        "--set",
+        "lr=0.002",
+        "betas=[0.9,0.99]",
+    ]
     assert main(args) == 0
     import yaml
 
@@ -49,16 +78,19 @@ def test_config_file_flags_and_set(tiny_npz, tmp_path):
     assert cfg["epochs"] == 1 and cfg["lr"] == 0.002 and cfg["betas"] == [0.9, 0.99] and cfg["model"] == "small_cnn"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["train", "--data", "/nonexistent/x.npz"], "x.npz' not found"),
-    (["train", "--data", "DATA", "--model", "resnt18"], "Did you mean 'resnet18'"),
-    (["train", "--data", "DATA", "--fraction", "0"], "fraction=0.0"),
-    (["train", "--data", "DATA", "--set", "lrr=1"], "Did you mean 'lr'"),
-    (["train", "--resume", "/nonexistent/run"], "not a smallmed run folder"),
-    (["evaluate", "/nonexistent/run"], "run folder not found"),
-    (["data", "stats", "nosuchdata"], "not found; looked at"),
-    (["data", "fetch", "cifar10"], "known MedMNIST names"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/nonexistent/x.npz"], "x.npz' not found"),
+        (["train", "--data", "DATA", "--model", "resnt18"], "Did you mean 'resnet18'"),
+        (["train", "--data", "DATA", "--fraction", "0"], "fraction=0.0"),
+        (["train", "--data", "DATA", "--set", "lrr=1"], "Did you mean 'lr'"),
+        (["train", "--resume", "/nonexistent/run"], "not a smallmed run folder"),
+        (["evaluate", "/nonexistent/run"], "run folder not found"),
+        (["data", "stats", "nosuchdata"], "not found; looked at"),
+        (["data", "fetch", "cifar10"], "known MedMNIST names"),
+    ],
+)
 def test_errors_are_one_sentence_and_exit_2(argv, message, tiny_npz, tmp_path, capsys):
     argv = [str(tiny_npz) if a == "DATA" else a for a in argv]
     if argv[0] == "train" and "--resume" not in argv:
@@ -88,8 +120,9 @@ def test_mismatched_checkpoint_is_an_error(tiny_npz, tmp_path, capsys):
 
 
 def _run_cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "smallmed.cli", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "smallmed.cli", *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw
+    )
 
 
 def test_internal_errors_get_one_sentence_and_exit_3(monkeypatch, tmp_path, capsys):

@@ -9,8 +9,16 @@ import pytest
 from sklearn.metrics import brier_score_loss, confusion_matrix, roc_curve
 
 from smallmed.errors import SmallmedError
-from smallmed.metrics.clinical import (apply_temperature, brier_score, calibration, choose_threshold,
-                                       expected_calibration_error, fit_temperature, operating_point, rates_at)
+from smallmed.metrics.clinical import (
+    apply_temperature,
+    brier_score,
+    calibration,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    operating_point,
+    rates_at,
+)
 
 
 def _noisy(n=200, seed=0):
@@ -43,7 +51,7 @@ def test_youden_threshold_is_the_brute_force_best():
     y, s = _noisy(seed=3)
     t = choose_threshold(y, s)
     best = max(np.unique(s), key=lambda u: (rates_at(y, s, u)["sensitivity"] + rates_at(y, s, u)["specificity"], u))
-    j = lambda u: rates_at(y, s, u)["sensitivity"] + rates_at(y, s, u)["specificity"]  # noqa: E731
+    j = lambda u: rates_at(y, s, u)["sensitivity"] + rates_at(y, s, u)["specificity"]
     assert j(t) == pytest.approx(j(best))
     t90 = choose_threshold(y, s, "sensitivity=0.9")
     assert rates_at(y, s, t90)["sensitivity"] >= 0.9
@@ -64,8 +72,9 @@ def test_rates_match_confusion_matrix():
     y, s = _noisy(seed=5)
     tn, fp, fn, tp = confusion_matrix(y, s >= 0.5).ravel()
     r = rates_at(y, s, 0.5)
-    assert r == pytest.approx({"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp),
-                               "ppv": tp / (tp + fp), "npv": tn / (tn + fn)})
+    assert r == pytest.approx(
+        {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp), "npv": tn / (tn + fn)}
+    )
 
 
 def test_operating_point_never_reads_test_labels_and_intervals_stay_in_range():
@@ -121,7 +130,15 @@ def test_run_threshold_does_not_depend_on_test_labels(tmp_path, tiny_cfg):
     got = []
     for flip in (False, True):
         data = _noisy_npz(tmp_path / f"noisy{int(flip)}.npz", flip_test=flip)
-        m = fit(tiny_cfg(data=str(data), epochs=2, out=str(tmp_path / f"r{int(flip)}"), calibrate="temperature", figures=flip is False))
+        m = fit(
+            tiny_cfg(
+                data=str(data),
+                epochs=2,
+                out=str(tmp_path / f"r{int(flip)}"),
+                calibrate="temperature",
+                figures=flip is False,
+            )
+        )
         got.append(m["test"])
     a, b = got
     assert a["operating_point"]["threshold"] == b["operating_point"]["threshold"]
@@ -134,8 +151,15 @@ def test_run_threshold_does_not_depend_on_test_labels(tmp_path, tiny_cfg):
     assert "Operating point" in report and "temperature scaling" in report
     assert (tmp_path / "r0" / "reliability_test.png").exists()
     card = (tmp_path / "r0" / "model_card.md").read_text()
-    for part in ("## Data", "train: 80 images", "## Intended use", "not a medical device", "Operating point",
-                 "## Limitations", "smallmed train --config"):
+    for part in (
+        "## Data",
+        "train: 80 images",
+        "## Intended use",
+        "not a medical device",
+        "Operating point",
+        "## Limitations",
+        "smallmed train --config",
+    ):
         assert part in card
 
 

@@ -18,19 +18,37 @@ def test_values_outside_each_declared_range_are_refused(name):
     extra |= {"optimizer": "sgd"} if name == "momentum" else {}
     extra |= {"scheduler": "plateau"} if name == "patience" else {}
     extra |= {"method": "lora"} if name == "lora_rank" else {}
-    for bad in (math.nan, math.inf, lo - 1, *([hi + 1] if math.isfinite(hi) else []), *([lo] if lo_open else []), *([hi] if hi_open else [])):
+    for bad in (
+        math.nan,
+        math.inf,
+        lo - 1,
+        *([hi + 1] if math.isfinite(hi) else []),
+        *([lo] if lo_open else []),
+        *([hi] if hi_open else []),
+    ):
         with pytest.raises(SmallmedError, match=name):
             TrainConfig(epochs=4, **extra, **{name: bad})
     mid = (lo + hi) / 2 if math.isfinite(hi) else lo + 1e-3
-    TrainConfig(epochs=4, **extra, **{name: int(mid) if name in ("patience", "early_stop", "step_size", "lora_rank") else mid})
+    TrainConfig(
+        epochs=4, **extra, **{name: int(mid) if name in ("patience", "early_stop", "step_size", "lora_rank") else mid}
+    )
 
 
 @pytest.mark.parametrize("name", sorted(applies()))
 def test_a_setting_without_effect_is_refused_naming_what_would_apply_it(name):
     """Over every declared dependency, the fine-tuning methods' own settings included (Method.uses)."""
     other, values = applies()[name]
-    value = {"momentum": 0.5, "patience": 2, "factor": 0.5, "step_size": 3, "prune": 0.5, "svd_linear": True,
-             "rank_ratio": 0.5, "lora_rank": 8, "svd_train": ("sigma", "head", "bn")}[name]
+    value = {
+        "momentum": 0.5,
+        "patience": 2,
+        "factor": 0.5,
+        "step_size": 3,
+        "prune": 0.5,
+        "svd_linear": True,
+        "rank_ratio": 0.5,
+        "lora_rank": 8,
+        "svd_train": ("sigma", "head", "bn"),
+    }[name]
     elsewhere = {"optimizer": "adam", "scheduler": "cosine", "method": "full", "conv": "conv"}[other]
     with pytest.raises(SmallmedError, match=f"{name}=.*no effect.*{other}"):
         TrainConfig(epochs=4, **{other: elsewhere, name: value})

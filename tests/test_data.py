@@ -41,11 +41,15 @@ def _save(path, **arrays):
     "mutate, match",
     [
         (lambda a: a.pop("val_labels"), "missing key.*val_labels"),
-        (lambda a: a.update(train_labels=np.full((64, 1), 7, np.uint8), val_labels=np.zeros((24, 1), np.uint8)),
-         None),  # 7 becomes a class of an unknown file: allowed
+        (
+            lambda a: a.update(train_labels=np.full((64, 1), 7, np.uint8), val_labels=np.zeros((24, 1), np.uint8)),
+            None,
+        ),  # 7 becomes a class of an unknown file: allowed
         (lambda a: a.update(test_labels=np.zeros((24, 2, 2), np.uint8)), "labels have shape"),
-        (lambda a: a.update(val_images=np.zeros((0, 16, 16), np.uint8), val_labels=np.zeros((0, 1), np.uint8)),
-         "split 'val' is empty"),
+        (
+            lambda a: a.update(val_images=np.zeros((0, 16, 16), np.uint8), val_labels=np.zeros((0, 1), np.uint8)),
+            "split 'val' is empty",
+        ),
         (lambda a: a.update(test_labels=np.zeros((5, 1), np.uint8)), "24 images but 5 labels"),
         (lambda a: a.update(train_images=np.zeros((64, 16, 16), np.float32)), "expected uint8"),
     ],

@@ -9,8 +9,7 @@ from PIL import Image
 from torchvision import tv_tensors
 
 from smallmed import SmallmedError, load_dataset
-from smallmed.data import build_transform, fetch, load_csv, load_folder, parse_augment, read_image
-from smallmed.data import catalog
+from smallmed.data import build_transform, catalog, fetch, load_csv, load_folder, parse_augment, read_image
 from smallmed.data.transforms import PerSampleStandardize
 from tests.conftest import make_images
 
@@ -135,6 +134,7 @@ def test_dicom_linear_and_sigmoid_windows(tmp_path):
             ds.WindowCenter, ds.WindowWidth = 2000, 2000
             if fn:
                 ds.VOILUTFunction = fn
+
         return f
 
     linear = read_image(_dicom(tmp_path / "w.dcm", arr, extra=window(None)))[0, :, 0]
@@ -176,7 +176,9 @@ def test_image_and_mask_get_the_same_geometry():
     img = torch.zeros(1, 32, 32, dtype=torch.uint8)
     img[:, 4:12, 4:12] = 255
     mask = tv_tensors.Mask((img > 0).to(torch.uint8))
-    tf = build_transform(train=True, image_size=32, channels=1, augment="hflip,rotate=30,scale=0.8-1.2", normalize="none")
+    tf = build_transform(
+        train=True, image_size=32, channels=1, augment="hflip,rotate=30,scale=0.8-1.2", normalize="none"
+    )
     for seed in range(5):
         torch.manual_seed(seed)
         out_img, out_mask = tf(tv_tensors.Image(img), mask)

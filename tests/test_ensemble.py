@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import make_medmnist
+from PIL import Image
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +16,17 @@ def two_runs(tmp_path_factory):
     data = make_medmnist(root / "tiny.npz", n=(64, 24, 24))
     runs = []
     for seed in (0, 1):
-        cfg = TrainConfig(data=str(data), model="small_cnn", epochs=2, batch_size=16, lr=3e-3, seed=seed,
-                          augment="none", progress=False, out=str(root / f"s{seed}"))
+        cfg = TrainConfig(
+            data=str(data),
+            model="small_cnn",
+            epochs=2,
+            batch_size=16,
+            lr=3e-3,
+            seed=seed,
+            augment="none",
+            progress=False,
+            out=str(root / f"s{seed}"),
+        )
         fit(cfg)
         runs.append(root / f"s{seed}")
     rng = np.random.default_rng(0)
@@ -72,7 +80,11 @@ def test_ensemble_refuses_runs_of_other_classes(two_runs, tmp_path):
 
     runs, _, _, _ = two_runs
     other = make_medmnist(tmp_path / "three.npz", n=(45, 15, 15), classes=3)
-    fit(TrainConfig(data=str(other), model="small_cnn", epochs=1, augment="none", progress=False, out=str(tmp_path / "o")))
+    fit(
+        TrainConfig(
+            data=str(other), model="small_cnn", epochs=1, augment="none", progress=False, out=str(tmp_path / "o")
+        )
+    )
     with pytest.raises(SmallmedError, match="same classes"):
         Ensemble.load([runs[0], tmp_path / "o"], device="cpu")
 
@@ -97,10 +109,23 @@ def test_predict_on_a_keypoint_run_writes_points_in_image_pixels(tmp_path):
     n = 30
     images = rng.integers(0, 40, (n, 24, 24)).astype(np.uint8)
     kp = np.concatenate([rng.uniform(4, 20, (n, 2, 2)), np.full((n, 2, 1), 2.0)], -1).astype(np.float32)
-    np.savez(tmp_path / "kp.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(["a", "b"]),
-             split=np.array(["train"] * 20 + ["val"] * 5 + ["test"] * 5))
-    fit(TrainConfig(data=str(tmp_path / "kp.npz"), model="unet", epochs=1, augment="none", progress=False,
-                    out=str(tmp_path / "run")))
+    np.savez(
+        tmp_path / "kp.npz",
+        images=images,
+        keypoints_xyv=kp,
+        keypoint_names=np.array(["a", "b"]),
+        split=np.array(["train"] * 20 + ["val"] * 5 + ["test"] * 5),
+    )
+    fit(
+        TrainConfig(
+            data=str(tmp_path / "kp.npz"),
+            model="unet",
+            epochs=1,
+            augment="none",
+            progress=False,
+            out=str(tmp_path / "run"),
+        )
+    )
     big = rng.integers(0, 255, (96, 48)).astype(np.uint8)  # another size and aspect than the training images
     Image.fromarray(big).save(tmp_path / "big.png")
     row = predict_images(tmp_path / "run", [tmp_path / "big.png"], device="cpu")[0]

@@ -8,14 +8,27 @@ from torch import nn
 
 from smallmed import SmallmedError, create_model
 from smallmed.analysis.cost import cost
-from smallmed.reparam.factorized import (FactorizedConv2d, factorize, factorized_modules, frobenius_decay,
-                                         kl_flatten_loss)
+from smallmed.reparam.factorized import (
+    FactorizedConv2d,
+    factorize,
+    factorized_modules,
+    frobenius_decay,
+    kl_flatten_loss,
+)
 
 
 def _net():
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2),
-                         nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=4), nn.Conv2d(16, 12, (3, 5), padding=(1, 2)),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=2, dilation=2),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=4),
+        nn.Conv2d(16, 12, (3, 5), padding=(1, 2)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(12, 3),
+    )
 
 
 @pytest.mark.parametrize("method", ["sfconv", "fconv", "fconvsn", "dpc", "conv"])
@@ -42,8 +55,11 @@ def _trace(m, x):
 @pytest.mark.parametrize("kind", ["sfconv", "fconv"])
 def test_full_rank_reproduces_a_pretrained_dense_conv(kind):
     torch.manual_seed(0)
-    for conv in (nn.Conv2d(6, 10, 3, stride=2, padding=1), nn.Conv2d(10, 4, (3, 5), padding=(2, 1), dilation=(2, 1)),
-                 nn.Conv2d(3, 64, 7, padding=3, bias=False)):
+    for conv in (
+        nn.Conv2d(6, 10, 3, stride=2, padding=1),
+        nn.Conv2d(10, 4, (3, 5), padding=(2, 1), dilation=(2, 1)),
+        nn.Conv2d(3, 64, 7, padding=3, bias=False),
+    ):
         x = torch.randn(2, conv.in_channels, 15, 15)
         full = min(conv.out_channels, conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1])
         f = FactorizedConv2d.from_conv(conv, full, kind)
@@ -73,7 +89,7 @@ def test_kl_is_zero_for_flat_positive_otherwise_and_has_a_gradient():
     g = nn.Sequential(nn.Conv2d(4, 8, 3))
     factorize(g, "fconv", rank=4)
     w = factorized_modules(g, ("fconv",))[0][1].dense_weight()
-    assert torch.allclose(frobenius_decay(g), (w ** 2).sum(), rtol=1e-4)
+    assert torch.allclose(frobenius_decay(g), (w**2).sum(), rtol=1e-4)
 
 
 def test_flops_of_one_conv_match_the_closed_form():
@@ -100,8 +116,9 @@ def test_bad_input():
         kl_flatten_loss(m)
 
 
-@pytest.mark.parametrize("conv,extra", [("sfconv", {"kl_weight": 0.1}), ("fconv", {"fd_weight": 1e-4}),
-                                        ("fconvsn", {}), ("dpc", {})])
+@pytest.mark.parametrize(
+    "conv,extra", [("sfconv", {"kl_weight": 0.1}), ("fconv", {"fd_weight": 1e-4}), ("fconvsn", {}), ("dpc", {})]
+)
 def test_trainer_factorizes_logs_the_regulariser_and_reloads(tiny_cfg, tmp_path, conv, extra):
     from smallmed.train import fit
     from smallmed.train.inference import evaluate_run
@@ -125,8 +142,15 @@ def test_sfconv_study_tiny_grid_reports_costs_and_spectra(tmp_path, tiny_npz):
 
     from smallmed.studies import sfconv as sf
 
-    study = dc.replace(sf.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", seeds=(0, 1), epochs=1,
-                       rank_ratio=0.5, batch_size=16)
+    study = dc.replace(
+        sf.PRESETS["quick"],
+        data=str(tiny_npz),
+        model="small_cnn",
+        seeds=(0, 1),
+        epochs=1,
+        rank_ratio=0.5,
+        batch_size=16,
+    )
     report = sf.run_sfconv_study(study, tmp_path / "sf")
     text = report.read_text()
     for v in sf.VARIANTS:

@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_medmnist
 
 
@@ -59,8 +58,17 @@ def test_every_head_writes_the_grade_and_the_same_metrics(tmp_path, head):
     from smallmed import TrainConfig, fit
 
     data = make_medmnist(tmp_path / "graded.npz", n=(60, 20, 30), classes=4)
-    cfg = TrainConfig(data=str(data), model="small_cnn", epochs=2, batch_size=16, lr=3e-3, task=head,
-                      augment="none", progress=False, out=str(tmp_path / head))
+    cfg = TrainConfig(
+        data=str(data),
+        model="small_cnn",
+        epochs=2,
+        batch_size=16,
+        lr=3e-3,
+        task=head,
+        augment="none",
+        progress=False,
+        out=str(tmp_path / head),
+    )
     m = fit(cfg)
     for k in ("acc", "mae", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse"):
         assert k in m["test"], k
@@ -81,10 +89,32 @@ def test_head_flag_on_the_cli(tmp_path, capsys):
     from smallmed.cli import main
 
     data = make_medmnist(tmp_path / "graded.npz", n=(40, 12, 12), classes=3)
-    assert main(["-q", "train", "--data", str(data), "--model", "small_cnn", "--epochs", "1", "--head", "ordinal",
-                 "--augment", "none", "--no-progress", "--out", str(tmp_path / "r")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "small_cnn",
+                "--epochs",
+                "1",
+                "--head",
+                "ordinal",
+                "--augment",
+                "none",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["task"] == "ordinal"
-    assert main(["train", "--data", str(tmp_path / "graded.npz"), "--head", "ordnal", "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(["train", "--data", str(tmp_path / "graded.npz"), "--head", "ordnal", "--out", str(tmp_path / "x")]) == 2
+    )
     assert "ordinal" in capsys.readouterr().err
 
 

@@ -14,8 +14,16 @@ from smallmed.cli import main
 def _bn(npz, **kw):
     from smallmed.studies.bn import BNStudy
 
-    base = dict(data=(str(npz),), model="small_cnn", norms=("none", "bn"), seeds=(0,), epochs=1, batch_size=16,
-                lr=1e-2, max_train=0)
+    base = dict(
+        data=(str(npz),),
+        model="small_cnn",
+        norms=("none", "bn"),
+        seeds=(0,),
+        epochs=1,
+        batch_size=16,
+        lr=1e-2,
+        max_train=0,
+    )
     base.update(kw)
     return BNStudy(**base)
 
@@ -46,8 +54,22 @@ def test_a_reused_cell_folder_must_match(tmp_path, tiny_cfg):
 
 def test_resume_refuses_other_flags_and_extends_epochs(tiny_npz, tmp_path, capsys, caplog):
     """Before: `--resume RUN --epochs 6 --lr 0.1 --model resnet18` exited 0 having trained nothing."""
-    args = ["train", "--data", str(tiny_npz), "--model", "small_cnn", "--epochs", "1", "--batch-size", "16",
-            "--augment", "none", "--no-progress", "--out", str(tmp_path / "r")]
+    args = [
+        "train",
+        "--data",
+        str(tiny_npz),
+        "--model",
+        "small_cnn",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--augment",
+        "none",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "r"),
+    ]
     assert main(["-q", *args]) == 0
     run = tmp_path / "r"
     assert main(["-q", "train", "--resume", str(run), "--epochs", "3", "--lr", "0.1", "--model", "resnet18"]) == 2

@@ -45,8 +45,12 @@ HOLD_AT_CALL = textwrap.dedent("""
 
 def _kill_at(hold: int, marker: Path, args: list[str]) -> None:
     """Start the CLI with ``args``, SIGKILL it once it holds at its ``hold``-th CSV write."""
-    victim = subprocess.Popen([sys.executable, "-c", HOLD_AT_CALL, str(hold), str(marker), *args], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AT_CALL, str(hold), str(marker), *args],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 240
     while not marker.exists() and victim.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -56,19 +60,47 @@ def _kill_at(hold: int, marker: Path, args: list[str]) -> None:
 
 
 def _train_args(data, out, *extra):
-    return ["-q", "train", "--data", str(data), "--model", "small_cnn", "--epochs", "4", "--batch-size", "16",
-            "--augment", "hflip", "--seed", "3", "--no-progress", "--out", str(out), *extra]
+    return [
+        "-q",
+        "train",
+        "--data",
+        str(data),
+        "--model",
+        "small_cnn",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "16",
+        "--augment",
+        "hflip",
+        "--seed",
+        "3",
+        "--no-progress",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_sigkill_on_a_progress_marker_then_resume_gives_the_same_result(tmp_path):
     data = make_medmnist(tmp_path / "d.npz", n=(96, 24, 24), size=16)
-    ref = subprocess.run([sys.executable, "-m", "smallmed.cli", *_train_args(data, tmp_path / "a")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    ref = subprocess.run(
+        [sys.executable, "-m", "smallmed.cli", *_train_args(data, tmp_path / "a")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ref.returncode == 0, ref.stderr[-2000:]
     _kill_at(2, tmp_path / "marker", _train_args(data, tmp_path / "b"))  # after epoch 2's history row
     assert not (tmp_path / "b" / "metrics.json").exists()
-    resumed = subprocess.run([sys.executable, "-m", "smallmed.cli", "-q", "train", "--resume", str(tmp_path / "b")],
-                             env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "smallmed.cli", "-q", "train", "--resume", str(tmp_path / "b")],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
@@ -105,8 +137,17 @@ def test_ddp_ranks_end_with_identical_weights_and_the_expected_steps(tmp_path):
     data = make_medmnist(tmp_path / "d.npz", n=(64, 16, 16), size=16)
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-           str(data), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(data),
+        str(tmp_path),
+    ]
     done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -133,11 +174,14 @@ class _StopAt:
         pass
 
 
-@pytest.mark.parametrize("kind,kw", [
-    ("svd", dict(method="sp-svd-9")),
-    ("factorized", dict(conv="sfconv", rank_ratio=0.5, kl_weight=0.01)),
-    ("rff", dict(rff_epochs=(2,))),
-])
+@pytest.mark.parametrize(
+    "kind,kw",
+    [
+        ("svd", dict(method="sp-svd-9")),
+        ("factorized", dict(conv="sfconv", rank_ratio=0.5, kl_weight=0.01)),
+        ("rff", dict(rff_epochs=(2,))),
+    ],
+)
 def test_killed_run_resumes_to_the_same_metrics(tiny_cfg, tmp_path, kind, kw):
     ref = fit(tiny_cfg(epochs=3, out=str(tmp_path / "a"), augment="hflip", **kw))
     with pytest.raises(KeyboardInterrupt):
@@ -165,7 +209,6 @@ def test_rffreeze_restores_its_own_layers():
     assert all(model.get_submodule(b).training for b in cb.norms.values())
 
 
-
 def _results(path: Path) -> list[dict]:
     import csv
 
@@ -173,24 +216,32 @@ def _results(path: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # wall time differs by nature
 
 
-def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path):
+def _study_args(data: Path, out: Path) -> list[str]:
+    return ["-q", "study", "bn", "--data", str(data), "--model", "small_cnn", "--norms", "none", "bn", "--seeds", "0",
+            "--epochs", "2", "--batch-size", "16", "--max-train", "0", "--out", str(out)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_study(tmp_path_factory) -> tuple[Path, Path]:
+    """One uninterrupted run of the tiny study (per test worker), the reference for every kill moment."""
+    root = tmp_path_factory.mktemp("study-ref")
+    data = make_medmnist(root / "d.npz", n=(64, 16, 16), size=16)
+    ref = subprocess.run([sys.executable, "-m", "smallmed.cli", *_study_args(data, root / "ref")], env=ENV,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    return data, root / "ref"
+
+
+@pytest.mark.parametrize("hold", [1, 3, 5])  # history of cell 1 epoch 1; cell 2 epoch 1; results.csv
+def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path, uninterrupted_study, hold):
     """SIGKILL after the first epoch file, in the second cell, and while writing the report: the same
     command then finishes with the results.csv of an uninterrupted run."""
-    data = make_medmnist(tmp_path / "d.npz", n=(64, 16, 16), size=16)
-
-    def args(out):
-        return ["-q", "study", "bn", "--data", str(data), "--model", "small_cnn", "--norms", "none", "bn",
-                "--seeds", "0", "--epochs", "2", "--batch-size", "16", "--max-train", "0", "--out", str(out)]
-
-    ref = subprocess.run([sys.executable, "-m", "smallmed.cli", *args(tmp_path / "ref")], env=ENV,
-                         capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr[-2000:]
-    for hold in (1, 3, 5):  # history of cell 1 epoch 1; cell 2 epoch 1; results.csv
-        out = tmp_path / f"k{hold}"
-        _kill_at(hold, tmp_path / f"m{hold}", args(out))
-        again = subprocess.run([sys.executable, "-m", "smallmed.cli", *args(out)], env=ENV, capture_output=True,
-                               text=True, timeout=300)
-        assert again.returncode == 0, again.stderr[-2000:]
-        got = [{k: v.replace(str(out), "OUT") for k, v in r.items()} for r in _results(out / "results.csv")]
-        want = [{k: v.replace(str(tmp_path / "ref"), "OUT") for k, v in r.items()} for r in _results(tmp_path / "ref" / "results.csv")]
-        assert got == want, hold
+    data, ref = uninterrupted_study
+    out = tmp_path / f"k{hold}"
+    _kill_at(hold, tmp_path / f"m{hold}", _study_args(data, out))
+    again = subprocess.run([sys.executable, "-m", "smallmed.cli", *_study_args(data, out)], env=ENV,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-2000:]
+    got = [{k: v.replace(str(out), "OUT") for k, v in r.items()} for r in _results(out / "results.csv")]
+    want = [{k: v.replace(str(ref), "OUT") for k, v in r.items()} for r in _results(ref / "results.csv")]
+    assert got == want, hold

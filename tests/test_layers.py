@@ -90,8 +90,12 @@ def _layer(module: str) -> int:
 
 
 def test_no_module_imports_a_higher_layer():
-    bad = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
-           for m, ts in _edges().items() for t in sorted(ts) if _layer(t) > _layer(m)]
+    bad = [
+        f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+        for m, ts in _edges().items()
+        for t in sorted(ts)
+        if _layer(t) > _layer(m)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -106,7 +110,7 @@ def test_no_import_cycle():
         stack.append(v)
         for w in sorted(graph.get(v, ())):
             if state.get(w) == 1:
-                cycles.append(stack[stack.index(w):] + [w])
+                cycles.append(stack[stack.index(w) :] + [w])
             elif w not in state:
                 visit(w)
         stack.pop()

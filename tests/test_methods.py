@@ -46,8 +46,15 @@ CASES = {
 
 def tiny() -> nn.Module:
     torch.manual_seed(0)
-    m = nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 3),
-                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    m = nn.Sequential(
+        nn.Conv2d(1, 4, 3, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 2),
+    )
     with torch.no_grad():  # BatchNorm statistics away from (0, 1), so they matter
         m[1].running_mean.uniform_(-0.5, 0.5)
         m[1].running_var.uniform_(0.5, 2.0)
@@ -105,7 +112,9 @@ def test_merge_after_perturbation_and_onnx_parity(name):
         want = model(X)
     merged = get_method(name).merge(model)
     plain = merged if merged is not None else model
-    assert not any("parametrizations" in n or "lora_" in n for n, _ in plain.named_parameters()), "merge leaves plain layers"
+    assert not any("parametrizations" in n or "lora_" in n for n, _ in plain.named_parameters()), (
+        "merge leaves plain layers"
+    )
     with torch.no_grad():
         assert torch.allclose(plain.eval()(X), want, atol=1e-5)
     data = onnx_bytes(plain, X[:2])

@@ -54,7 +54,7 @@ def test_multilabel_against_sklearn():
 
 def test_absent_class_is_nan_and_left_out_of_the_mean():
     y = np.array([0, 1, 0, 1])
-    probs = np.array([[.8, .1, .1], [.1, .8, .1], [.7, .2, .1], [.2, .7, .1]])
+    probs = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.7, 0.2, 0.1], [0.2, 0.7, 0.1]])
     m = classification_metrics("multiclass", y, probs)
     assert np.isnan(m["auc_per_class"][2]) and m["auc"] == 1.0
 

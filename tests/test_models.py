@@ -77,7 +77,7 @@ def test_weights_roundtrip_with_new_head(tmp_path):
     rep = dst.smallmed_load_report
     assert rep.head_replaced == ["fc.weight", "fc.bias"] and not rep.missing and not rep.unexpected
     x = torch.randn(2, 1, 28, 28)
-    feats = lambda m: torch.flatten(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.relu(m.bn1(m.conv1(x)))))))), 1)  # noqa
+    feats = lambda m: torch.flatten(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.relu(m.bn1(m.conv1(x)))))))), 1)
     assert torch.allclose(feats(src), feats(dst), atol=1e-5)
 
 
@@ -98,7 +98,9 @@ def test_safetensors_and_rgb_to_gray_stem(tmp_path):
 
 def test_weights_that_do_not_fit(tmp_path):
     torch.save(create_model("resnet18", 2, input_size=224).state_dict(), tmp_path / "big_stem.pt")
-    with pytest.raises(SmallmedError, match="'conv1.weight' has shape \\(64, 3, 7, 7\\) but the model expects \\(64, 3, 3, 3\\)"):
+    with pytest.raises(
+        SmallmedError, match="'conv1.weight' has shape \\(64, 3, 7, 7\\) but the model expects \\(64, 3, 3, 3\\)"
+    ):
         create_model("resnet18", 2, input_size=28, weights=tmp_path / "big_stem.pt")
     sd = create_model("resnet18", 2, input_size=28).state_dict()
     sd.pop("layer1.0.conv1.weight")
@@ -149,8 +151,11 @@ def test_efficientnet_lite0_imagenet_weights_recognise_a_cat():
 def _leaf_order(model, x, n):
     """Types of the first ``n`` leaf modules in the order the forward pass calls them."""
     seen = []
-    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
-             for m in model.modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: seen.append(type(m).__name__))
+        for m in model.modules()
+        if not list(m.children())
+    ]
     model(x)
     for h in hooks:
         h.remove()

@@ -45,7 +45,7 @@ def test_tpr_at_fpr_on_tie_chain_equals_brute_force_and_bootstrap_kernel():
     from smallmed.metrics.classification import _fast_auc_tpr
 
     rng = np.random.default_rng(3)
-    for trial in range(30):
+    for _trial in range(30):
         y = rng.integers(0, 2, 60)
         y[:2] = [0, 1]
         s = rng.integers(0, 6, 60).astype(float) / 5  # many ties across classes
@@ -269,8 +269,8 @@ def _seg_npz(path: Path, n=40, size=32) -> Path:
     masks = np.zeros((n, size, size), np.uint8)
     for i in range(n):
         r, c = rng.integers(4, size - 12, 2)
-        images[i, r:r + 8, c:c + 8] = 230
-        masks[i, r:r + 8, c:c + 8] = 1
+        images[i, r : r + 8, c : c + 8] = 230
+        masks[i, r : r + 8, c : c + 8] = 1
     np.savez(path, images=images, masks=masks)
     return path
 
@@ -278,8 +278,16 @@ def _seg_npz(path: Path, n=40, size=32) -> Path:
 def test_unet_with_svd_method_and_ra2_augment_trains_what_it_says(tmp_path):
     """Before: --method full-svd and --augment ra2 were silently dropped for a U-Net."""
     data = _seg_npz(tmp_path / "seg.npz")
-    cfg = TrainConfig(data=str(data), model="unet", epochs=1, method="full-svd", augment="ra2", progress=False,
-                      out=str(tmp_path / "u"), lr=1e-3)
+    cfg = TrainConfig(
+        data=str(data),
+        model="unet",
+        epochs=1,
+        method="full-svd",
+        augment="ra2",
+        progress=False,
+        out=str(tmp_path / "u"),
+        lr=1e-3,
+    )
     m = fit(cfg)
     assert m["task"] == "segmentation" and m["method"] == "full-svd"
     assert m["svd"]["summary"]["layers"] > 0 and (tmp_path / "u" / "folded.pt").exists()
@@ -289,7 +297,11 @@ def test_unet_with_svd_method_and_ra2_augment_trains_what_it_says(tmp_path):
 def test_unet_refuses_rff(tmp_path):
     data = _seg_npz(tmp_path / "seg.npz")
     with pytest.raises(SmallmedError, match="receptive-field freezing"):
-        fit(TrainConfig(data=str(data), model="unet", epochs=2, rff_epochs=(1,), progress=False, out=str(tmp_path / "u")))
+        fit(
+            TrainConfig(
+                data=str(data), model="unet", epochs=2, rff_epochs=(1,), progress=False, out=str(tmp_path / "u")
+            )
+        )
     assert not (tmp_path / "u").exists()
 
 
@@ -339,8 +351,17 @@ def _reg_npz(path: Path, n=(60, 20, 20), size=16) -> Path:
 @pytest.mark.parametrize("loss,balance", [("mae", "sampling"), ("logcosh", "weights")])
 def test_regression_is_a_task_of_the_same_loop(tmp_path, loss, balance):
     data = _reg_npz(tmp_path / "reg.npz")
-    cfg = TrainConfig(data=str(data), model="small_cnn", epochs=4, lr=3e-3, loss=loss, balance=balance,
-                      progress=False, augment="none", out=str(tmp_path / "r"))
+    cfg = TrainConfig(
+        data=str(data),
+        model="small_cnn",
+        epochs=4,
+        lr=3e-3,
+        loss=loss,
+        balance=balance,
+        progress=False,
+        augment="none",
+        out=str(tmp_path / "r"),
+    )
     m = fit(cfg)
     assert m["task"] == "regression"
     t = m["test"]
@@ -363,8 +384,17 @@ def test_integer_grades_as_regression(tmp_path):
     from smallmed import load_run
 
     data = make_medmnist(tmp_path / "grades.npz", classes=5, n=(80, 20, 20))
-    m = fit(TrainConfig(data=str(data), model="small_cnn", task="regression", epochs=2, progress=False,
-                        augment="none", out=str(tmp_path / "g")))
+    m = fit(
+        TrainConfig(
+            data=str(data),
+            model="small_cnn",
+            task="regression",
+            epochs=2,
+            progress=False,
+            augment="none",
+            out=str(tmp_path / "g"),
+        )
+    )
     assert m["task"] == "regression" and 0 <= m["test"]["acc"] <= 1
     run = load_run(tmp_path / "g")
     assert (run.task.low, run.task.high) == (0.0, 4.0)
@@ -372,8 +402,16 @@ def test_integer_grades_as_regression(tmp_path):
 
     assert "mae" in evaluate_run(tmp_path / "g", device="cpu")
     with pytest.raises(SmallmedError, match="task='regression'"):
-        fit(TrainConfig(data=str(_seg_npz(tmp_path / "s.npz")), model="unet", task="regression", epochs=1,
-                        progress=False, out=str(tmp_path / "x")))
+        fit(
+            TrainConfig(
+                data=str(_seg_npz(tmp_path / "s.npz")),
+                model="unet",
+                task="regression",
+                epochs=1,
+                progress=False,
+                out=str(tmp_path / "x"),
+            )
+        )
 
 
 def test_readme_speaks_to_a_user_elsewhere():

@@ -117,8 +117,9 @@ def test_xrv_weights_are_converted_once_to_safetensors(served, caches, monkeypat
     monkeypatch.setattr(pretrained, "XRV_BASE", base)
     model = create_model("densenet121", 2, in_chans=1, weights="xrv:densenet121-res224-nih")
     assert torch.equal(model.features.conv0.weight, src.features.conv0.weight)
-    assert torch.equal(model.features.denseblock4.denselayer16.conv2.weight,
-                       src.features.denseblock4.denselayer16.conv2.weight)
+    assert torch.equal(
+        model.features.denseblock4.denselayer16.conv2.weight, src.features.denseblock4.denselayer16.conv2.weight
+    )
     folder = caches / "cache" / "smallmed" / "weights" / "xrv"
     assert sorted(p.name for p in folder.iterdir()) == ["densenet121-res224-nih.safetensors"]  # pickle gone
     assert model_entry("densenet121").normalize_for("xrv:densenet121-res224-nih") == "xrv"
@@ -163,10 +164,25 @@ def test_cli_imagenet_offline_and_demo_without_data_end_in_one_sentence(tmp_path
     from smallmed.cli import main
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    rc = main(["train", "--data", str(tiny_npz), "--model", "resnet18", "--weights", "imagenet", "--epochs", "1",
-               "--out", str(tmp_path / "run")])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tiny_npz),
+            "--model",
+            "resnet18",
+            "--weights",
+            "imagenet",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
-    assert rc == 2 and "resnet18-f37072fd.pth" in err and "place the file at" in err and len(err.strip().splitlines()) == 1
+    assert (
+        rc == 2 and "resnet18-f37072fd.pth" in err and "place the file at" in err and len(err.strip().splitlines()) == 1
+    )
     assert not (tmp_path / "run").exists()
     # make demo on a machine with neither this project's data nor a network
     monkeypatch.setenv("SMALLMED_DATA_DIR", str(tmp_path / "empty"))

@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED
 
 from smallmed import SmallmedError
 from smallmed.ra2 import COLUMNS, MAX_TOTAL, SCHEMA, challenge_metrics, read_scores, totals, write_table
 from smallmed.ra2.schema import ScoreTable
-
-from conftest import SHARED
 
 EXAMPLES = SHARED / "ra2_examples"
 
@@ -32,7 +31,9 @@ def test_schema_has_the_challenge_columns_and_ranges():
 
 def _table(path: Path, rows: list[dict]) -> Path:
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[c for c in COLUMNS if c not in ("Overall_Tol", "Overall_erosion", "Overall_narrowing")])
+        w = csv.DictWriter(
+            f, fieldnames=[c for c in COLUMNS if c not in ("Overall_Tol", "Overall_erosion", "Overall_narrowing")]
+        )
         w.writeheader()
         w.writerows(rows)
     return path
@@ -64,12 +65,15 @@ def test_totals_and_round_trip(tmp_path):
     assert header == list(COLUMNS)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda r: r.update(LH_mcp_E__ip=6), r"line 2, column LH_mcp_E__ip: 6 is outside 0-5"),
-    (lambda r: r.update(RF_mtp_J__5="x"), r"column RF_mtp_J__5: 'x' is not a number"),
-    (lambda r: r.update(Bogus=1), r"unknown column 'Bogus'"),
-    (lambda r: r.pop("LF_mtp_E__3"), r"column 'LF_mtp_E__3' missing"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda r: r.update(LH_mcp_E__ip=6), r"line 2, column LH_mcp_E__ip: 6 is outside 0-5"),
+        (lambda r: r.update(RF_mtp_J__5="x"), r"column RF_mtp_J__5: 'x' is not a number"),
+        (lambda r: r.update(Bogus=1), r"unknown column 'Bogus'"),
+        (lambda r: r.pop("LF_mtp_E__3"), r"column 'LF_mtp_E__3' missing"),
+    ],
+)
 def test_read_scores_names_the_row_and_column(tmp_path, change, match):
     rows = _random_rows(2)
     change(rows[0])
@@ -218,7 +222,9 @@ def _ra2_set(root: Path, n_patients: int = 3, seed: int = 0, real_hands: np.ndar
                 img = rng.integers(0, 80, (200, 160)).astype(np.uint8)
             pts = {n: (float(rng.uniform(20, 140)), float(rng.uniform(20, 180))) for n in names}
             Image.fromarray(img).save(root / "img" / f"{pid}-{limb}.png")
-            (root / "lm" / f"{pid}-{limb}.json").write_text(json.dumps(write_landmarks(pts, f"{pid}-{limb}.png", (160, 200))))
+            (root / "lm" / f"{pid}-{limb}.json").write_text(
+                json.dumps(write_landmarks(pts, f"{pid}-{limb}.png", (160, 200)))
+            )
     _table(root / "scores.csv", rows)
     return root
 
@@ -227,9 +233,29 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     from smallmed.cli import main
 
     root = _ra2_set(tmp_path / "set")
-    args = ["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
-            "--landmarks", str(root / "lm"), "--folds", "5", "--epochs", "1", "--crop", "24", "--model", "small_cnn",
-            "--localiser-epochs", "1", "--out", str(tmp_path / "run")]
+    args = [
+        "-q",
+        "ra2",
+        "train",
+        "--images",
+        str(root / "img"),
+        "--scores",
+        str(root / "scores.csv"),
+        "--landmarks",
+        str(root / "lm"),
+        "--folds",
+        "5",
+        "--epochs",
+        "1",
+        "--crop",
+        "24",
+        "--model",
+        "small_cnn",
+        "--localiser-epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "3 fold(s)" in out and "held-out MAE" in out  # 3 patients: 3 folds, not 5, and it says so
@@ -237,7 +263,9 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     # no localiser given: one per limb kind trained on the group's own landmarks, kept inside the run
     assert info["config"]["localisers"] == {"hand": "localiser-hand", "foot": "localiser-foot"}
     assert (tmp_path / "run" / "localiser-hand" / "metrics.json").exists()
-    assert len(info["runs"]["narrowing"]) == 3 and set(info["mean_shape"] if "mean_shape" in info else info["config"]["mean_shape"]) == {"hand", "foot"}
+    assert len(info["runs"]["narrowing"]) == 3 and set(
+        info["mean_shape"] if "mean_shape" in info else info["config"]["mean_shape"]
+    ) == {"hand", "foot"}
     # predict on the same images with a missing limb and an unreadable one
     pred_dir = tmp_path / "new"
     pred_dir.mkdir()
@@ -248,8 +276,23 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     from PIL import Image
 
     Image.fromarray(np.zeros((200, 160), np.uint8)).save(pred_dir / "P002-LF.png")  # no contrast at all
-    assert main(["ra2", "predict", str(tmp_path / "run"), str(pred_dir), "--out", str(tmp_path / "pred.csv"),
-                 "--joints-out", str(tmp_path / "joints.json"), "--overlay", str(tmp_path / "overlay")]) == 0
+    assert (
+        main(
+            [
+                "ra2",
+                "predict",
+                str(tmp_path / "run"),
+                str(pred_dir),
+                "--out",
+                str(tmp_path / "pred.csv"),
+                "--joints-out",
+                str(tmp_path / "joints.json"),
+                "--overlay",
+                str(tmp_path / "overlay"),
+            ]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert "patient P001: no LF image" in err and "P002-RH.png: not a readable image" in err
     assert "P002-LF.png: the image is constant" in err
@@ -296,8 +339,12 @@ def test_flip_and_joint_reassignment():
     img = np.arange(12).reshape(3, 4)
     assert to_left(img, "RH")[0].tolist() == [3, 2, 1, 0] and to_left(img, "LF") is img
     assert flip_points(flip_points({"a": (1.5, 2.0)}, 4), 4) == {"a": (1.5, 2.0)}
-    dets = [Detection("pip_2", 0.9, (1, 1)), Detection("pip_2", 0.7, (2, 2)), Detection("pip_2", 0.3, (3, 3)),
-            Detection("mcp_2", 0.8, (4, 4))]
+    dets = [
+        Detection("pip_2", 0.9, (1, 1)),
+        Detection("pip_2", 0.7, (2, 2)),
+        Detection("pip_2", 0.3, (3, 3)),
+        Detection("mcp_2", 0.8, (4, 4)),
+    ]
     got = assign_joints(dets, ("pip_2", "pip_3", "mcp_2", "mcp_3"))
     assert {k: v.xy for k, v in got.items()} == {"pip_2": (1, 1), "pip_3": (2, 2), "mcp_2": (4, 4), "mcp_3": (3, 3)}
 
@@ -312,16 +359,28 @@ def test_keypoint_task_learns_positions(tmp_path):
     kp = np.zeros((n, 1, 3), np.float32)
     for i in range(n):
         x, y = rng.integers(4, s - 4, 2)
-        images[i, y - 1:y + 2, x - 1:x + 2] = 255
+        images[i, y - 1 : y + 2, x - 1 : x + 2] = 255
         kp[i, 0] = (x, y, 2)
     split = np.array(["train"] * 64 + ["val"] * 16 + ["test"] * 16)
     np.savez(tmp_path / "kp.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(["dot"]), split=split)
-    m = fit(TrainConfig(data=str(tmp_path / "kp.npz"), model="unet", epochs=6, batch_size=16, lr=3e-3,
-                        augment="hflip,rotate=10", progress=False, out=str(tmp_path / "r")))
+    m = fit(
+        TrainConfig(
+            data=str(tmp_path / "kp.npz"),
+            model="unet",
+            epochs=6,
+            batch_size=16,
+            lr=3e-3,
+            augment="hflip,rotate=10",
+            progress=False,
+            out=str(tmp_path / "r"),
+        )
+    )
     assert m["task"] == "keypoints" and m["test"]["px_error"] < 6  # a random guess is ~12 px off on 32 px
     from smallmed.ra2.localise import Localiser
 
-    pts, conf = Localiser(tmp_path / "r").locate(np.ascontiguousarray(np.kron(images[-1], np.ones((2, 2), np.uint8))), "LH")
+    pts, conf = Localiser(tmp_path / "r").locate(
+        np.ascontiguousarray(np.kron(images[-1], np.ones((2, 2), np.uint8))), "LH"
+    )
     assert abs(pts["dot"][0] - 2 * kp[-1, 0, 0]) < 12 and 0 < conf["dot"] <= 1
 
 
@@ -352,10 +411,32 @@ def test_ra2_localiser_command_on_a_generated_21_point_set(tmp_path, capsys):
     kp = np.concatenate([rng.uniform(4, 28, (n, 21, 2)), np.full((n, 21, 1), 2.0)], -1).astype(np.float32)
     split = np.array(["train"] * 28 + ["val"] * 6 + ["test"] * 6)
     side = np.array(["left"] * 30 + ["right"] * 10)
-    np.savez(tmp_path / "h21.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(names), split=split,
-             hand_side=side)
-    assert main(["-q", "ra2", "localiser", "--data", str(tmp_path / "h21.npz"), "--epochs", "1", "--image-size", "32",
-                 "--out", str(tmp_path / "loc")]) == 0
+    np.savez(
+        tmp_path / "h21.npz",
+        images=images,
+        keypoints_xyv=kp,
+        keypoint_names=np.array(names),
+        split=split,
+        hand_side=side,
+    )
+    assert (
+        main(
+            [
+                "-q",
+                "ra2",
+                "localiser",
+                "--data",
+                str(tmp_path / "h21.npz"),
+                "--epochs",
+                "1",
+                "--image-size",
+                "32",
+                "--out",
+                str(tmp_path / "loc"),
+            ]
+        )
+        == 0
+    )
     assert "px_error" in capsys.readouterr().out
     m = json.loads((tmp_path / "loc" / "metrics.json").read_text())
     assert m["task"] == "keypoints" and set(m["test"]["per_joint"]) == set(HAND21)
@@ -414,8 +495,13 @@ def test_two_patients_train_fixed_epochs_and_say_so(tmp_path, caplog, narrowing_
 
     root = _ra2_set(tmp_path / "set", n_patients=2)
     with caplog.at_level(logging.INFO, logger="smallmed"):
-        info = train_pipeline(root / "img", root / "scores.csv", tmp_path / "r", landmarks=root / "lm",
-                              cfg=RA2Config(folds=2, epochs=2, crop=16, model="small_cnn", localiser_epochs=0))
+        info = train_pipeline(
+            root / "img",
+            root / "scores.csv",
+            tmp_path / "r",
+            landmarks=root / "lm",
+            cfg=RA2Config(folds=2, epochs=2, crop=16, model="small_cnn", localiser_epochs=0),
+        )
     assert info["epoch_selection"]["narrowing"] == ["fixed epochs", "fixed epochs"]
     assert "too few to hold some out for validation" in caplog.text
     m = json.loads((tmp_path / "r" / "narrowing" / "fold0" / "metrics.json").read_text())
@@ -430,16 +516,61 @@ def test_scorers_start_from_another_run(tmp_path, tiny_cfg, narrowing_only):
 
     fit(tiny_cfg(task="regression", out=str(tmp_path / "src")))
     root = _ra2_set(tmp_path / "set", n_patients=3)
-    assert main(["-q", "ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
-                 "--landmarks", str(root / "lm"), "--folds", "2", "--epochs", "1", "--crop", "16", "--model",
-                 "small_cnn", "--lr", "1e-9", "--init", str(tmp_path / "src"), "--localiser-epochs", "0",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "ra2",
+                "train",
+                "--images",
+                str(root / "img"),
+                "--scores",
+                str(root / "scores.csv"),
+                "--landmarks",
+                str(root / "lm"),
+                "--folds",
+                "2",
+                "--epochs",
+                "1",
+                "--crop",
+                "16",
+                "--model",
+                "small_cnn",
+                "--lr",
+                "1e-9",
+                "--init",
+                str(tmp_path / "src"),
+                "--localiser-epochs",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     src = load_checkpoint(tmp_path / "src" / "best.pt")["model"]
     fold = load_checkpoint(tmp_path / "run" / "narrowing" / "fold0" / "best.pt")["model"]
     convs = [k for k in src if k.endswith("weight") and src[k].ndim == 4]
     assert convs and all(torch.allclose(src[k], fold[k], atol=1e-6) for k in convs)
-    assert main(["ra2", "train", "--images", str(root / "img"), "--scores", str(root / "scores.csv"),
-                 "--landmarks", str(root / "lm"), "--init", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "ra2",
+                "train",
+                "--images",
+                str(root / "img"),
+                "--scores",
+                str(root / "scores.csv"),
+                "--landmarks",
+                str(root / "lm"),
+                "--init",
+                str(tmp_path / "nothing"),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.parametrize("limb", ["LH", "RH", "RF"])
@@ -471,11 +602,29 @@ def test_keypoint_rcnn_localiser_on_a_tiny_generated_set(tmp_path, capsys):
     kp = np.concatenate([rng.uniform(6, 26, (n, 21, 2)), np.full((n, 21, 1), 2.0)], -1).astype(np.float32)
     for i in range(n):  # bright joints on a dark hand: something to find
         for x, y in kp[i, :, :2].astype(int):
-            images[i, y - 1:y + 2, x - 1:x + 2] = 230
-    np.savez(tmp_path / "h21.npz", images=images, keypoints_xyv=kp, keypoint_names=np.array(names),
-             split=np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2))
-    args = ["-q", "ra2", "localiser", "--kind", "keypoint-rcnn", "--data", str(tmp_path / "h21.npz"), "--epochs", "1",
-            "--image-size", "32", "--out", str(tmp_path / "det")]
+            images[i, y - 1 : y + 2, x - 1 : x + 2] = 230
+    np.savez(
+        tmp_path / "h21.npz",
+        images=images,
+        keypoints_xyv=kp,
+        keypoint_names=np.array(names),
+        split=np.array(["train"] * 6 + ["val"] * 2 + ["test"] * 2),
+    )
+    args = [
+        "-q",
+        "ra2",
+        "localiser",
+        "--kind",
+        "keypoint-rcnn",
+        "--data",
+        str(tmp_path / "h21.npz"),
+        "--epochs",
+        "1",
+        "--image-size",
+        "32",
+        "--out",
+        str(tmp_path / "det"),
+    ]
     assert main(args) == 0
     assert "px_error" in capsys.readouterr().out
     m = json.loads((tmp_path / "det" / "metrics.json").read_text())
@@ -486,6 +635,23 @@ def test_keypoint_rcnn_localiser_on_a_tiny_generated_set(tmp_path, capsys):
     right, _ = loc.locate(img[:, ::-1].copy(), "RH")
     assert set(left) == set(HAND21)  # the 10 RA2 hand joints
     for j in left:  # the mirrored image gives the mirrored points
-        assert right[j][0] == pytest.approx(90 - 1 - left[j][0], abs=1e-3) and right[j][1] == pytest.approx(left[j][1], abs=1e-3)
-    assert main(["ra2", "localiser", "--kind", "keypoint-rcnn", "--data", str(tmp_path / "h21.npz"), "--image-size", "16",
-                 "--out", str(tmp_path / "bad")]) == 2  # too small for the detector: one sentence
+        assert right[j][0] == pytest.approx(90 - 1 - left[j][0], abs=1e-3) and right[j][1] == pytest.approx(
+            left[j][1], abs=1e-3
+        )
+    assert (
+        main(
+            [
+                "ra2",
+                "localiser",
+                "--kind",
+                "keypoint-rcnn",
+                "--data",
+                str(tmp_path / "h21.npz"),
+                "--image-size",
+                "16",
+                "--out",
+                str(tmp_path / "bad"),
+            ]
+        )
+        == 2
+    )  # too small for the detector: one sentence

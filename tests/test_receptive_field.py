@@ -7,17 +7,31 @@ from torch import nn
 from torchvision import models as tvm
 
 from smallmed import SmallmedError, create_model
-from smallmed.analysis.receptive_field import (expected_extent, format_table, gradient_extent,
-                                               gradient_extents, receptive_field)
+from smallmed.analysis.receptive_field import (
+    expected_extent,
+    format_table,
+    gradient_extent,
+    gradient_extents,
+    receptive_field,
+)
 
 
 def alexnet_v2_features():
     """TF-slim alexnet_v2 up to pool5 (conv1 'VALID'), the seed's worked example."""
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, 4, 0), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, 1, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, 1, 1), nn.ReLU(), nn.Conv2d(384, 384, 3, 1, 1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 64, 11, 4, 0),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, 1, 2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(384, 384, 3, 1, 1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, 1, 1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
     )
 
 
@@ -38,8 +52,17 @@ def test_worked_example_and_reference_values():
 def test_rows_carry_the_documented_fields_and_print():
     rows = receptive_field(create_model("resnet18", 2, input_size=224), (3, 224, 224))
     first = rows[0]
-    assert (first.name, first.k, first.s, first.p, first.r, first.S, first.P, first.u0, first.v0) == \
-        ("conv1", (7, 7), (2, 2), (3, 3), (7, 7), (2, 2), (3, 3), (-3, -3), (3, 3))
+    assert (first.name, first.k, first.s, first.p, first.r, first.S, first.P, first.u0, first.v0) == (
+        "conv1",
+        (7, 7),
+        (2, 2),
+        (3, 3),
+        (7, 7),
+        (2, 2),
+        (3, 3),
+        (-3, -3),
+        (3, 3),
+    )
     table = format_table(rows)
     assert "layer2.0.downsample.0" in table and "merge" in table
 
@@ -56,8 +79,13 @@ CASES = [
     ("densenet121-block2", lambda: create_model("densenet121", 2, input_size=224).features[:7], (3, 224, 224)),
     ("densenet121", lambda: create_model("densenet121", 2, input_size=224).features, (3, 224, 224)),
     ("small_cnn", lambda: create_model("small_cnn", 2, input_size=32).features, (3, 32, 32)),
-    ("dilated+nonsquare", lambda: nn.Sequential(nn.Conv2d(3, 4, (3, 5), padding=(1, 2), dilation=(2, 1)),
-                                                nn.Conv2d(4, 4, 3, stride=2), nn.AvgPool2d((2, 3))), (3, 40, 40)),
+    (
+        "dilated+nonsquare",
+        lambda: nn.Sequential(
+            nn.Conv2d(3, 4, (3, 5), padding=(1, 2), dilation=(2, 1)), nn.Conv2d(4, 4, 3, stride=2), nn.AvgPool2d((2, 3))
+        ),
+        (3, 40, 40),
+    ),
 ]
 
 

@@ -3,7 +3,6 @@ MixUp / CutMix, an EMA of the weights, TrivialAugmentWide, zero-padding small im
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -12,18 +11,39 @@ def test_baseline_keeps_the_first_builds_defaults_and_strong_fills_beneath_the_u
     from smallmed import TrainConfig
 
     b = TrainConfig()
-    assert (b.optimizer, b.lr, b.scheduler, b.augment, b.weight_decay, b.ema, b.mixup) == ("adam", 1e-3, "plateau", "flip", 0.0, 0.0, 0.0)
+    assert (b.optimizer, b.lr, b.scheduler, b.augment, b.weight_decay, b.ema, b.mixup) == (
+        "adam",
+        1e-3,
+        "plateau",
+        "flip",
+        0.0,
+        0.0,
+        0.0,
+    )
     s = TrainConfig(recipe="strong", epochs=5)
-    assert (s.optimizer, s.scheduler, s.augment, s.label_smoothing, s.warmup_epochs) == ("adamw", "cosine", "trivial", 0.1, 1)
+    assert (s.optimizer, s.scheduler, s.augment, s.label_smoothing, s.warmup_epochs) == (
+        "adamw",
+        "cosine",
+        "trivial",
+        0.1,
+        1,
+    )
     assert 0 < s.ema < 1 and s.mixup > 0 and s.cutmix > 0
     assert TrainConfig(recipe="strong", epochs=5, lr=3e-4, mixup=0).lr == 3e-4  # the user's settings win
     assert TrainConfig(recipe="strong", epochs=5, mixup=0).mixup == 0
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(recipe="stong"), "strong"), (dict(ema=1.0), "ema"), (dict(label_smoothing=1.0), "label_smoothing"),
-    (dict(mixup=-1.0), "mixup"), (dict(warmup_epochs=2, scheduler="plateau"), "cosine"), (dict(fit="crop"), "pad"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(recipe="stong"), "strong"),
+        (dict(ema=1.0), "ema"),
+        (dict(label_smoothing=1.0), "label_smoothing"),
+        (dict(mixup=-1.0), "mixup"),
+        (dict(warmup_epochs=2, scheduler="plateau"), "cosine"),
+        (dict(fit="crop"), "pad"),
+    ],
+)
 def test_recipe_settings_are_checked(kw, match):
     from smallmed import SmallmedError, TrainConfig
 
@@ -96,7 +116,9 @@ def test_strong_recipe_trains_classification_and_ignores_its_mixing_for_regressi
 
     m = fit(tiny_cfg(recipe="strong", epochs=3))
     assert 0 <= m["test"]["auc"] <= 1
-    fit(tiny_cfg(recipe="strong", epochs=2, task="regression", out=tiny_cfg().out + "-reg"))  # the recipe's mixing is not used
+    fit(
+        tiny_cfg(recipe="strong", epochs=2, task="regression", out=tiny_cfg().out + "-reg")
+    )  # the recipe's mixing is not used
     with pytest.raises(SmallmedError, match="mixup"):
         fit(tiny_cfg(recipe="strong", epochs=2, task="regression", mixup=0.5, out=tiny_cfg().out + "-reg2"))
 

@@ -9,8 +9,12 @@ from smallmed.schedules import Callback, RFFreeze, following_norms, rff_layers
 
 
 def test_rff_layers_of_reference_models():
-    assert rff_layers(tvm.resnet50(), (3, 224, 224)) == ["layer1.0.conv2", "layer2.0.conv2", "layer3.0.conv2",
-                                                         "layer4.0.conv2"]
+    assert rff_layers(tvm.resnet50(), (3, 224, 224)) == [
+        "layer1.0.conv2",
+        "layer2.0.conv2",
+        "layer3.0.conv2",
+        "layer4.0.conv2",
+    ]
     cnn = create_model("small_cnn", 8, input_size=32)
     layers = rff_layers(cnn, (3, 32, 32))
     assert layers == ["features.6", "features.12"]  # the convs right after each max-pool
@@ -20,8 +24,8 @@ def test_rff_layers_of_reference_models():
 
 
 def test_frozen_layers_get_no_update_and_keep_bn_statistics(tiny_cfg, tmp_path):
-    from smallmed.train import fit
     from smallmed.io import load_checkpoint
+    from smallmed.train import fit
 
     snap = {}
 
@@ -53,12 +57,20 @@ def test_alternate_and_bad_names():
 def test_rff_study_tiny_runs_resumes_and_reports(tmp_path):
     import dataclasses as dc
 
-    from tests.conftest import make_medmnist
     from smallmed.studies import rff as rff_mod
+    from tests.conftest import make_medmnist
 
     data = make_medmnist(tmp_path / "five.npz", n=(200, 20, 20), size=16, classes=5)
-    study = dc.replace(rff_mod.PRESETS["quick"], data=str(data), image_size=16, splits=2, seeds=(0, 1),
-                       base_epochs=1, transfer_epochs=1, batch_size=32)
+    study = dc.replace(
+        rff_mod.PRESETS["quick"],
+        data=str(data),
+        image_size=16,
+        splits=2,
+        seeds=(0, 1),
+        base_epochs=1,
+        transfer_epochs=1,
+        batch_size=32,
+    )
     report = rff_mod.run_rff_study(study, tmp_path / "rff")
     text = report.read_text()
     assert "delta (RFF - normal)" in text and "Verdict" in text and (tmp_path / "rff" / "erf.png").exists()

@@ -63,15 +63,24 @@ def test_unet_shapes_and_factorizes():
 
 def test_fit_trains_a_unet_and_writes_overlays(tmp_path):
     data = make_seg(tmp_path / "disks.npz", n=48)
-    cfg = TrainConfig(data=str(data), model="unet", epochs=3, batch_size=8, lr=3e-3, out=str(tmp_path / "seg"),
-                      progress=False)
+    cfg = TrainConfig(
+        data=str(data), model="unet", epochs=3, batch_size=8, lr=3e-3, out=str(tmp_path / "seg"), progress=False
+    )
     m = fit(cfg)
     assert m["task"] == "segmentation" and 0 <= m["test"]["dice"] <= 1
     assert m["test"]["dice"] > 0.5  # bright disks on a dark background: learnable in three epochs
     assert len(list((tmp_path / "seg" / "overlays").glob("*.png"))) == 4
     assert "val_dice" in (tmp_path / "seg" / "history.csv").read_text()
-    cfg2 = TrainConfig(data=str(data), model="unet", epochs=1, batch_size=8, conv="sfconv", kl_weight=0.01,
-                       out=str(tmp_path / "sf"), progress=False)
+    cfg2 = TrainConfig(
+        data=str(data),
+        model="unet",
+        epochs=1,
+        batch_size=8,
+        conv="sfconv",
+        kl_weight=0.01,
+        out=str(tmp_path / "sf"),
+        progress=False,
+    )
     fit(cfg2)
     assert "reg_loss" in (tmp_path / "sf" / "history.csv").read_text()
 
@@ -88,8 +97,15 @@ def test_sfconv_study_segmentation_preset_tiny(tmp_path):
     from smallmed.studies import sfconv as sf
 
     data = make_seg(tmp_path / "disks.npz", n=40)
-    study = dc.replace(sf.PRESETS["seg"], data=str(data), image_size=32, seeds=(0, 1), epochs=1,
-                       variants=("conv", "fconvsn", "sfconv-nokl", "sfconv"), rank_ratio=0.5)
+    study = dc.replace(
+        sf.PRESETS["seg"],
+        data=str(data),
+        image_size=32,
+        seeds=(0, 1),
+        epochs=1,
+        variants=("conv", "fconvsn", "sfconv-nokl", "sfconv"),
+        rank_ratio=0.5,
+    )
     text = sf.run_sfconv_study(study, tmp_path / "st").read_text()
     assert "test Dice" in text and "| sfconv |" in text and "KL helps" in text
 
@@ -98,8 +114,24 @@ def test_cli_trains_a_unet(tmp_path, capsys):
     from smallmed.cli import main
 
     data = make_seg(tmp_path / "d.npz", n=24)
-    assert main(["train", "--data", str(data), "--model", "unet", "--epochs", "1", "--batch-size", "8",
-                 "--out", str(tmp_path / "run")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--model",
+                "unet",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
     assert "test dice" in capsys.readouterr().out
 
 
@@ -124,8 +156,9 @@ def test_non_finite_loss_leaves_no_half_run(tmp_path):
     from smallmed.errors import NonFiniteLossError
 
     data = make_seg(tmp_path / "d.npz", n=24)
-    cfg = TrainConfig(data=str(data), model="unet", epochs=2, batch_size=8, lr=1e30, out=str(tmp_path / "nan"),
-                      progress=False)
+    cfg = TrainConfig(
+        data=str(data), model="unet", epochs=2, batch_size=8, lr=1e30, out=str(tmp_path / "nan"), progress=False
+    )
     with pytest.raises(NonFiniteLossError, match="the run folder was removed"):
         fit(cfg)
     assert not (tmp_path / "nan").exists()

@@ -55,7 +55,10 @@ def test_a_new_study_needs_no_cli_edit(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(base, "_STUDIES", dict(base._STUDIES))
     register_study("toy", summary="a toy", presets={"quick": _Toy(), "long": _Toy(epochs=9)}, run=run)
-    assert main(["study", "toy", "--preset", "long", "--seeds", "1", "2", "--label", "y", "--out", str(tmp_path / "t")]) == 0
+    assert (
+        main(["study", "toy", "--preset", "long", "--seeds", "1", "2", "--label", "y", "--out", str(tmp_path / "t")])
+        == 0
+    )
     assert seen["study"] == _Toy(epochs=9, seeds=(1, 2), label="y")
     assert main(["study", "toy", "--epochs", "0", "--out", str(tmp_path / "t")]) == 2
     assert "epochs=0: expected at least 1" in capsys.readouterr().err

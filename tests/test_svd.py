@@ -1,6 +1,5 @@
 """SVD fine-tuning: round trips after perturbation, parameter counts, pruning, fold, low-rank export."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -43,8 +42,14 @@ def _expected_sigma(model, mode):
             out, in_g, kh, kw = m.weight.shape
             g = m.groups
             out_g = out // g
-            n += g * {"full": min(in_g, out_g * kh * kw), "full-out": min(out_g, in_g * kh * kw),
-                      "spatial": min(in_g, out_g) * kh * kw}[mode]
+            n += (
+                g
+                * {
+                    "full": min(in_g, out_g * kh * kw),
+                    "full-out": min(out_g, in_g * kh * kw),
+                    "spatial": min(in_g, out_g) * kh * kw,
+                }[mode]
+            )
     return n
 
 
@@ -56,7 +61,10 @@ def test_outputs_unchanged_counts_match_formulas_and_fold_after_perturbation(mod
         summary = apply_svd(model, mode=mode)
         assert torch.allclose(model(x), y0, atol=1e-4, rtol=1e-4), name
         assert summary.sigma_params == expected, name
-        head = sum(p.numel() for p in model.get_submodule(model.smallmed_head if hasattr(model, "smallmed_head") else "fc").parameters())
+        head = sum(
+            p.numel()
+            for p in model.get_submodule(model.smallmed_head if hasattr(model, "smallmed_head") else "fc").parameters()
+        )
         assert summary.trainable == expected + head
         with torch.no_grad():  # a fold test at identity proves nothing: move the singular values
             for _, m, _ in svd_modules(model):
@@ -135,9 +143,16 @@ def test_svd_method_run_writes_diagnostics_and_a_plain_checkpoint(tiny_cfg, tmp_
 
     src = fit(tiny_cfg(epochs=2, out=str(tmp_path / "src")))
     assert src["method"] == "full"
-    cfg = TrainConfig.for_method("full-svd-9", data=tiny_cfg().data, model="small_cnn", epochs=2,
-                                 weights=str(tmp_path / "src" / "best.pt"), out=str(tmp_path / "svd"),
-                                 progress=False, augment="none")
+    cfg = TrainConfig.for_method(
+        "full-svd-9",
+        data=tiny_cfg().data,
+        model="small_cnn",
+        epochs=2,
+        weights=str(tmp_path / "src" / "best.pt"),
+        out=str(tmp_path / "svd"),
+        progress=False,
+        augment="none",
+    )
     m = fit(cfg)
     run = tmp_path / "svd"
     assert (run / "sigma_hist.png").exists() and (run / "svd_diagnostics.json").exists()
@@ -150,8 +165,17 @@ def test_svd_method_run_writes_diagnostics_and_a_plain_checkpoint(tiny_cfg, tmp_
     from smallmed import evaluate_run
 
     assert evaluate_run(run, device="cpu")["auc"] == pytest.approx(m["test"]["auc"])
-    full = fit(TrainConfig.for_method("full", data=cfg.data, model="small_cnn", epochs=2, progress=False,
-                                      weights=str(tmp_path / "src" / "best.pt"), out=str(tmp_path / "ft")))
+    full = fit(
+        TrainConfig.for_method(
+            "full",
+            data=cfg.data,
+            model="small_cnn",
+            epochs=2,
+            progress=False,
+            weights=str(tmp_path / "src" / "best.pt"),
+            out=str(tmp_path / "ft"),
+        )
+    )
     assert full["r_ratio"]["n"] > 0 and full["r_ratio"]["mean"] > 0
 
 
@@ -165,12 +189,25 @@ def test_svd_study_tiny_grid_resumes_and_reports(tmp_path, tiny_npz, monkeypatch
     from smallmed import TrainConfig, fit
 
     fit(TrainConfig(data=str(tiny_npz), model="small_cnn", epochs=1, out=str(src), progress=False, augment="none"))
-    study = dc.replace(study_mod.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", image_size=16,
-                       methods=("full", "full-svd"), fractions=(1.0, 0.5), seeds=(0, 1), epochs=2,
-                       augment="none", weights=str(src / "best.pt"))
+    study = dc.replace(
+        study_mod.PRESETS["quick"],
+        data=str(tiny_npz),
+        model="small_cnn",
+        image_size=16,
+        methods=("full", "full-svd"),
+        fractions=(1.0, 0.5),
+        seeds=(0, 1),
+        epochs=2,
+        augment="none",
+        weights=str(src / "best.pt"),
+    )
     report = study_mod.run_svd_study(study, tmp_path / "study")
     text = report.read_text()
-    assert "## Fraction 1/2 (32 training images)" in text and "| SVD, in x out*k*k (Vaulin) |" in text and "vs full" in text
+    assert (
+        "## Fraction 1/2 (32 training images)" in text
+        and "| SVD, in x out*k*k (Vaulin) |" in text
+        and "vs full" in text
+    )
     assert "Convergence check" in text and "DeLong p" in text
     rows = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2
@@ -191,8 +228,18 @@ def test_grid_runs_as_ray_tasks_on_a_local_instance(tmp_path, tiny_npz):
     from smallmed import TrainConfig
     from smallmed.studies import run_grid
 
-    cells = [TrainConfig(data=str(tiny_npz), model="small_cnn", epochs=1, seed=s, out=str(tmp_path / f"r{s}"),
-                         progress=False, augment="none") for s in (0, 1)]
+    cells = [
+        TrainConfig(
+            data=str(tiny_npz),
+            model="small_cnn",
+            epochs=1,
+            seed=s,
+            out=str(tmp_path / f"r{s}"),
+            progress=False,
+            augment="none",
+        )
+        for s in (0, 1)
+    ]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         results = run_grid(cells, backend="ray")
@@ -273,6 +320,7 @@ def test_source_auto_prefers_chestmnist_then_bone_age_and_says_what_is_missing(t
     import dataclasses as dc
 
     from conftest import make_medmnist
+
     from smallmed.studies.svd import PRESETS, resolve_source, source_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -13,8 +13,17 @@ from smallmed.schedules import Callback, TwoStage, freeze_bn_stats, set_trainabl
 def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path):
     m = fit(tiny_cfg(epochs=4, figures=True))
     run = tmp_path / "run"
-    for f in ("config.yaml", "history.csv", "last.pt", "best.pt", "metrics.json", "test_predictions.csv",
-              "loss_curves.png", "roc_test.png", "report.md"):
+    for f in (
+        "config.yaml",
+        "history.csv",
+        "last.pt",
+        "best.pt",
+        "metrics.json",
+        "test_predictions.csv",
+        "loss_curves.png",
+        "roc_test.png",
+        "report.md",
+    ):
         assert (run / f).exists(), f
     saved = json.loads((run / "metrics.json").read_text())
     for key in ("auc", "acc", "tpr_at_fpr", "balanced_acc"):
@@ -48,8 +57,10 @@ class Interrupt(Callback):
 def test_killed_mid_epoch_then_resumed_matches_uninterrupted(tiny_cfg, tmp_path):
     full = fit(tiny_cfg(epochs=4, out=str(tmp_path / "a"), augment="hflip,rotate=10", head_epochs=1))
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny_cfg(epochs=4, out=str(tmp_path / "b"), augment="hflip,rotate=10", head_epochs=1),
-            callbacks=[Interrupt(epoch=2, step=1)])
+        fit(
+            tiny_cfg(epochs=4, out=str(tmp_path / "b"), augment="hflip,rotate=10", head_epochs=1),
+            callbacks=[Interrupt(epoch=2, step=1)],
+        )
     assert not (tmp_path / "b" / "metrics.json").exists()
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1  # epochs 1-2 done
     resumed = resume(tmp_path / "b")
@@ -130,13 +141,16 @@ def test_bad_input_writes_nothing(tiny_cfg, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(fraction=1.5), "fraction=1.5"),
-    (dict(optimizer="adamm"), "Did you mean 'adam'"),
-    (dict(head_epochs=5, epochs=2), "head_epochs=5"),
-    (dict(lr=0), "lr=0"),
-    (dict(betas=(0.9,)), "betas"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(fraction=1.5), "fraction=1.5"),
+        (dict(optimizer="adamm"), "Did you mean 'adam'"),
+        (dict(head_epochs=5, epochs=2), "head_epochs=5"),
+        (dict(lr=0), "lr=0"),
+        (dict(betas=(0.9,)), "betas"),
+    ],
+)
 def test_config_validation(bad, match):
     with pytest.raises(SmallmedError, match=match):
         TrainConfig(**bad)
@@ -148,8 +162,13 @@ def test_fraction_subsets_the_training_split(tiny_cfg):
 
 
 def test_custom_model_from_python(tiny_cfg):
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
+    )
     m = fit(tiny_cfg(epochs=1), model=net)
     assert m["total_params"] == sum(p.numel() for p in net.parameters())
     assert math.isfinite(m["test"]["loss"])
@@ -159,8 +178,17 @@ def test_multilabel_training(tmp_path):
     from tests.conftest import make_medmnist
 
     path = make_medmnist(tmp_path / "ml.npz", classes=3, multilabel=True)
-    m = fit(TrainConfig(data=str(path), model="small_cnn", epochs=1, batch_size=16, out=str(tmp_path / "r"),
-                        progress=False, augment="none"))
+    m = fit(
+        TrainConfig(
+            data=str(path),
+            model="small_cnn",
+            epochs=1,
+            batch_size=16,
+            out=str(tmp_path / "r"),
+            progress=False,
+            augment="none",
+        )
+    )
     assert len(m["test"]["auc_per_class"]) == 3
 
 

@@ -6,8 +6,8 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import make_medmnist
+
 from smallmed import SmallmedError
 
 pytest.importorskip("optuna")
@@ -16,11 +16,22 @@ pytest.importorskip("optuna")
 def _tc(data, **kw):
     from smallmed.tune import DEFAULT_SPACE, TuneConfig
 
-    base = {"data": str(data), "model": "small_cnn", "recipe": "strong", "epochs": 2, "batch_size": 16,
-            "image_size": 16}
-    space = {"lr": DEFAULT_SPACE["lr"], "label_smoothing": DEFAULT_SPACE["label_smoothing"], "augment": ["none", "flip"]}
-    return TuneConfig(**{"base": base, "space": space, "fixed": ("epochs",), "cv": "0", "final_seeds": 0,
-                         "pruner": "none", **kw})
+    base = {
+        "data": str(data),
+        "model": "small_cnn",
+        "recipe": "strong",
+        "epochs": 2,
+        "batch_size": 16,
+        "image_size": 16,
+    }
+    space = {
+        "lr": DEFAULT_SPACE["lr"],
+        "label_smoothing": DEFAULT_SPACE["label_smoothing"],
+        "augment": ["none", "flip"],
+    }
+    return TuneConfig(
+        **{"base": base, "space": space, "fixed": ("epochs",), "cv": "0", "final_seeds": 0, "pruner": "none", **kw}
+    )
 
 
 def _trials(out):
@@ -39,8 +50,9 @@ def test_the_search_is_unchanged_when_the_test_labels_are_poisoned(tmp_path):
     tune(_tc(tmp_path / "poisoned.npz", trials=2), tmp_path / "b")
     a, b = _trials(tmp_path / "a"), _trials(tmp_path / "b")
     assert [r["value"] for r in a] == [r["value"] for r in b] and len(a) == 2
-    assert (tmp_path / "a" / "best.yaml").read_text().replace("clean", "X") == \
-        (tmp_path / "b" / "best.yaml").read_text().replace("poisoned", "X")
+    assert (tmp_path / "a" / "best.yaml").read_text().replace("clean", "X") == (
+        tmp_path / "b" / "best.yaml"
+    ).read_text().replace("poisoned", "X")
 
 
 def test_a_search_resumed_with_more_trials_draws_what_one_run_draws(tmp_path):
@@ -79,21 +91,26 @@ def test_final_runs_read_the_test_split_and_compare_with_the_start(tmp_path):
     assert (tmp_path / "f" / "final" / "tuned" / "s0" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--budget", "soon"], "--budget 'soon'"),
-    (["--trials", "2", "--space", "SPACE"], "search space key='lrr'"),
-    (["--trials", "2", "--set", "lr=0.001", "--space", "ONLY_LR"], "search space is empty"),
-    (["--trials", "2", "--cv", "1"], "cv='1'"),
-    ([], "needs a bound"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--budget", "soon"], "--budget 'soon'"),
+        (["--trials", "2", "--space", "SPACE"], "search space key='lrr'"),
+        (["--trials", "2", "--set", "lr=0.001", "--space", "ONLY_LR"], "search space is empty"),
+        (["--trials", "2", "--cv", "1"], "cv='1'"),
+        ([], "needs a bound"),
+    ],
+)
 def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, needle):
     from smallmed.cli import main
 
     data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
     (tmp_path / "space.yaml").write_text("lrr: {low: 0.001, high: 0.01}\n")
     (tmp_path / "only_lr.yaml").write_text("lr: {low: 0.001, high: 0.01}\n")
-    args = [str(tmp_path / "space.yaml") if a == "SPACE" else str(tmp_path / "only_lr.yaml") if a == "ONLY_LR" else a
-            for a in args]
+    args = [
+        str(tmp_path / "space.yaml") if a == "SPACE" else str(tmp_path / "only_lr.yaml") if a == "ONLY_LR" else a
+        for a in args
+    ]
     assert main(["tune", "--data", str(data), "--model", "small_cnn", *args, "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err

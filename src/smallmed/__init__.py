@@ -14,16 +14,31 @@ from typing import TYPE_CHECKING
 # Public names and the module each lives in. They load on first use (PEP 562), so `import smallmed`
 # and the `smallmed` command start without torchvision, scipy or scikit-learn until a name needs them.
 _LAZY = {
-    "load_adapter": "adapters", "save_adapter": "adapters",
+    "load_adapter": "adapters",
+    "save_adapter": "adapters",
     "TrainConfig": "config",
     "load_dataset": "data",
     "SmallmedError": "errors",
-    "classification_metrics": "metrics", "tpr_at_fpr": "metrics",
-    "create_model": "models", "list_models": "models", "load_weights": "models",
-    "build_model": "train", "evaluate": "train", "fit": "train", "resume": "train",
-    "evaluate_run": "train.inference", "load_run": "train.inference", "predict_images": "train.ensemble",
-    "apply_svd": "reparam", "fold": "reparam", "to_low_rank": "reparam", "FactorizeConfig": "reparam",
-    "SVDConfig": "reparam", "factorize": "reparam", "frobenius_decay": "reparam", "kl_flatten_loss": "reparam",
+    "classification_metrics": "metrics",
+    "tpr_at_fpr": "metrics",
+    "create_model": "models",
+    "list_models": "models",
+    "load_weights": "models",
+    "build_model": "train",
+    "evaluate": "train",
+    "fit": "train",
+    "resume": "train",
+    "evaluate_run": "train.inference",
+    "load_run": "train.inference",
+    "predict_images": "train.ensemble",
+    "apply_svd": "reparam",
+    "fold": "reparam",
+    "to_low_rank": "reparam",
+    "FactorizeConfig": "reparam",
+    "SVDConfig": "reparam",
+    "factorize": "reparam",
+    "frobenius_decay": "reparam",
+    "kl_flatten_loss": "reparam",
     "receptive_field": "analysis.receptive_field",
     "cost": "analysis.cost",
 }
@@ -37,7 +52,16 @@ if TYPE_CHECKING:  # what static checkers and IDEs see
     from .errors import SmallmedError
     from .metrics import classification_metrics, tpr_at_fpr
     from .models import create_model, list_models, load_weights
-    from .reparam import FactorizeConfig, SVDConfig, apply_svd, factorize, fold, frobenius_decay, kl_flatten_loss, to_low_rank
+    from .reparam import (
+        FactorizeConfig,
+        SVDConfig,
+        apply_svd,
+        factorize,
+        fold,
+        frobenius_decay,
+        kl_flatten_loss,
+        to_low_rank,
+    )
     from .train import build_model, evaluate, fit, resume
     from .train.ensemble import predict_images
     from .train.inference import evaluate_run, load_run
@@ -58,8 +82,31 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "FactorizeConfig", "SVDConfig", "SmallmedError", "TrainConfig", "apply_svd", "load_adapter", "save_adapter", "build_model", "frobenius_decay",
-    "resume", "classification_metrics", "cost", "create_model", "evaluate",
-    "evaluate_run", "factorize", "fit", "fold", "kl_flatten_loss", "list_models", "load_dataset", "load_run", "load_weights", "predict_images",
-    "receptive_field", "to_low_rank", "tpr_at_fpr",
+    "FactorizeConfig",
+    "SVDConfig",
+    "SmallmedError",
+    "TrainConfig",
+    "apply_svd",
+    "load_adapter",
+    "save_adapter",
+    "build_model",
+    "frobenius_decay",
+    "resume",
+    "classification_metrics",
+    "cost",
+    "create_model",
+    "evaluate",
+    "evaluate_run",
+    "factorize",
+    "fit",
+    "fold",
+    "kl_flatten_loss",
+    "list_models",
+    "load_dataset",
+    "load_run",
+    "load_weights",
+    "predict_images",
+    "receptive_field",
+    "to_low_rank",
+    "tpr_at_fpr",
 ]

@@ -47,8 +47,10 @@ def base_fingerprint(model: nn.Module) -> str:
 def _roles_of(method: str, settings: dict) -> set[str]:
     roles = get_method(method).trained_roles(settings)
     if roles is None:
-        raise SmallmedError(f"method={method!r} has no adapter (it trains every weight); save the whole model, "
-                            "e.g. the run's folded.pt or best.pt.")
+        raise SmallmedError(
+            f"method={method!r} has no adapter (it trains every weight); save the whole model, "
+            "e.g. the run's folded.pt or best.pt."
+        )
     return roles
 
 
@@ -69,8 +71,14 @@ def adapter_state(model: nn.Module, method: str, settings: dict | None = None) -
     return {k: state[k].detach().cpu().contiguous() for k in sorted(keep) if k in state}
 
 
-def save_adapter(model: nn.Module, path: str | Path, *, method: str | None = None, settings: dict | None = None,
-                 base_hash: str | None = None) -> Path:
+def save_adapter(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    method: str | None = None,
+    settings: dict | None = None,
+    base_hash: str | None = None,
+) -> Path:
     """Write ``model``'s adapter to ``path`` (atomic). Returns the path.
 
     ``method``, ``settings`` and ``base_hash`` default to what :func:`smallmed.fit` recorded on the model
@@ -81,12 +89,19 @@ def save_adapter(model: nn.Module, path: str | Path, *, method: str | None = Non
     settings = settings if settings is not None else getattr(model, "smallmed_method_settings", {})
     base_hash = base_hash or getattr(model, "smallmed_base_hash", None)
     if not method or not base_hash:
-        raise SmallmedError("save_adapter: the model does not record its method and base weights; pass method= and "
-                            "base_hash=base_fingerprint(base_model).")
+        raise SmallmedError(
+            "save_adapter: the model does not record its method and base weights; pass method= and "
+            "base_hash=base_fingerprint(base_model)."
+        )
     tensors = adapter_state(model, method, settings)
     head = head_name(model)
-    meta = {"format": FORMAT, "method": method, "settings": json.dumps(settings, sort_keys=True),
-            "base_hash": base_hash, "head": head}
+    meta = {
+        "format": FORMAT,
+        "method": method,
+        "settings": json.dumps(settings, sort_keys=True),
+        "base_hash": base_hash,
+        "head": head,
+    }
     from safetensors.torch import save
 
     from .io import atomic_write_bytes
@@ -110,8 +125,9 @@ def read_adapter(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     except Exception as e:
         raise SmallmedError(f"{path}: not a readable safetensors file ({e}).") from None
     if meta.get("format") != FORMAT:
-        raise SmallmedError(f"{path}: not a smallmed adapter (metadata 'format' is {meta.get('format')!r}, "
-                            f"expected {FORMAT!r}).")
+        raise SmallmedError(
+            f"{path}: not a smallmed adapter (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})."
+        )
     meta["settings"] = json.loads(meta.get("settings") or "{}")
     return tensors, meta
 
@@ -127,8 +143,10 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     tensors, meta = read_adapter(path)
     got = base_fingerprint(base_model)
     if got != meta["base_hash"]:
-        raise SmallmedError(f"{path}: trained on base weights {meta['base_hash']}, but this model's weights are {got}; "
-                            "load it onto the backbone it was trained from.")
+        raise SmallmedError(
+            f"{path}: trained on base weights {meta['base_hash']}, but this model's weights are {got}; "
+            "load it onto the backbone it was trained from."
+        )
     head = head_name(base_model)
     w = tensors.get(f"{head}.weight")
     if w is not None and tuple(unwrap(base_model).get_submodule(head).weight.shape) != tuple(w.shape):
@@ -141,8 +159,9 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
     # every tensor the method trains must come from the file: the rest of the model is the checked base
     lacking = sorted(set(adapter_state(base_model, meta["method"], s)) - set(tensors))
     if lacking:
-        raise SmallmedError(f"{path}: the adapter lacks {', '.join(lacking[:4])}, which method "
-                            f"{meta['method']!r} trains.")
+        raise SmallmedError(
+            f"{path}: the adapter lacks {', '.join(lacking[:4])}, which method {meta['method']!r} trains."
+        )
     base_model.load_state_dict(tensors, strict=False)  # partial by design: exactly the method's tensors
     base_model.smallmed_method, base_model.smallmed_method_settings = meta["method"], s
     base_model.smallmed_base_hash = meta["base_hash"]

@@ -37,7 +37,9 @@ def _add_study_parsers(sub) -> None:
         p = ssub.add_parser(name, help=entry.summary)
         p.add_argument("--preset", choices=tuple(entry.presets), default=entry.default)
         p.add_argument("--out", default=f"runs/study-{name}")
-        p.add_argument("--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)")
+        p.add_argument(
+            "--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)"
+        )
         if entry.parallel:
             p.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
             p.add_argument("--backend", choices=("process", "ray"), default="process")
@@ -48,7 +50,9 @@ def _add_study_parsers(sub) -> None:
             if hint is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             elif typing.get_origin(hint) is tuple:
-                kw.update(nargs="+", metavar="X", type=next((a for a in typing.get_args(hint) if a in (int, float, str)), str))
+                kw.update(
+                    nargs="+", metavar="X", type=next((a for a in typing.get_args(hint) if a in (int, float, str)), str)
+                )
             else:
                 base = args[0] if args else hint
                 kw["type"] = base if base in (int, float) else str
@@ -100,13 +104,20 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
 def _train_config(a: argparse.Namespace):
     from .config import TrainConfig
 
-    flags = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)
-             if f.name != "extra" and getattr(a, f.name, None) is not None}
+    flags = {
+        f.name: getattr(a, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if f.name != "extra" and getattr(a, f.name, None) is not None
+    }
     return TrainConfig.from_sources(yaml_path=a.config, flags=flags, sets=a.set)
 
 
-HEADLINES = {"regression": ("mae", "rmse", "acc", "qwk"), "ordinal": ("mae_rounded", "acc", "qwk"), "segmentation": ("dice", "iou"),
-             "keypoints": ("px_error", "frac_error", "pck_0.05")}
+HEADLINES = {
+    "regression": ("mae", "rmse", "acc", "qwk"),
+    "ordinal": ("mae_rounded", "acc", "qwk"),
+    "segmentation": ("dice", "iou"),
+    "keypoints": ("px_error", "frac_error", "pck_0.05"),
+}
 
 
 def summary_line(metrics: dict) -> str:
@@ -120,8 +131,7 @@ def summary_line(metrics: dict) -> str:
             continue
         ci = t.get("ci95", {}).get(k)
         parts.append(f"{k} {v:.4f}" + (f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""))
-    return (f"test {'  '.join(parts)}  best epoch {metrics['best_epoch']}  "
-            f"trainable {metrics['trainable_params']:,}")
+    return f"test {'  '.join(parts)}  best epoch {metrics['best_epoch']}  trainable {metrics['trainable_params']:,}"
 
 
 def cmd_train(a) -> int:
@@ -130,12 +140,17 @@ def cmd_train(a) -> int:
     if a.resume:
         from .config import TrainConfig
 
-        given = [f.name for f in dataclasses.fields(TrainConfig)
-                 if f.name not in ("extra", "progress") and getattr(a, f.name, None) is not None]
+        given = [
+            f.name
+            for f in dataclasses.fields(TrainConfig)
+            if f.name not in ("extra", "progress") and getattr(a, f.name, None) is not None
+        ]
         other = [n for n in given if n != "epochs"] + (["--config"] if a.config else []) + (["--set"] if a.set else [])
         if other:
-            raise SmallmedError(f"--resume continues a run with its own settings; {', '.join('--' + n.replace('_', '-') for n in other)} "
-                                "cannot change them (only --epochs can extend a run); start a new run with --out to change settings.")
+            raise SmallmedError(
+                f"--resume continues a run with its own settings; {', '.join('--' + n.replace('_', '-') for n in other)} "
+                "cannot change them (only --epochs can extend a run); start a new run with --out to change settings."
+            )
         metrics = resume(a.resume, epochs=a.epochs)
     else:
         metrics = fit(_train_config(a))
@@ -183,8 +198,10 @@ def cmd_export(a) -> int:
     run = load_run(a.run_dir)
     if a.onnx:
         r = export_onnx(run, a.onnx, low_rank=a.low_rank)
-        print(f"{r['path']}: ONNX (dynamic batch); ONNX Runtime matches PyTorch within {r['max_abs_diff']:.1e} "
-              f"(tolerance {r['atol']:g}, batches {r['batch_sizes_checked']})")
+        print(
+            f"{r['path']}: ONNX (dynamic batch); ONNX Runtime matches PyTorch within {r['max_abs_diff']:.1e} "
+            f"(tolerance {r['atol']:g}, batches {r['batch_sizes_checked']})"
+        )
     if a.folded:
         print(f"{save_folded(run, a.folded)}: plain PyTorch checkpoint (load with create_model(..., weights=FILE))")
     if a.adapter:
@@ -200,7 +217,9 @@ def cmd_data_audit(a) -> int:
     from .data.audit import audit, fix_duplicates, summary_lines
 
     if a.fix and not a.out:
-        raise SmallmedError("--fix writes a cleaned copy: give its path with --out FILE.npz (the original is never changed).")
+        raise SmallmedError(
+            "--fix writes a cleaned copy: give its path with --out FILE.npz (the original is never changed)."
+        )
     if a.out and not a.fix:
         raise SmallmedError(f"--out {a.out} is where --fix writes its cleaned copy: add --fix drop or --fix merge.")
     ds = load_dataset(a.data, data_dir=a.data_dir)
@@ -270,9 +289,16 @@ def cmd_env(a) -> int:
     import torch
     import torchvision
 
-    info = {"smallmed": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": numpy.__version__,
-            "cuda": torch.cuda.is_available(), "threads": torch.get_num_threads()}
+    info = {
+        "smallmed": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "cuda": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+    }
     for mod in ("timm", "sklearn", "pydicom", "ray"):
         try:
             info[mod] = __import__(mod).__version__
@@ -300,15 +326,24 @@ def cmd_ra2_train(a) -> int:
 
     shapes = landmark_mean_shapes(find_images(a.images), a.landmarks)
     locs = {k: v for k, v in (("hand", a.localiser_hands), ("foot", a.localiser_feet)) if v}
-    cfg = RA2Config(folds=a.folds, epochs=a.epochs, crop=a.crop, model=a.model, lr=a.lr, seed=a.seed,
-                    init=str(Path(a.init).resolve()) if a.init else None,
-                    localiser_epochs=a.localiser_epochs,
-                    localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
-                    mean_shape=shapes)
+    cfg = RA2Config(
+        folds=a.folds,
+        epochs=a.epochs,
+        crop=a.crop,
+        model=a.model,
+        lr=a.lr,
+        seed=a.seed,
+        init=str(Path(a.init).resolve()) if a.init else None,
+        localiser_epochs=a.localiser_epochs,
+        localisers={k: str(Path(v).resolve()) for k, v in locs.items()},
+        mean_shape=shapes,
+    )
     info = train_pipeline(a.images, a.scores, a.out, landmarks=a.landmarks, cfg=cfg)
     print(f"{len(info['patients'])} patients, {info['crops']} joint crops, {len(info['folds'])} fold(s) -> {a.out}")
     for name, v in info["cv"].items():
-        print(f"{name:<14} held-out MAE {v['mae']:.3f} over {v['n']} joints (predicting 0 everywhere: {v['mae_predict_zero']:.3f})")
+        print(
+            f"{name:<14} held-out MAE {v['mae']:.3f} over {v['n']} joints (predicting 0 everywhere: {v['mae_predict_zero']:.3f})"
+        )
     return 0
 
 
@@ -319,8 +354,9 @@ def cmd_ra2_predict(a) -> int:
         from .io import check_out_dir
 
         check_out_dir(a.overlay, "--overlay")
-    table, notes = predict_pipeline(a.run_dir, a.images, a.out, landmarks=a.landmarks, joints_out=a.joints_out,
-                                    overlay=a.overlay, device=a.device)
+    table, notes = predict_pipeline(
+        a.run_dir, a.images, a.out, landmarks=a.landmarks, joints_out=a.joints_out, overlay=a.overlay, device=a.device
+    )
     for n in notes:
         print(f"warning: {n}", file=sys.stderr)
     print(f"{len(table.patients)} patient(s) -> {a.out}")
@@ -341,16 +377,37 @@ def cmd_ra2_localiser(a) -> int:
     if a.kind == "keypoint-rcnn":
         from .ra2.detector import DetectorConfig, train_detector
 
-        m = train_detector(DetectorConfig(data=str(data), epochs=a.epochs, image_size=a.image_size, seed=a.seed,
-                                          weights_backbone=a.weights_backbone), out)
+        m = train_detector(
+            DetectorConfig(
+                data=str(data),
+                epochs=a.epochs,
+                image_size=a.image_size,
+                seed=a.seed,
+                weights_backbone=a.weights_backbone,
+            ),
+            out,
+        )
         t = m["test"]
-        print(f"test px_error {t['px_error']:.3f}  frac_error {t['frac_error']:.4f}  pck_0.05 {t['pck_0.05']:.3f}  "
-              f"best epoch {m['best_epoch']}")
+        print(
+            f"test px_error {t['px_error']:.3f}  frac_error {t['frac_error']:.4f}  pck_0.05 {t['pck_0.05']:.3f}  "
+            f"best epoch {m['best_epoch']}"
+        )
         return 0
     if a.weights_backbone:
         raise SmallmedError("--weights-backbone applies to --kind keypoint-rcnn; the U-Net trains from scratch.")
-    m = fit(TrainConfig(data=str(data), model="unet", epochs=a.epochs, batch_size=16, image_size=a.image_size,
-                        augment="scale=0.9-1.1,rotate=10,translate=0.05", seed=a.seed, progress=False, out=str(out)))
+    m = fit(
+        TrainConfig(
+            data=str(data),
+            model="unet",
+            epochs=a.epochs,
+            batch_size=16,
+            image_size=a.image_size,
+            augment="scale=0.9-1.1,rotate=10,translate=0.05",
+            seed=a.seed,
+            progress=False,
+            out=str(out),
+        )
+    )
     print(summary_line(m))
     return 0
 
@@ -363,7 +420,7 @@ def cmd_ra2_evaluate(a) -> int:
         try:
             weights = {int(k): float(v) for k, v in json.loads(a.weights).items()}
         except (ValueError, AttributeError, TypeError):
-            raise SmallmedError(f"--weights {a.weights!r}: expected JSON like '{{\"0\": 1, \"1\": 4}}'.") from None
+            raise SmallmedError(f'--weights {a.weights!r}: expected JSON like \'{{"0": 1, "1": 4}}\'.') from None
     m = challenge_metrics(read_scores(a.pred, require_all=False), read_scores(a.truth), weights=weights)
     if a.json:
         print(json.dumps(m, indent=2))
@@ -392,8 +449,10 @@ def _any_model(name: str, size: int, channels: int, stem: str = "auto", num_clas
         return torchvision.models.get_model(name, weights=None)
     close = difflib.get_close_matches(name, sorted({*MODELS, *tv}), n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise SmallmedError(f"Unknown model {name!r}.{hint} Expected a smallmed model ({', '.join(MODELS)}) "
-                        "or a torchvision classification model name.")
+    raise SmallmedError(
+        f"Unknown model {name!r}.{hint} Expected a smallmed model ({', '.join(MODELS)}) "
+        "or a torchvision classification model name."
+    )
 
 
 def cmd_rf(a) -> int:
@@ -407,9 +466,11 @@ def cmd_rf(a) -> int:
     else:
         print(format_table(rows))
         last = rows[-1]
-        print(f"\n{a.model} at {a.input} px: receptive field {last.r[0]:g} px, effective stride {last.S[0]:g}, "
-              f"effective padding {last.P[0]:g} at {last.name}" + ("" if all(r.aligned for r in rows)
-                                                                   else "; MISALIGNED merges: see the 'aligned' column"))
+        print(
+            f"\n{a.model} at {a.input} px: receptive field {last.r[0]:g} px, effective stride {last.S[0]:g}, "
+            f"effective padding {last.P[0]:g} at {last.name}"
+            + ("" if all(r.aligned for r in rows) else "; MISALIGNED merges: see the 'aligned' column")
+        )
     return 0
 
 
@@ -428,8 +489,10 @@ def cmd_cost(a) -> int:
     print(f"{'':<10} {'params':>12} {'GMACs':>9} {'images/s':>10}")
     print(f"{'conv':<10} {b['params']:>12,} {b['gmacs']:>9.3f} {b['images_per_s']:>10.1f}")
     print(f"{a.conv:<10} {c['params']:>12,} {c['gmacs']:>9.3f} {c['images_per_s']:>10.1f}")
-    print(f"ratio: params {c['param_ratio']:.3f}x, speed {c['speed_ratio']:.2f}x (eval, batch {a.batch}, same process; "
-          "FLOPs = 2 x MACs)")
+    print(
+        f"ratio: params {c['param_ratio']:.3f}x, speed {c['speed_ratio']:.2f}x (eval, batch {a.batch}, same process; "
+        "FLOPs = 2 x MACs)"
+    )
     return 0
 
 
@@ -448,12 +511,26 @@ def cmd_tune(a) -> int:
     from .tune import DEFAULT_SPACE, TuneConfig, load_space, parse_budget, tune
 
     sets = parse_set(a.set or [])
-    base = {"recipe": "strong", "model": "resnet18", **(load_yaml(a.config) if a.config else {}), "data": a.data,
-            **({"model": a.model} if a.model else {}), **sets}
+    base = {
+        "recipe": "strong",
+        "model": "resnet18",
+        **(load_yaml(a.config) if a.config else {}),
+        "data": a.data,
+        **({"model": a.model} if a.model else {}),
+        **sets,
+    }
     TrainConfig.from_dict(base)  # the starting recipe is checked before anything runs
-    tc = TuneConfig(base=base, space=load_space(a.space) if a.space else dict(DEFAULT_SPACE), fixed=tuple(sets),
-                    trials=a.trials, budget_s=parse_budget(a.budget) if a.budget else 0.0, seed=a.seed, cv=a.cv,
-                    final_seeds=a.final_seeds, pruner=a.pruner)
+    tc = TuneConfig(
+        base=base,
+        space=load_space(a.space) if a.space else dict(DEFAULT_SPACE),
+        fixed=tuple(sets),
+        trials=a.trials,
+        budget_s=parse_budget(a.budget) if a.budget else 0.0,
+        seed=a.seed,
+        cv=a.cv,
+        final_seeds=a.final_seeds,
+        pruner=a.pruner,
+    )
     print(f"report: {tune(tc, a.out)}")
     return 0
 
@@ -480,7 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="metrics of a run's best model, or of several runs as an ensemble")
-    e.add_argument("run_dirs", nargs="+", metavar="RUN", help="one run folder, or several (an ensemble: the mean of their predictions)")
+    e.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN",
+        help="one run folder, or several (an ensemble: the mean of their predictions)",
+    )
     e.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also average over the mirrored image")
     e.add_argument("--data", help="another dataset with the same classes (default: the run's)")
     e.add_argument("--data-dir")
@@ -488,14 +570,24 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.set_defaults(func=cmd_evaluate)
 
-    pr = sub.add_parser("predict", help="class probabilities (or scores, for a regression run) for image files, as CSV on stdout")
-    pr.add_argument("items", nargs="+", metavar="RUN_OR_IMAGE", help="RUN [RUN ...] IMAGE [IMAGE ...]: several runs "
-                    "are an ensemble (the mean of their predictions)")
-    pr.add_argument("--tta", choices=("none", "flip"), default="none", help="flip: also average over the mirrored image")
+    pr = sub.add_parser(
+        "predict", help="class probabilities (or scores, for a regression run) for image files, as CSV on stdout"
+    )
+    pr.add_argument(
+        "items",
+        nargs="+",
+        metavar="RUN_OR_IMAGE",
+        help="RUN [RUN ...] IMAGE [IMAGE ...]: several runs are an ensemble (the mean of their predictions)",
+    )
+    pr.add_argument(
+        "--tta", choices=("none", "flip"), default="none", help="flip: also average over the mirrored image"
+    )
     pr.add_argument("--device", default="auto")
     pr.set_defaults(func=cmd_predict)
 
-    x = sub.add_parser("export", help="a run's model as ONNX (checked with ONNX Runtime), a plain checkpoint or an adapter")
+    x = sub.add_parser(
+        "export", help="a run's model as ONNX (checked with ONNX Runtime), a plain checkpoint or an adapter"
+    )
     x.add_argument("run_dir")
     x.add_argument("--onnx", metavar="FILE", help="ONNX graph with a dynamic batch dimension")
     x.add_argument("--low-rank", action="store_true", help="with --onnx: a pruned SVD run as two thin convs per layer")
@@ -511,7 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_data_stats)
-    au = dsub.add_parser("audit", help="duplicates within and across splits, patient leakage, class balance, constant images")
+    au = dsub.add_parser(
+        "audit", help="duplicates within and across splits, patient leakage, class balance, constant images"
+    )
     au.add_argument("data")
     au.add_argument("--data-dir")
     au.add_argument("--near", type=int, default=4, help="near duplicates: perceptual-hash distance in bits (-1: skip)")
@@ -533,8 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--model", help="default: resnet18")
     tu.add_argument("--config", help="YAML of TrainConfig keys: the starting recipe (trial 0)")
     tu.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="fix a setting: it is not searched")
-    tu.add_argument("--space", help="YAML search space: key: [choices] or key: {low, high, log} (default: the "
-                    "strong recipe's lr, weight_decay, label_smoothing, augment, mixup, cutmix, ema)")
+    tu.add_argument(
+        "--space",
+        help="YAML search space: key: [choices] or key: {low, high, log} (default: the "
+        "strong recipe's lr, weight_decay, label_smoothing, augment, mixup, cutmix, ema)",
+    )
     tu.add_argument("--trials", type=int, default=0, help="scored trials to reach")
     tu.add_argument("--budget", help="search time, e.g. 90s, 45m, 2h (counted over resumes)")
     tu.add_argument("--seed", type=int, default=0)
@@ -589,14 +686,24 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--folds", type=int, default=5)
     rt.add_argument("--epochs", type=int, default=10)
     rt.add_argument("--crop", type=int, default=64, help="scorer input side in px")
-    rt.add_argument("--model", default="densenet_ra2_v2", help="densenet_ra2_v2 (default) or densenet_ra2_v1, or any model")
+    rt.add_argument(
+        "--model", default="densenet_ra2_v2", help="densenet_ra2_v2 (default) or densenet_ra2_v1, or any model"
+    )
     rt.add_argument("--lr", type=float, default=1e-3)
     rt.add_argument("--seed", type=int, default=0)
-    rt.add_argument("--init", help="start every scorer from this run folder (e.g. a knee- or bone-age-trained run) "
-                    "or weights file; its head is replaced")
+    rt.add_argument(
+        "--init",
+        help="start every scorer from this run folder (e.g. a knee- or bone-age-trained run) "
+        "or weights file; its head is replaced",
+    )
     rt.add_argument("--localiser-hands", help="a keypoint run (smallmed ra2 localiser) used for hands at predict time")
-    rt.add_argument("--localiser-epochs", type=int, default=30, help="epochs of the hand / foot localisers trained on "
-                    "the group's own landmarks where no --localiser-* is given (0: place joints by the mean shape)")
+    rt.add_argument(
+        "--localiser-epochs",
+        type=int,
+        default=30,
+        help="epochs of the hand / foot localisers trained on "
+        "the group's own landmarks where no --localiser-* is given (0: place joints by the mean shape)",
+    )
     rt.add_argument("--localiser-feet", help="a keypoint run used for feet at predict time")
     rt.add_argument("--out", required=True)
     rt.set_defaults(func=cmd_ra2_train)
@@ -611,10 +718,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_ra2_predict)
     rl = rsub.add_parser("localiser", help="train a hand joint localiser from a 21-point hand keypoint .npz")
     rl.add_argument("--data", required=True, help="npz with images, keypoints_xyv, keypoint_names (21-point hands)")
-    rl.add_argument("--kind", choices=("unet", "keypoint-rcnn"), default="unet",
-                    help="heatmap U-Net (default) or torchvision's Keypoint R-CNN (the seed's detector family)")
-    rl.add_argument("--weights-backbone", choices=("imagenet",), help="keypoint-rcnn: start the ResNet from "
-                    "torchvision's ImageNet weights (where present)")
+    rl.add_argument(
+        "--kind",
+        choices=("unet", "keypoint-rcnn"),
+        default="unet",
+        help="heatmap U-Net (default) or torchvision's Keypoint R-CNN (the seed's detector family)",
+    )
+    rl.add_argument(
+        "--weights-backbone",
+        choices=("imagenet",),
+        help="keypoint-rcnn: start the ResNet from torchvision's ImageNet weights (where present)",
+    )
     rl.add_argument("--epochs", type=int, default=20)
     rl.add_argument("--image-size", type=int, default=96)
     rl.add_argument("--seed", type=int, default=0)
@@ -681,8 +795,10 @@ def _internal_error(args, e: Exception) -> int:
     except OSError:
         where = "nowhere (the log folder is not writable; rerun with --debug)"
     message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"error: internal error in {command}: {message}; the full traceback is in {where}; please report it.",
-          file=sys.stderr)
+    print(
+        f"error: internal error in {command}: {message}; the full traceback is in {where}; please report it.",
+        file=sys.stderr,
+    )
     return 3
 
 

@@ -79,13 +79,17 @@ class TrainConfig:
     label_smoothing: float | None = None  # classification: targets (1 - e) one-hot + e / K
     mixup: float | None = None  # MixUp Beta(a, a) (Zhang et al. 2018) on training batches; 0: off
     cutmix: float | None = None  # CutMix Beta(a, a) (Yun et al. 2019); with mixup: one of the two per batch
-    ema: float | None = None  # decay of an exponential moving average of the weights, evaluated and saved instead; 0: off
+    ema: float | None = (
+        None  # decay of an exponential moving average of the weights, evaluated and saved instead; 0: off
+    )
     patience: int = 4  # plateau: epochs without val-loss improvement before lr *= factor
     early_stop: int = 0  # stop after this many epochs without val-loss improvement (0: run every epoch)
     select_epoch: str = "val_loss"  # the epoch kept: lowest validation loss, or the last (a fixed number of epochs)
     factor: float = 0.1
     step_size: int | None = None  # step: epochs between decays (default: half the epochs)
-    head_epochs: int | None = None  # two-stage: first train only the head this many epochs (None: 0, or 1 under a method)
+    head_epochs: int | None = (
+        None  # two-stage: first train only the head this many epochs (None: 0, or 1 under a method)
+    )
     freeze_bn_stats: bool | None = None  # frozen layers' BatchNorm statistics stay fixed too (None: yes, live for SVD)
     # RFF (seed 001): freeze the receptive-field-expanding layers at these 1-based epochs
     rff_epochs: tuple[int, ...] = ()
@@ -96,7 +100,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision (bfloat16) on CUDA; ignored on CPU
     num_workers: int = 0
-    fprs: tuple[float, ...] = (1e-3, 1e-2)  # TPR at these FPRs, read off the test ROC (an optimistic, test-chosen point)
+    fprs: tuple[float, ...] = (
+        1e-3,
+        1e-2,
+    )  # TPR at these FPRs, read off the test ROC (an optimistic, test-chosen point)
     operating_point: str = "youden"  # threshold chosen on validation: youden | sensitivity=S | specificity=S
     calibrate: str = "none"  # none | temperature (fitted on validation; numbers before and after)
     progress: bool = True
@@ -146,7 +153,9 @@ class TrainConfig:
             raise SmallmedError(f"fraction={self.fraction}: expected a value in (0, 1].")
         bad = [e for e in self.rff_epochs if not 1 <= e <= self.epochs]
         if bad:
-            raise SmallmedError(f"rff_epochs={list(self.rff_epochs)}: epoch {bad[0]} is outside 1..epochs ({self.epochs}).")
+            raise SmallmedError(
+                f"rff_epochs={list(self.rff_epochs)}: epoch {bad[0]} is outside 1..epochs ({self.epochs})."
+            )
         if not 0 <= self.head_epochs <= self.epochs:
             raise SmallmedError(f"head_epochs={self.head_epochs}: expected 0..epochs ({self.epochs}).")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -171,21 +180,29 @@ class TrainConfig:
         if not (self.ema == 0 or 0 < self.ema < 1):
             raise SmallmedError(f"ema={self.ema}: expected 0 (off) or a decay in (0, 1).")
         if not 0 <= self.warmup_epochs < self.epochs or (self.warmup_epochs and self.scheduler != "cosine"):
-            raise SmallmedError(f"warmup_epochs={self.warmup_epochs}: expected 0..epochs-1 ({self.epochs - 1}), with "
-                                "scheduler='cosine' (the warmup leads into it).")
+            raise SmallmedError(
+                f"warmup_epochs={self.warmup_epochs}: expected 0..epochs-1 ({self.epochs - 1}), with "
+                "scheduler='cosine' (the warmup leads into it)."
+            )
         check_choice("select_epoch", self.select_epoch, ("val_loss", "last"))
         check_choice("holdout", self.holdout, ("test", "val"))
         if self.cv_folds == 1 or not 0 <= self.cv_folds <= 100:
             raise SmallmedError(f"cv_folds={self.cv_folds}: expected 0 (the split as given) or 2..100 folds.")
         if self.cv_fold and not self.cv_folds:
-            raise SmallmedError(f"cv_fold={self.cv_fold} has no effect with cv_folds=0; it applies with cv_folds 2 or more.")
+            raise SmallmedError(
+                f"cv_fold={self.cv_fold} has no effect with cv_folds=0; it applies with cv_folds 2 or more."
+            )
         if self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
             raise SmallmedError(f"cv_fold={self.cv_fold}: expected 0..{self.cv_folds - 1} (cv_folds={self.cv_folds}).")
         if self.cv_folds and self.holdout != "val":
-            raise SmallmedError(f"cv_folds={self.cv_folds} pools train and val into folds: set holdout='val' (the held-out "
-                                "fold), so that the test split is left for the final evaluation.")
+            raise SmallmedError(
+                f"cv_folds={self.cv_folds} pools train and val into folds: set holdout='val' (the held-out "
+                "fold), so that the test split is left for the final evaluation."
+            )
         if self.select_epoch == "last" and self.early_stop:
-            raise SmallmedError(f"early_stop={self.early_stop} needs select_epoch='val_loss'; with 'last' every epoch runs.")
+            raise SmallmedError(
+                f"early_stop={self.early_stop} needs select_epoch='val_loss'; with 'last' every epoch runs."
+            )
 
     def _resolve_protocol(self) -> None:
         """Fill the fields left at None: seed 000's protocol under a fine-tuning method other than
@@ -215,8 +232,9 @@ class TrainConfig:
             self.weight_decay = 0.0  # the strong recipe's decay is AdamW's decoupled one, not an L2 term for Adam/SGD
 
     @classmethod
-    def from_sources(cls, *, yaml_path: str | Path | None = None, flags: dict | None = None,
-                     sets: list[str] | None = None) -> "TrainConfig":
+    def from_sources(
+        cls, *, yaml_path: str | Path | None = None, flags: dict | None = None, sets: list[str] | None = None
+    ) -> TrainConfig:
         """Defaults < YAML file < flags < ``--set key=value`` items; any ``method`` brings its protocol
         beneath everything the user set.
 
@@ -247,7 +265,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict, *, source: str = "config") -> "TrainConfig":
+    def from_dict(cls, d: dict, *, source: str = "config") -> TrainConfig:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -255,7 +273,7 @@ class TrainConfig:
         return cls(**d)
 
     @classmethod
-    def from_saved(cls, d: dict, *, source: str = "config") -> "TrainConfig":
+    def from_saved(cls, d: dict, *, source: str = "config") -> TrainConfig:
         """A config saved by a run folder: fields that a later smallmed refuses as having no effect (their
         value never changed anything) are read back at their defaults, so old runs load, resume and compare."""
         d = dict(d)
@@ -266,7 +284,7 @@ class TrainConfig:
         return cls.from_dict(d, source=source)
 
     @classmethod
-    def for_method(cls, method: str, **kw) -> "TrainConfig":
+    def for_method(cls, method: str, **kw) -> TrainConfig:
         """A config with seed 000's protocol for ``method`` beneath ``kw``.
 
         Example:
@@ -277,7 +295,7 @@ class TrainConfig:
 
         return cls.from_dict({**protocol_defaults(method), "method": method, **kw})  # same as the CLI
 
-    def with_overrides(self, **kw) -> "TrainConfig":
+    def with_overrides(self, **kw) -> TrainConfig:
         d = self.to_dict()
         d.update({k: v for k, v in kw.items() if v is not None})
         return TrainConfig.from_dict(d)
@@ -287,13 +305,33 @@ GENERIC_DEFAULTS = {"batch_size": 64, "betas": (0.9, 0.999), "head_epochs": 0, "
 
 # the two named recipes: values beneath a method's protocol and the user's own settings
 RECIPES = {
-    "baseline": {"augment": "flip", "fit": "resize", "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                 "scheduler": "plateau", "warmup_epochs": 0, "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0,
-                 "ema": 0.0},
+    "baseline": {
+        "augment": "flip",
+        "fit": "resize",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "scheduler": "plateau",
+        "warmup_epochs": 0,
+        "label_smoothing": 0.0,
+        "mixup": 0.0,
+        "cutmix": 0.0,
+        "ema": 0.0,
+    },
     # built from MedMNIST+ (Doerrich et al. 2025) and timm's recipes, sized for small sets
-    "strong": {"augment": "trivial", "fit": "resize", "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-               "scheduler": "cosine", "warmup_epochs": 1, "label_smoothing": 0.1, "mixup": 0.2, "cutmix": 1.0,
-               "ema": 0.99},
+    "strong": {
+        "augment": "trivial",
+        "fit": "resize",
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "weight_decay": 0.05,
+        "scheduler": "cosine",
+        "warmup_epochs": 1,
+        "label_smoothing": 0.1,
+        "mixup": 0.2,
+        "cutmix": 1.0,
+        "ema": 0.99,
+    },
 }
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -367,9 +405,16 @@ def _coerce_fields(cfg) -> None:
 
 
 # value ranges beside nothing else: (low, high, low open, high open); every one also finite
-RANGES = {"lr": (0, math.inf, True, True), "momentum": (0, 1, False, True), "weight_decay": (0, 10, False, False),
-          "factor": (0, 1, True, True), "patience": (0, 1000, False, False), "early_stop": (0, 1000, False, False),
-          "step_size": (1, 10**6, False, False), "lora_rank": (1, 4096, False, False)}
+RANGES = {
+    "lr": (0, math.inf, True, True),
+    "momentum": (0, 1, False, True),
+    "weight_decay": (0, 10, False, False),
+    "factor": (0, 1, True, True),
+    "patience": (0, 1000, False, False),
+    "early_stop": (0, 1000, False, False),
+    "step_size": (1, 10**6, False, False),
+    "lora_rank": (1, 4096, False, False),
+}
 
 # a setting that changes nothing unless another has one of these values: (that setting, its values)
 APPLIES = {
@@ -410,10 +455,14 @@ def _check_applies(cfg) -> None:
         if isinstance(v, list):
             v = tuple(v)
         if v not in (None, defaults[name]) and getattr(cfg, other) not in values:
-            raise SmallmedError(f"{name}={v!r} has no effect with {other}={getattr(cfg, other)!r}; it applies with "
-                                f"{other} {' or '.join(map(repr, values))}.")
+            raise SmallmedError(
+                f"{name}={v!r} has no effect with {other}={getattr(cfg, other)!r}; it applies with "
+                f"{other} {' or '.join(map(repr, values))}."
+            )
     if cfg.rff_layers and not (cfg.rff_epochs or cfg.rff_alternate):
-        raise SmallmedError("rff_layers has no effect without rff_epochs or rff_alternate (the epochs that freeze them).")
+        raise SmallmedError(
+            "rff_layers has no effect without rff_epochs or rff_alternate (the epochs that freeze them)."
+        )
 
 
 def _positive(cfg, *names: str) -> None:

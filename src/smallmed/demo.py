@@ -34,6 +34,6 @@ def run_demo(out: str = "runs/demo", *, fresh: bool = False, workers: int = 1) -
     text = report.read_text().splitlines()
     start = next(i for i, line in enumerate(text) if line.startswith("## Fraction"))
     end = next(i for i, line in enumerate(text) if line.startswith("## Verdict"))
-    print("\n".join(text[start:end] + text[end:end + 6]))
+    print("\n".join(text[start:end] + text[end : end + 6]))
     print(f"\nreport: {report} (results.csv, auc_vs_fraction.png and every run's folder beside it)")
     return report

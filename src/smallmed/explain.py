@@ -10,8 +10,16 @@ import torch
 from .errors import SmallmedError
 
 
-def explain_run(run_dir: str | Path, images: list[str] | None = None, *, split: str = "test", n: int = 4,
-                patch: int | None = None, stride: int | None = None, out: str | Path | None = None) -> list[Path]:
+def explain_run(
+    run_dir: str | Path,
+    images: list[str] | None = None,
+    *,
+    split: str = "test",
+    n: int = 4,
+    patch: int | None = None,
+    stride: int | None = None,
+    out: str | Path | None = None,
+) -> list[Path]:
     """Write one overlay PNG per image (files, or the first ``n`` of the run's ``split``);
     the map is for the true class where known, else the predicted one."""
     from .analysis.erf import occlusion_map, save_overlay

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from .errors import SmallmedError
-from .methods import get_method
 from .io import atomic_write_file
+from .methods import get_method
 
 log = logging.getLogger(__name__)
 ATOL = 1e-4  # ONNX Runtime vs PyTorch, float32 logits: max absolute difference allowed
@@ -34,8 +34,10 @@ def plain_model(run, *, low_rank: bool = False, example: torch.Tensor | None = N
     model = run.model.cpu().eval()
     if low_rank:
         if not method.pruned(method.settings(run.config)):
-            raise SmallmedError(f"--low-rank needs a pruned SVD run (full-svd-9 or --prune); this run used "
-                                f"method={run.config.method!r}.")
+            raise SmallmedError(
+                f"--low-rank needs a pruned SVD run (full-svd-9 or --prune); this run used "
+                f"method={run.config.method!r}."
+            )
         low, _ = to_low_rank(model, example if example is not None else _example(run, 2), layers="svd")
         return low.eval()
     merged = method.merge(model)
@@ -70,11 +72,17 @@ def export_onnx(run, path: str | Path, *, low_rank: bool = False, opset: int = 1
     model = plain_model(run, low_rank=low_rank)
     x = _example(run, 2)
     path = Path(path)
-    meta = {"smallmed_image_size": str(run.image_size), "smallmed_in_chans": str(run.in_chans),
-            "smallmed_normalize": str(run.meta.get("normalize")),
-            "smallmed_mean": json.dumps(run.meta.get("mean")), "smallmed_std": json.dumps(run.meta.get("std")),
-            "smallmed_classes": json.dumps(run.class_names), "smallmed_task": run.task.kind,
-            "smallmed_method": run.config.method, "smallmed_low_rank": str(bool(low_rank))}
+    meta = {
+        "smallmed_image_size": str(run.image_size),
+        "smallmed_in_chans": str(run.in_chans),
+        "smallmed_normalize": str(run.meta.get("normalize")),
+        "smallmed_mean": json.dumps(run.meta.get("mean")),
+        "smallmed_std": json.dumps(run.meta.get("std")),
+        "smallmed_classes": json.dumps(run.class_names),
+        "smallmed_task": run.task.kind,
+        "smallmed_method": run.config.method,
+        "smallmed_low_rank": str(bool(low_rank)),
+    }
     result: dict = {}
 
     def write(f) -> None:
@@ -95,8 +103,17 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, *, opset: int = 18, meta
     batch = torch.export.Dim("batch", min=1)
     logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its optimiser logs every pass at INFO
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # and torch.onnx prints its steps
-        prog = torch.onnx.export(model, (example,), None, input_names=["image"], output_names=["logits"], dynamo=True,
-                                 dynamic_shapes=({0: batch},), opset_version=opset, verbose=False)
+        prog = torch.onnx.export(
+            model,
+            (example,),
+            None,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamo=True,
+            dynamic_shapes=({0: batch},),
+            opset_version=opset,
+            verbose=False,
+        )
     proto = prog.model_proto
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=k, value=v)

@@ -37,12 +37,20 @@ def _check(digest: dict[str, str], md5: str | None, sha256: str | None) -> str |
     if md5 and digest["md5"] != md5:
         return f"MD5 {digest['md5']}, expected {md5}"
     if sha256 and not digest["sha256"].startswith(sha256):
-        return f"SHA-256 {digest['sha256'][:len(sha256)]}..., expected {sha256}"
+        return f"SHA-256 {digest['sha256'][: len(sha256)]}..., expected {sha256}"
     return None
 
 
-def download_file(url: str, target: str | Path, *, md5: str | None = None, sha256: str | None = None,
-                  opener: Callable = urllib.request.urlopen, progress: bool = True, what: str = "file") -> Path:
+def download_file(
+    url: str,
+    target: str | Path,
+    *,
+    md5: str | None = None,
+    sha256: str | None = None,
+    opener: Callable = urllib.request.urlopen,
+    progress: bool = True,
+    what: str = "file",
+) -> Path:
     """Download ``url`` to ``target`` with a hash check; nothing is left at ``target`` unless it verifies.
 
     ``sha256`` may be a prefix (torchvision's 8-hex file-name suffix). An existing ``target`` that
@@ -56,8 +64,10 @@ def download_file(url: str, target: str | Path, *, md5: str | None = None, sha25
         raise SmallmedError(f"{target} exists but does not match its published hash; delete it to download again.")
     host = urllib.parse.urlparse(url).hostname or ""
     if offline() and host not in ("127.0.0.1", "localhost", "::1"):
-        raise SmallmedError(f"SMALLMED_OFFLINE is set, so {what} {target.name} was not downloaded from {url}; "
-                            f"place the file at {target} (folder {target.parent}) or unset SMALLMED_OFFLINE.")
+        raise SmallmedError(
+            f"SMALLMED_OFFLINE is set, so {what} {target.name} was not downloaded from {url}; "
+            f"place the file at {target} (folder {target.parent}) or unset SMALLMED_OFFLINE."
+        )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
     try:
@@ -66,8 +76,9 @@ def download_file(url: str, target: str | Path, *, md5: str | None = None, sha25
             try:
                 resp = opener(url, timeout=60)
             except OSError as e:
-                raise SmallmedError(f"Could not download {url} ({e}); check the connection, or place the {what} at "
-                                    f"{target} by hand.") from None
+                raise SmallmedError(
+                    f"Could not download {url} ({e}); check the connection, or place the {what} at {target} by hand."
+                ) from None
             with resp:
                 total = int(resp.headers.get("Content-Length", 0) or 0) if hasattr(resp, "headers") else 0
                 bar = _bar(total, target.name) if progress else None
@@ -81,7 +92,9 @@ def download_file(url: str, target: str | Path, *, md5: str | None = None, sha25
                         if bar is not None:
                             bar.update(len(block))
                 except (OSError, http.client.HTTPException) as e:
-                    raise SmallmedError(f"Download of {url} broke off after {got} bytes ({e}); nothing was saved.") from None
+                    raise SmallmedError(
+                        f"Download of {url} broke off after {got} bytes ({e}); nothing was saved."
+                    ) from None
                 finally:
                     if bar is not None:
                         bar.close()

@@ -115,7 +115,7 @@ class RunLock:
         self.path = Path(folder) / ".lock"
         self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
@@ -126,8 +126,10 @@ class RunLock:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and pid != os.getpid() and _alive(pid):
-                    raise SmallmedError(f"{self.path.parent}: another smallmed process (pid {pid}) is writing this "
-                                        "folder; wait for it or choose another --out.") from None
+                    raise SmallmedError(
+                        f"{self.path.parent}: another smallmed process (pid {pid}) is writing this "
+                        "folder; wait for it or choose another --out."
+                    ) from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as f:
@@ -150,8 +152,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
 
 
 def atomic_savefig(fig, path: str | Path, dpi: int = 120) -> None:

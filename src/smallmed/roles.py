@@ -50,8 +50,10 @@ def head_name(model: nn.Module) -> str:
         if isinstance(m, nn.Linear):
             last = n
     if last is None:
-        raise SmallmedError(f"{type(model).__name__} has no nn.Linear head; give it a get_classifier() method "
-                            "(timm's contract) that returns its output layer.")
+        raise SmallmedError(
+            f"{type(model).__name__} has no nn.Linear head; give it a get_classifier() method "
+            "(timm's contract) that returns its output layer."
+        )
     return last
 
 

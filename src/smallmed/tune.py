@@ -106,8 +106,10 @@ def check_space(space: dict) -> None:
             lo, hi = v.get("low"), v.get("high")
             ok = not extra and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi))
             if not ok or not lo < hi or (v.get("log") and lo <= 0):
-                raise SmallmedError(f"search space {k}: expected a list of choices or {{low, high[, log]}} with "
-                                    f"low < high (and low > 0 with log); got {v}.")
+                raise SmallmedError(
+                    f"search space {k}: expected a list of choices or {{low, high[, log]}} with "
+                    f"low < high (and low > 0 with log); got {v}."
+                )
         else:
             raise SmallmedError(f"search space {k}: expected a list of choices or {{low, high[, log]}}; got {v!r}.")
 
@@ -128,7 +130,9 @@ def _optuna():
     try:
         import optuna
     except ImportError:
-        raise SmallmedError("smallmed tune uses Optuna: pip install 'smallmed[tune]' (or pip install optuna).") from None
+        raise SmallmedError(
+            "smallmed tune uses Optuna: pip install 'smallmed[tune]' (or pip install optuna)."
+        ) from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
@@ -174,8 +178,9 @@ def _objective(tc: TuneConfig, out: Path, folds: int):
         for i, k in enumerate(cells):
             over = {"cv_folds": folds, "cv_fold": k} if folds else {}
             run = root / f"fold{k}" if folds else root
-            cfg = TrainConfig.from_dict({**tc.base, **params, **over, "holdout": "val", "out": str(run),
-                                         "progress": False, "figures": False})
+            cfg = TrainConfig.from_dict(
+                {**tc.base, **params, **over, "holdout": "val", "out": str(run), "progress": False, "figures": False}
+            )
             # a run resumed after a kill first replays its finished epochs to the pruner
             cb = None if folds else _Report(trial)
             if cb is not None and (run / "history.csv").exists() and not (run / "metrics.json").exists():
@@ -201,17 +206,31 @@ def _study(tc: TuneConfig, out: Path, trial_count: int):
     # the sampler is seeded by the number of trials already scored, so a resumed search draws what an
     # uninterrupted one would have drawn
     sampler = optuna.samplers.TPESampler(seed=tc.seed * 100003 + trial_count, n_startup_trials=5)
-    pruner = {"hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
-              "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
-              "none": lambda: optuna.pruners.NopPruner()}[tc.pruner]()
-    return optuna.create_study(storage=f"sqlite:///{out / 'study.db'}", study_name=STUDY, direction="minimize",
-                               sampler=sampler, pruner=pruner, load_if_exists=True)
+    pruner = {
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3),
+        "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[tc.pruner]()
+    return optuna.create_study(
+        storage=f"sqlite:///{out / 'study.db'}",
+        study_name=STUDY,
+        direction="minimize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
 
 
 def _settings_check(tc: TuneConfig, out: Path) -> None:
     """A search folder holds one search: other settings are refused (the study.db would mix them)."""
-    want = {"base": tc.base, "space": tc.space, "fixed": list(tc.fixed), "seed": tc.seed, "cv": tc.cv,
-            "pruner": tc.pruner}
+    want = {
+        "base": tc.base,
+        "space": tc.space,
+        "fixed": list(tc.fixed),
+        "seed": tc.seed,
+        "cv": tc.cv,
+        "pruner": tc.pruner,
+    }
     path = out / "tune.json"
     want = json.loads(json.dumps(want, default=str))
     if path.exists():
@@ -233,8 +252,12 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
     _settings_check(tc, out)
     base = TrainConfig.from_dict({**tc.base, "out": str(out / "base")})
     folds = _folds(tc, base)
-    log.info("tune: %s on %s; objective: best validation loss%s", ", ".join(tc.space), base.data,
-             f", mean over {folds} folds of train+val" if folds else "")
+    log.info(
+        "tune: %s on %s; objective: best validation loss%s",
+        ", ".join(tc.space),
+        base.data,
+        f", mean over {folds} folds of train+val" if folds else "",
+    )
     study = _study(tc, out, 0)
     # a trial killed mid-run is marked failed and its recipe queued again: its run folder resumes
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -269,9 +292,16 @@ def _in_space(spec, v) -> bool:
 def _write_trials(study, out: Path) -> None:
     rows = []
     for t in study.trials:
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value if t.value is not None else "",
-                     "seconds": round(t.duration.total_seconds(), 1) if t.duration else "",
-                     **{f"param_{k}": v for k, v in t.params.items()}, "run": t.user_attrs.get("run", "")})
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value if t.value is not None else "",
+                "seconds": round(t.duration.total_seconds(), 1) if t.duration else "",
+                **{f"param_{k}": v for k, v in t.params.items()},
+                "run": t.user_attrs.get("run", ""),
+            }
+        )
     atomic_write_csv(out / "trials.csv", rows)
 
 
@@ -296,8 +326,11 @@ def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
     cells, keys = [], []
     for name, recipe in (("tuned", tuned), ("start", tc.base)):
         for s in range(tc.final_seeds):
-            cells.append(TrainConfig.from_dict({**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"),
-                                                "progress": False}))
+            cells.append(
+                TrainConfig.from_dict(
+                    {**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"), "progress": False}
+                )
+            )
             keys.append((name, s))
     results = run_grid(cells) if cells else []
     return {k: m for k, m in zip(keys, results)}
@@ -311,23 +344,39 @@ def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: i
     states = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    lines = [f"# smallmed tune: {tc.base.get('data')}", "",
-             f"Search (Optuna TPE, {tc.pruner} pruning on validation loss, seed {tc.seed}): "
-             f"{', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}; "
-             f"search time {sum((t.duration.total_seconds() for t in study.trials if t.duration), 0) / 60:.1f} min. "
-             "Trials never read the test split.", "",
-             "Objective: " + (f"the mean over {folds} folds of train+val of each fold's best validation loss (the "
-                              f"validation split holds under {SMALL_VAL} images)." if folds else
-                              "the best validation loss on the validation split."), "",
-             f"Best trial {best.number}: validation loss {best.value:.4f}"
-             + (f" (the starting recipe, trial {start.number}: {start.value:.4f})" if start else "") + ".", "",
-             "| setting | best | space |", "|---|---|---|"]
+    lines = [
+        f"# smallmed tune: {tc.base.get('data')}",
+        "",
+        f"Search (Optuna TPE, {tc.pruner} pruning on validation loss, seed {tc.seed}): "
+        f"{', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}; "
+        f"search time {sum((t.duration.total_seconds() for t in study.trials if t.duration), 0) / 60:.1f} min. "
+        "Trials never read the test split.",
+        "",
+        "Objective: "
+        + (
+            f"the mean over {folds} folds of train+val of each fold's best validation loss (the "
+            f"validation split holds under {SMALL_VAL} images)."
+            if folds
+            else "the best validation loss on the validation split."
+        ),
+        "",
+        f"Best trial {best.number}: validation loss {best.value:.4f}"
+        + (f" (the starting recipe, trial {start.number}: {start.value:.4f})" if start else "")
+        + ".",
+        "",
+        "| setting | best | space |",
+        "|---|---|---|",
+    ]
     for k, v in best.params.items():
         lines.append(f"| {k} | {v:.4g} | {tc.space[k]} |" if isinstance(v, float) else f"| {k} | {v} | {tc.space[k]} |")
     try:
         imp = optuna.importance.get_param_importances(study)
-        lines += ["", "Importance of each setting for the validation loss (Optuna's default importance evaluator, over finished trials): "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()) + "."]
+        lines += [
+            "",
+            "Importance of each setting for the validation loss (Optuna's default importance evaluator, over finished trials): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in imp.items())
+            + ".",
+        ]
     except Exception as e:  # too few trials, or one value everywhere
         lines += ["", f"Importances not computed ({str(e).splitlines()[0][:120]})."]
     if final:
@@ -336,14 +385,23 @@ def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: i
         seeds = range(tc.final_seeds)
         tv = [final[("tuned", s)]["test"][metric] for s in seeds]
         sv = [final[("start", s)]["test"][metric] for s in seeds]
-        lines += ["", f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)", "",
-                  f"| recipe | test {metric} per seed | mean [95% t-CI] |", "|---|---|---|",
-                  f"| tuned (best.yaml) | {', '.join(f'{x:.4f}' for x in tv)} | {fmt_ci(mean_ci(tv))} |",
-                  f"| starting recipe | {', '.join(f'{x:.4f}' for x in sv)} | {fmt_ci(mean_ci(sv))} |", "",
-                  f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
-                  "difference; the search chose on validation only."]
-    lines += ["", f"Reproduce: `smallmed train --config {out / 'best.yaml'} --out runs/tuned`. Browse the search: "
-              f"`optuna-dashboard sqlite:///{out / 'study.db'}`."]
+        lines += [
+            "",
+            f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)",
+            "",
+            f"| recipe | test {metric} per seed | mean [95% t-CI] |",
+            "|---|---|---|",
+            f"| tuned (best.yaml) | {', '.join(f'{x:.4f}' for x in tv)} | {fmt_ci(mean_ci(tv))} |",
+            f"| starting recipe | {', '.join(f'{x:.4f}' for x in sv)} | {fmt_ci(mean_ci(sv))} |",
+            "",
+            f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
+            "difference; the search chose on validation only.",
+        ]
+    lines += [
+        "",
+        f"Reproduce: `smallmed train --config {out / 'best.yaml'} --out runs/tuned`. Browse the search: "
+        f"`optuna-dashboard sqlite:///{out / 'study.db'}`.",
+    ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -49,8 +49,15 @@ def throughput(model: nn.Module, example: torch.Tensor, *, warmup: int = 3, repe
     return times[len(times) // 2]
 
 
-def cost(model: nn.Module, input_size: tuple[int, int, int], *, baseline: nn.Module | None = None, batch: int = 32,
-         warmup: int = 3, repeats: int = 15) -> dict:
+def cost(
+    model: nn.Module,
+    input_size: tuple[int, int, int],
+    *,
+    baseline: nn.Module | None = None,
+    batch: int = 32,
+    warmup: int = 3,
+    repeats: int = 15,
+) -> dict:
     """Cost of ``model`` on inputs of ``input_size`` (C, H, W).
 
     Returns params (total, trainable), FLOPs of one image from ``torch.utils.flop_counter``
@@ -68,9 +75,13 @@ def cost(model: nn.Module, input_size: tuple[int, int, int], *, baseline: nn.Mod
     out = {}
     for k, m in models.items():
         flops = flops_per_image(m, x)
-        out[k] = {"params": sum(p.numel() for p in m.parameters()),
-                  "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
-                  "flops": flops, "gmacs": flops / 2e9, "times": []}
+        out[k] = {
+            "params": sum(p.numel() for p in m.parameters()),
+            "trainable": sum(p.numel() for p in m.parameters() if p.requires_grad),
+            "flops": flops,
+            "gmacs": flops / 2e9,
+            "times": [],
+        }
     for _ in range(warmup):
         for m in models.values():
             _images_per_s(m, x)

@@ -18,8 +18,14 @@ from torch import nn
 from ..errors import SmallmedError
 
 
-def effective_receptive_field(model: nn.Module, inputs: torch.Tensor | tuple[int, int, int], *, layer: str | None = None,
-                              n: int = 16, seed: int = 0) -> np.ndarray:
+def effective_receptive_field(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[int, int, int],
+    *,
+    layer: str | None = None,
+    n: int = 16,
+    seed: int = 0,
+) -> np.ndarray:
     """Mean |d unit / d input| over inputs, as an [H, W] map normalised to sum 1.
 
     Args:
@@ -93,8 +99,16 @@ def plot_erf(maps: dict[str, np.ndarray], path: str | Path, fraction: float = 0.
 
 
 @torch.no_grad()
-def occlusion_map(model: nn.Module, image: torch.Tensor, target: int, *, patch: int = 8, stride: int = 4,
-                  fill: float | None = None, batch: int = 64) -> np.ndarray:
+def occlusion_map(
+    model: nn.Module,
+    image: torch.Tensor,
+    target: int,
+    *,
+    patch: int = 8,
+    stride: int = 4,
+    fill: float | None = None,
+    batch: int = 64,
+) -> np.ndarray:
     """Drop in the ``target`` class probability when a ``patch`` square centred at each position
     is replaced by ``fill`` (default: the image mean); an [H, W] map (positive = evidence)."""
     if image.dim() != 3:
@@ -117,11 +131,11 @@ def occlusion_map(model: nn.Module, image: torch.Tensor, target: int, *, patch: 
     drops = torch.zeros(len(ys), len(xs))
     pos = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     for k in range(0, len(pos), batch):
-        chunk = pos[k:k + batch]
+        chunk = pos[k : k + batch]
         xb = image.repeat(len(chunk), 1, 1, 1)
         for b, (i, j) in enumerate(chunk):
             y0, x0 = max(0, ys[i] - patch // 2), max(0, xs[j] - patch // 2)
-            xb[b, :, y0:y0 + patch, x0:x0 + patch] = fill_v
+            xb[b, :, y0 : y0 + patch, x0 : x0 + patch] = fill_v
         p = prob(xb).cpu()
         for b, (i, j) in enumerate(chunk):
             drops[i, j] = base - p[b]

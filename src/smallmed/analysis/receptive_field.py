@@ -42,9 +42,12 @@ class RF:
 
     def layer(self, k, s, p, d) -> RF:
         keff = tuple(d[i] * (k[i] - 1) + 1 for i in range(2))
-        return RF(r=tuple(self.r[i] + (keff[i] - 1) * self.S[i] for i in range(2)),
-                  S=tuple(self.S[i] * s[i] for i in range(2)),
-                  P=tuple(self.P[i] + p[i] * self.S[i] for i in range(2)), aligned=self.aligned)
+        return RF(
+            r=tuple(self.r[i] + (keff[i] - 1) * self.S[i] for i in range(2)),
+            S=tuple(self.S[i] * s[i] for i in range(2)),
+            P=tuple(self.P[i] + p[i] * self.S[i] for i in range(2)),
+            aligned=self.aligned,
+        )
 
     @property
     def u0(self) -> Pair:
@@ -62,8 +65,9 @@ def merge(fields: list[RF]) -> tuple[RF, bool]:
     """Union of the regions seen by unit 0 of each input; (field, aligned)."""
     u0 = tuple(min(f.u0[i] for f in fields) for i in range(2))
     v0 = tuple(max(f.v0[i] for f in fields) for i in range(2))
-    aligned = (len({f.center() for f in fields}) == 1 and len({f.S for f in fields}) == 1
-               and all(f.aligned for f in fields))
+    aligned = (
+        len({f.center() for f in fields}) == 1 and len({f.S for f in fields}) == 1 and all(f.aligned for f in fields)
+    )
     S = tuple(max(f.S[i] for f in fields) for i in range(2))
     return RF(r=tuple(v0[i] - u0[i] + 1 for i in range(2)), S=S, P=tuple(-x for x in u0), aligned=aligned), aligned
 
@@ -107,8 +111,28 @@ def _arg(args, kwargs, i, name, default=None):
     return args[i] if len(args) > i else default
 
 
-_MERGE = {"add", "__add__", "__radd__", "add_", "__iadd__", "sub", "__sub__", "mul", "__mul__", "mul_", "__imul__",
-          "cat", "concat", "concatenate", "stack", "maximum", "minimum", "where", "div", "__truediv__"}
+_MERGE = {
+    "add",
+    "__add__",
+    "__radd__",
+    "add_",
+    "__iadd__",
+    "sub",
+    "__sub__",
+    "mul",
+    "__mul__",
+    "mul_",
+    "__imul__",
+    "cat",
+    "concat",
+    "concatenate",
+    "stack",
+    "maximum",
+    "minimum",
+    "where",
+    "div",
+    "__truediv__",
+}
 
 
 class _Tracer(TorchFunctionMode):
@@ -129,8 +153,11 @@ class _Tracer(TorchFunctionMode):
 
     def _row(self, kind, f: RF, out, k=(1, 1), s=(1, 1), p=(0, 0), d=(1, 1), inputs=1, aligned=True):
         name = self.names[-1] if self.names else ""
-        self.rows.append(RFRow(name or "(model)", kind, k, s, p, d, f.r, f.S, f.P, f.u0, f.v0,
-                               tuple(out.shape[-2:]), aligned, inputs))
+        self.rows.append(
+            RFRow(
+                name or "(model)", kind, k, s, p, d, f.r, f.S, f.P, f.u0, f.v0, tuple(out.shape[-2:]), aligned, inputs
+            )
+        )
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -172,8 +199,13 @@ class _Tracer(TorchFunctionMode):
             f = RF(r=x.r, S=x.S, P=tuple(x.P[i] + left[i] * x.S[i] for i in range(2)), aligned=x.aligned)
         elif fname in _MERGE and len(ins) > 1:
             f, aligned = merge(ins)
-            self._row("cat" if fname in ("cat", "concat", "concatenate", "stack") else "merge", f, res,
-                      inputs=len(ins), aligned=aligned)
+            self._row(
+                "cat" if fname in ("cat", "concat", "concatenate", "stack") else "merge",
+                f,
+                res,
+                inputs=len(ins),
+                aligned=aligned,
+            )
         elif fname in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear"):
             scale = tuple(res.shape[-2:][i] / tensors[0].shape[-2:][i] for i in range(2))
             f = RF(r=x.r, S=tuple(x.S[i] / scale[i] for i in range(2)), P=x.P, aligned=x.aligned)
@@ -221,16 +253,18 @@ def receptive_field(model: nn.Module, input_size: tuple[int, int, int] | int = (
             tracer._set(x, RF())
             model(x)
     except RuntimeError as e:
-        raise SmallmedError(f"input size {tuple(input_size)} does not fit {type(model).__name__}: "
-                            f"{str(e).splitlines()[0]}") from None
+        raise SmallmedError(
+            f"input size {tuple(input_size)} does not fit {type(model).__name__}: {str(e).splitlines()[0]}"
+        ) from None
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
     rows = tracer.rows
     if not any(r.kind in ("conv", "pool", "maxpool") for r in rows):
-        raise SmallmedError(f"{type(model).__name__} has no conv or pooling layer on its forward path: "
-                            "no receptive field to compute.")
+        raise SmallmedError(
+            f"{type(model).__name__} has no conv or pooling layer on its forward path: no receptive field to compute."
+        )
     return _name_functional(rows)
 
 
@@ -257,10 +291,17 @@ def _fmt(v) -> str:
 def format_table(rows: list[RFRow]) -> str:
     """The rows as an aligned text table (also valid Markdown)."""
     head = ["layer", "kind", "k", "s", "p", "d", "r", "S", "P", "u0", "v0", "out", "aligned"]
-    body = [[r.name, r.kind, *(_fmt(getattr(r, c)) for c in ("k", "s", "p", "d", "r", "S", "P", "u0", "v0", "out")),
-             "yes" if r.aligned else "NO"] for r in rows]
+    body = [
+        [
+            r.name,
+            r.kind,
+            *(_fmt(getattr(r, c)) for c in ("k", "s", "p", "d", "r", "S", "P", "u0", "v0", "out")),
+            "yes" if r.aligned else "NO",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
 
 

@@ -22,9 +22,21 @@ from .stats import dataset_stats
 from .transforms import AugmentConfig, build_transform, parse_augment
 
 __all__ = [
-    "AugmentConfig", "ImageDataset", "Split", "build_transform", "dataset_stats", "fetch",
-    "load_csv", "load_dataset", "load_folder", "load_npz", "nested_fraction", "parse_augment",
-    "patient_split", "read_image", "resolve_data",
+    "AugmentConfig",
+    "ImageDataset",
+    "Split",
+    "build_transform",
+    "dataset_stats",
+    "fetch",
+    "load_csv",
+    "load_dataset",
+    "load_folder",
+    "load_npz",
+    "nested_fraction",
+    "parse_augment",
+    "patient_split",
+    "read_image",
+    "resolve_data",
 ]
 
 
@@ -42,8 +54,10 @@ def _local_loader(name: str):
         from ..errors import SmallmedError
 
         def refuse(path, **_):
-            raise SmallmedError(f"{path}: image + mask data for segmentation; train it with --model unet "
-                                "(smallmed.data.masks.load_segmentation), not as a classification set.")
+            raise SmallmedError(
+                f"{path}: image + mask data for segmentation; train it with --model unet "
+                "(smallmed.data.masks.load_segmentation), not as a classification set."
+            )
 
         return refuse
     from .covid import load_covid_ieee8023

@@ -81,7 +81,7 @@ def near_groups(ds, threshold: int = 4) -> list[list[list]]:
                 continue
             m = np.array(members)
             for a_i, a in enumerate(m[:-1]):
-                rest = m[a_i + 1:]
+                rest = m[a_i + 1 :]
                 dist = np.array([bin(int(x)).count("1") for x in (h[rest] ^ h[a])])
                 for other in rest[dist <= threshold]:
                     ra, rb = find(int(a)), find(int(other))
@@ -115,8 +115,9 @@ def audit(ds, *, near: int | None = 4) -> dict:
     pids = {s: ds.splits[s].patient_ids for s in SPLIT_ORDER}
     if all(p is not None for p in pids.values()):
         sets = {s: set(map(str, p)) for s, p in pids.items()}
-        out["patients_in_two_splits"] = sorted(set().union(*[sets[a] & sets[b] for a, b in
-                                                             (("train", "val"), ("train", "test"), ("val", "test"))]))
+        out["patients_in_two_splits"] = sorted(
+            set().union(*[sets[a] & sets[b] for a, b in (("train", "val"), ("train", "test"), ("val", "test"))])
+        )
     else:
         out["patients_in_two_splits"] = None  # no patient ids in this data
     balance = {}
@@ -124,25 +125,41 @@ def audit(ds, *, near: int | None = 4) -> dict:
         y = np.asarray(ds.splits[s].labels)
         if getattr(ds, "task", "") in ("binary", "multiclass"):
             c = Counter(y.reshape(len(y), -1)[:, 0].astype(int).tolist())
-            balance[s] = {ds.class_names[k] if k < len(ds.class_names) else str(k): int(v) for k, v in sorted(c.items())}
+            balance[s] = {
+                ds.class_names[k] if k < len(ds.class_names) else str(k): int(v) for k, v in sorted(c.items())
+            }
         elif getattr(ds, "task", "") == "multilabel":
             balance[s] = {n: int(v) for n, v in zip(ds.class_names, y.sum(0).tolist())}
     out["class_balance"] = balance
-    out["constant_images"] = [[s, i] for s in SPLIT_ORDER for i, img in enumerate(ds.splits[s].images)
-                              if np.asarray(img).min() == np.asarray(img).max()]
+    out["constant_images"] = [
+        [s, i]
+        for s in SPLIT_ORDER
+        for i, img in enumerate(ds.splits[s].images)
+        if np.asarray(img).min() == np.asarray(img).max()
+    ]
     return out
 
 
 def summary_lines(f: dict) -> list[str]:
-    lines = [f"{f['data']}: {sum(f['images'].values())} images ({', '.join(f'{k} {v}' for k, v in f['images'].items())})",
-             f"exact duplicates: {len(f['exact_duplicate_groups'])} groups ({f['exact_duplicate_images']} extra copies), "
-             f"{len(f['cross_split_exact_groups'])} across splits, {len(f['label_conflict_groups'])} with conflicting labels"]
+    lines = [
+        f"{f['data']}: {sum(f['images'].values())} images ({', '.join(f'{k} {v}' for k, v in f['images'].items())})",
+        f"exact duplicates: {len(f['exact_duplicate_groups'])} groups ({f['exact_duplicate_images']} extra copies), "
+        f"{len(f['cross_split_exact_groups'])} across splits, {len(f['label_conflict_groups'])} with conflicting labels",
+    ]
     if "near_duplicate_groups" in f:
-        lines.append(f"near duplicates (perceptual hash within {f['near_threshold_bits']} bits, exact ones excluded): "
-                     f"{len(f['near_duplicate_groups'])} groups, {len(f['cross_split_near_groups'])} across splits")
+        lines.append(
+            f"near duplicates (perceptual hash within {f['near_threshold_bits']} bits, exact ones excluded): "
+            f"{len(f['near_duplicate_groups'])} groups, {len(f['cross_split_near_groups'])} across splits"
+        )
     p = f["patients_in_two_splits"]
-    lines.append("patients in two splits: " + ("no patient ids in this data" if p is None else
-                                               f"{len(p)}" + (f" ({', '.join(p[:5])}{' ...' if len(p) > 5 else ''})" if p else "")))
+    lines.append(
+        "patients in two splits: "
+        + (
+            "no patient ids in this data"
+            if p is None
+            else f"{len(p)}" + (f" ({', '.join(p[:5])}{' ...' if len(p) > 5 else ''})" if p else "")
+        )
+    )
     for s, c in f["class_balance"].items():
         lines.append(f"class balance {s}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
     lines.append(f"constant images: {len(f['constant_images'])}")

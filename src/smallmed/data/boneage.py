@@ -33,8 +33,13 @@ def load_boneage(path: str | Path, *, split_seed: int = 0, groups: int = 5) -> I
     images, age, edges, labels, idx = _read(path, split_seed, groups)
     bounds = [0, *edges.round().astype(int).tolist(), int(age.max())]
     names = [f"{bounds[i]}-{bounds[i + 1]} months" for i in range(groups)]
-    return ImageDataset(name="rsna-boneage", task="multiclass", class_names=names,
-                        splits={s: Split(images[i], labels[i]) for s, i in idx.items()}, source=str(path))
+    return ImageDataset(
+        name="rsna-boneage",
+        task="multiclass",
+        class_names=names,
+        splits={s: Split(images[i], labels[i]) for s, i in idx.items()},
+        source=str(path),
+    )
 
 
 MONTHS_RANGE = (0.0, 240.0)  # the challenge's ages lie in 1-228 months
@@ -44,5 +49,11 @@ def load_boneage_months(path: str | Path, *, split_seed: int = 0) -> ImageDatase
     """Age in months as a regression target, on the same split as :func:`load_boneage` (5 age groups)."""
     images, age, _, _, idx = _read(Path(path), split_seed, 5)
     splits = {s: Split(images[i], age[i].astype(np.float32)) for s, i in idx.items()}
-    return ImageDataset(name="rsna-boneage-months", task="regression", class_names=[], splits=splits,
-                        source=str(path), info={"range": MONTHS_RANGE, "unit": "months"})
+    return ImageDataset(
+        name="rsna-boneage-months",
+        task="regression",
+        class_names=[],
+        splits=splits,
+        source=str(path),
+        info={"range": MONTHS_RANGE, "unit": "months"},
+    )

@@ -39,5 +39,5 @@ def load_covid_ieee8023(path: str | Path, *, split_seed: int = 0) -> ImageDatase
         class_names=["other finding", "COVID-19"],
         splits=splits,
         source=str(path),
-        info={"split": "patient-level 50/20/30, stratified by majority label, seed %d" % split_seed},
+        info={"split": f"patient-level 50/20/30, stratified by majority label, seed {split_seed}"},
     )

@@ -29,7 +29,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, idx: np.ndarray) -> "Split":
+    def subset(self, idx: np.ndarray) -> Split:
         idx = np.asarray(idx, dtype=np.int64)
         return Split(
             images=self.images[idx],
@@ -69,7 +69,9 @@ class ImageDataset:
             self.splits[name] = split = _check_split(split, name, self.task, self.num_classes, where)
             shapes.add(split.images.shape[1:])
         if len(shapes) > 1:
-            raise SmallmedError(f"{where}: splits have different image shapes {sorted(shapes)}; expected one (H, W, C).")
+            raise SmallmedError(
+                f"{where}: splits have different image shapes {sorted(shapes)}; expected one (H, W, C)."
+            )
 
     @property
     def num_classes(self) -> int:
@@ -110,8 +112,10 @@ def _check_split(split: Split, name: str, task: str, num_classes: int, where: st
         raise SmallmedError(f"{where}: '{name}' has {len(images)} images but {len(labels)} labels.")
     if task == "regression":
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.number) or not np.isfinite(labels).all():
-            raise SmallmedError(f"{where}: '{name}' scores must be one finite number per image; got shape "
-                                f"{labels.shape}, dtype {labels.dtype}.")
+            raise SmallmedError(
+                f"{where}: '{name}' scores must be one finite number per image; got shape "
+                f"{labels.shape}, dtype {labels.dtype}."
+            )
         labels = labels.astype(np.float32)
     elif task == "multilabel":
         if labels.ndim != 2 or labels.shape[1] != num_classes:
@@ -154,5 +158,11 @@ def as_regression(ds: ImageDataset) -> ImageDataset:
     if ds.task not in ("binary", "multiclass"):
         raise SmallmedError(f"{ds.source or ds.name}: {ds.task} labels cannot be read as one score per image.")
     splits = {k: Split(v.images, v.labels.astype(np.float32), v.patient_ids, v.paths) for k, v in ds.splits.items()}
-    return ImageDataset(ds.name, "regression", [], splits, ds.source,
-                        {**ds.info, "range": (0.0, float(ds.num_classes - 1)), "grades": list(ds.class_names)})
+    return ImageDataset(
+        ds.name,
+        "regression",
+        [],
+        splits,
+        ds.source,
+        {**ds.info, "range": (0.0, float(ds.num_classes - 1)), "grades": list(ds.class_names)},
+    )

@@ -48,8 +48,11 @@ def read_dicom(path: str | Path) -> np.ndarray:
         raise SmallmedError(f"{path}: DICOM pixel array has shape {stored.shape}; expected one 2-D grayscale frame.")
     try:
         modality = apply_modality_lut(stored, ds)
-        if getattr(ds, "VOILUTSequence", None) and np.issubdtype(modality.dtype, np.floating) \
-                and np.array_equal(modality, np.round(modality)):
+        if (
+            getattr(ds, "VOILUTSequence", None)
+            and np.issubdtype(modality.dtype, np.floating)
+            and np.array_equal(modality, np.round(modality))
+        ):
             modality = modality.astype(np.int64)  # a LUT is indexed by integers (a float rescale of 1, 0 is one)
         arr = np.asarray(apply_voi_lut(modality, ds), dtype=np.float64)
     except Exception as e:
@@ -67,10 +70,10 @@ def _output_range(ds, arr: np.ndarray) -> tuple[float, float]:
     seq = getattr(ds, "VOILUTSequence", None)
     if seq:
         bits = int(seq[0].LUTDescriptor[2])
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2**bits - 1)
     if "WindowCenter" in ds and "WindowWidth" in ds:
         bits = int(getattr(ds, "BitsStored", 8) or 8)
         if int(getattr(ds, "PixelRepresentation", 0) or 0):
             return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-        return 0.0, float(2 ** bits - 1)
+        return 0.0, float(2**bits - 1)
     return float(arr.min()), float(arr.max())

@@ -48,9 +48,7 @@ def fetch(
     base, suffix_size = split_name(name)
     size = size or suffix_size
     if base not in MEDMNIST:
-        raise SmallmedError(
-            f"Cannot download '{name}': known MedMNIST names are {', '.join(sorted(MEDMNIST))}."
-        )
+        raise SmallmedError(f"Cannot download '{name}': known MedMNIST names are {', '.join(sorted(MEDMNIST))}.")
     info = MEDMNIST[base]
     if size not in info.md5:
         raise SmallmedError(f"{base} has no size {size}; available: {', '.join(map(str, sorted(info.md5)))}.")
@@ -65,6 +63,9 @@ def fetch(
         elif md5sum(target) == info.md5[size]:
             return target  # verified once here, not again by download_file
         else:
-            raise SmallmedError(f"{target} exists but its MD5 is not the official {info.md5[size]}; pass --force to replace it.")
-    return download_file(info.url(base, size), target, md5=info.md5[size], opener=opener, progress=progress,
-                         what="MedMNIST file")
+            raise SmallmedError(
+                f"{target} exists but its MD5 is not the official {info.md5[size]}; pass --force to replace it."
+            )
+    return download_file(
+        info.url(base, size), target, md5=info.md5[size], opener=opener, progress=progress, what="MedMNIST file"
+    )

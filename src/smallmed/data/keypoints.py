@@ -29,10 +29,11 @@ class KeypointSplit:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, idx) -> "KeypointSplit":
+    def subset(self, idx) -> KeypointSplit:
         idx = np.asarray(idx, dtype=np.int64)
-        return KeypointSplit(self.images[idx], self.keypoints[idx],
-                             None if self.patient_ids is None else self.patient_ids[idx])
+        return KeypointSplit(
+            self.images[idx], self.keypoints[idx], None if self.patient_ids is None else self.patient_ids[idx]
+        )
 
 
 @dataclass
@@ -63,8 +64,9 @@ def is_keypoint_file(path: Path) -> bool:
         return False
 
 
-def load_keypoints(spec: str | os.PathLike, *, data_dir=None, split_seed: int = 0,
-                   select: dict[str, str] | None = None) -> KeypointDataset:
+def load_keypoints(
+    spec: str | os.PathLike, *, data_dir=None, split_seed: int = 0, select: dict[str, str] | None = None
+) -> KeypointDataset:
     """Load a keypoint ``.npz`` (see the module docstring), optionally keeping ``select``'s names."""
     from .paths import resolve_data
     from .splits import patient_split
@@ -76,7 +78,11 @@ def load_keypoints(spec: str | os.PathLike, *, data_dir=None, split_seed: int = 
         raise SmallmedError(f"{path}: 'images' are {images.dtype} {images.shape}; expected uint8 [N, H, W(, C)].")
     if kp.ndim != 3 or kp.shape[0] != len(images) or kp.shape[2] != 3:
         raise SmallmedError(f"{path}: 'keypoints_xyv' has shape {kp.shape}; expected [{len(images)}, K, 3].")
-    names = [str(n) for n in npz["keypoint_names"]] if "keypoint_names" in npz.files else [str(i) for i in range(kp.shape[1])]
+    names = (
+        [str(n) for n in npz["keypoint_names"]]
+        if "keypoint_names" in npz.files
+        else [str(i) for i in range(kp.shape[1])]
+    )
     if select:
         missing = [src for src in select.values() if src not in names]
         if missing:

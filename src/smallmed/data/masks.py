@@ -34,7 +34,7 @@ class MaskSplit:
     def __len__(self) -> int:
         return len(self.images)
 
-    def subset(self, idx) -> "MaskSplit":
+    def subset(self, idx) -> MaskSplit:
         idx = np.asarray(idx, dtype=np.int64)
         return MaskSplit(self.images[idx], self.masks[idx], None if self.patient_ids is None else self.patient_ids[idx])
 
@@ -59,20 +59,25 @@ class SegmentationDataset:
 def check_masks(images: np.ndarray, masks: np.ndarray, where: str) -> np.ndarray:
     """Masks as uint8 {0, 1}; clear errors for a shape mismatch or non-binary values."""
     if masks.shape[:3] != images.shape[:3] or masks.ndim != 3:
-        raise SmallmedError(f"{where}: masks have shape {tuple(masks.shape)} but the images {tuple(images.shape)}; "
-                            "expected one [H, W] mask per image of the same height and width.")
+        raise SmallmedError(
+            f"{where}: masks have shape {tuple(masks.shape)} but the images {tuple(images.shape)}; "
+            "expected one [H, W] mask per image of the same height and width."
+        )
     values = np.unique(masks)
     if set(values.tolist()) <= {0, 1}:
         return masks.astype(np.uint8)
     if set(values.tolist()) <= {0, 255}:
         return (masks > 0).astype(np.uint8)
     shown = ", ".join(str(v) for v in values[:6])
-    raise SmallmedError(f"{where}: mask values {shown}{'...' if len(values) > 6 else ''}; expected binary masks "
-                        "with values {0, 1} or {0, 255}.")
+    raise SmallmedError(
+        f"{where}: mask values {shown}{'...' if len(values) > 6 else ''}; expected binary masks "
+        "with values {0, 1} or {0, 255}."
+    )
 
 
-def load_segmentation(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-                      split_seed: int = 0) -> SegmentationDataset:
+def load_segmentation(
+    spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None, split_seed: int = 0
+) -> SegmentationDataset:
     """Load image/mask data by name (``covid-lungseg``) or path (npz or folder)."""
     from .paths import resolve_data
 
@@ -80,12 +85,16 @@ def load_segmentation(spec: str | os.PathLike, *, data_dir: str | os.PathLike | 
     if path.is_dir():
         return _from_folder(path, split_seed)
     if path.suffix.lower() != ".npz":
-        raise SmallmedError(f"{path}: segmentation data must be an .npz (images, masks) or a folder with images/ and masks/.")
+        raise SmallmedError(
+            f"{path}: segmentation data must be an .npz (images, masks) or a folder with images/ and masks/."
+        )
     keys = set(np.load(path, allow_pickle=False).files) if path.exists() else set()
     if {"train_images", "train_masks"} <= keys:
         npz = open_npz(path, tuple(f"{s}_{k}" for s in SPLITS for k in ("images", "masks")))
-        splits = {s: MaskSplit(npz[f"{s}_images"], check_masks(npz[f"{s}_images"], npz[f"{s}_masks"], f"{path} ({s})"))
-                  for s in SPLITS}
+        splits = {
+            s: MaskSplit(npz[f"{s}_images"], check_masks(npz[f"{s}_images"], npz[f"{s}_masks"], f"{path} ({s})"))
+            for s in SPLITS
+        }
         return SegmentationDataset(path.stem, splits, str(path), {"split": "given by the file"})
     npz = open_npz(path, ("images", "masks"))
     images = npz["images"]

@@ -73,8 +73,12 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         missing = [f"{s}_labels" for s in SPLITS if f"{s}_labels" not in keys]
         if missing:
             raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(sorted(keys))}.")
-        splits = {s: Split(npz[f"{s}_images"], npz[f"{s}_labels"],
-                           npz[f"{s}_patient_ids"] if f"{s}_patient_ids" in keys else None) for s in SPLITS}
+        splits = {
+            s: Split(
+                npz[f"{s}_images"], npz[f"{s}_labels"], npz[f"{s}_patient_ids"] if f"{s}_patient_ids" in keys else None
+            )
+            for s in SPLITS
+        }
         empty = [s for s, sp in splits.items() if len(sp.labels) == 0 or len(sp.images) == 0]
         if empty:
             raise SmallmedError(f"{path}: split '{empty[0]}' is empty; every split needs at least one image.")
@@ -84,8 +88,11 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         pids = npz["patient_id"] if "patient_id" in keys else None
         if len(labels) != len(images):
             raise SmallmedError(f"{path}: {len(images)} images but {len(labels)} labels.")
-        idx = patient_split(labels.reshape(len(labels), -1)[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels,
-                            pids, seed=split_seed)
+        idx = patient_split(
+            labels.reshape(len(labels), -1)[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels,
+            pids,
+            seed=split_seed,
+        )
         splits = {s: Split(images[i], labels[i], None if pids is None else pids[i]) for s, i in idx.items()}
         all_labels = _as_2d(labels, path, "all")
     else:
@@ -108,8 +115,12 @@ def _regression(npz, path: Path, name: str) -> ImageDataset:
         scores = np.asarray(npz[f"{s}_scores"])
         if not np.issubdtype(scores.dtype, np.number):
             raise SmallmedError(f"{path}: '{s}_scores' holds {scores.dtype} values; expected numbers.")
-        splits[s] = Split(npz[f"{s}_images"], scores.astype(np.float32).reshape(len(scores), -1)[:, 0]
-                          if scores.ndim == 2 and scores.shape[1] == 1 else scores.astype(np.float32))
+        splits[s] = Split(
+            npz[f"{s}_images"],
+            scores.astype(np.float32).reshape(len(scores), -1)[:, 0]
+            if scores.ndim == 2 and scores.shape[1] == 1
+            else scores.astype(np.float32),
+        )
     if "score_range" in npz.files:
         rng = np.asarray(npz["score_range"], dtype=float).ravel()
         if rng.size != 2 or not rng[1] > rng[0]:
@@ -118,5 +129,6 @@ def _regression(npz, path: Path, name: str) -> ImageDataset:
     else:
         allv = np.concatenate([sp.labels for sp in splits.values()])
         low, high = float(np.floor(allv.min())), float(np.ceil(allv.max()))
-    return ImageDataset(name=name, task="regression", class_names=[], splits=splits, source=str(path),
-                        info={"range": (low, high)})
+    return ImageDataset(
+        name=name, task="regression", class_names=[], splits=splits, source=str(path), info={"range": (low, high)}
+    )

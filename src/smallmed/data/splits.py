@@ -110,8 +110,14 @@ def nested_fraction(
     return idx
 
 
-def kfold(labels: np.ndarray, k: int, fold: int, *, seed: int = 0, groups: np.ndarray | None = None,
-          ) -> tuple[np.ndarray, np.ndarray]:
+def kfold(
+    labels: np.ndarray,
+    k: int,
+    fold: int,
+    *,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(training, held-out) indices of fold ``fold`` of ``k``: stratified by label and, with ``groups``
     (patient ids), every image of a patient on the same side (scikit-learn's StratifiedGroupKFold).
 

@@ -70,8 +70,9 @@ PRESETS: dict[str, AugmentConfig] = {
     "seed000": AugmentConfig(hflip=True, scale=(0.8, 1.2)),
     # seed 003's detector augmentation: blur 50%, contrast 0.75-1.5, multiply 0.8-1.2,
     # translate 5%, zoom 20%, rotate 15 degrees
-    "ra2": AugmentConfig(scale=(0.8, 1.2), rotate=15, translate=0.05, contrast=(0.75, 1.5),
-                         multiply=(0.8, 1.2), blur_p=0.5),
+    "ra2": AugmentConfig(
+        scale=(0.8, 1.2), rotate=15, translate=0.05, contrast=(0.75, 1.5), multiply=(0.8, 1.2), blur_p=0.5
+    ),
 }
 
 
@@ -208,7 +209,10 @@ def build_transform(
     check_choice("normalize", normalize, NORMALIZE)
     check_choice("fit", fit, FITS)
     aug = parse_augment(augment) if train else AugmentConfig()
-    ops: list[nn.Module] = [v2.ToImage(), PadTo(image_size) if fit == "pad" else v2.Resize((image_size, image_size), antialias=True)]
+    ops: list[nn.Module] = [
+        v2.ToImage(),
+        PadTo(image_size) if fit == "pad" else v2.Resize((image_size, image_size), antialias=True),
+    ]
     if aug.trivial:
         ops.append(v2.TrivialAugmentWide())
     if aug.hflip:

@@ -18,11 +18,28 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import PROTOCOL, Method, apply_method, get_method, method_fields, method_names, protocol_defaults, register_method
+from .base import (
+    PROTOCOL,
+    Method,
+    apply_method,
+    get_method,
+    method_fields,
+    method_names,
+    protocol_defaults,
+    register_method,
+)
 
 for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _m.name != "base" and not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["PROTOCOL", "Method", "apply_method", "get_method", "method_fields", "method_names", "protocol_defaults",
-           "register_method"]
+__all__ = [
+    "PROTOCOL",
+    "Method",
+    "apply_method",
+    "get_method",
+    "method_fields",
+    "method_names",
+    "protocol_defaults",
+    "register_method",
+]

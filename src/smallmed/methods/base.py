@@ -18,8 +18,15 @@ from ..registry import check_choice
 
 # seed 000's training protocol, beneath a user's own settings when a method other than ``full`` is chosen:
 # 1 epoch head only, Adam betas (0.9, 0.99), lr 1e-3, plateau patience 4, batch 16
-PROTOCOL = {"head_epochs": 1, "betas": [0.9, 0.99], "lr": 1e-3, "patience": 4, "batch_size": 16,
-            "scheduler": "plateau", "optimizer": "adam"}
+PROTOCOL = {
+    "head_epochs": 1,
+    "betas": [0.9, 0.99],
+    "lr": 1e-3,
+    "patience": 4,
+    "batch_size": 16,
+    "scheduler": "plateau",
+    "optimizer": "adam",
+}
 
 
 class Method:

@@ -35,8 +35,17 @@ class SSFConv2d(nn.Module):
 
     def merged(self) -> nn.Conv2d:
         conv = self.base_layer
-        out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight)
+        out = nn.Conv2d(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            conv.groups,
+            bias=True,
+            padding_mode=conv.padding_mode,
+        ).to(conv.weight)
         with torch.no_grad():
             g = self.ssf_scale.detach()
             out.weight.copy_(conv.weight * g.view(-1, 1, 1, 1))

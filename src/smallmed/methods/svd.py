@@ -34,8 +34,10 @@ class _SVD(Method):
 
         prune = self.prune if cfg.prune is None else cfg.prune
         svd = SVDConfig(mode=self.mode, prune=prune, train=tuple(cfg.svd_train), linear=cfg.svd_linear)
-        return {"svd": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(svd).items()},
-                "svd_train": list(cfg.svd_train)}
+        return {
+            "svd": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(svd).items()},
+            "svd_train": list(cfg.svd_train),
+        }
 
     def _config(self, settings: dict):
         from ..reparam.svd import SVDConfig
@@ -67,13 +69,29 @@ class _SVD(Method):
         if not svd_modules(model):
             return {}
         s = built.svd_summary
-        out = {"svd": {"summary": {"mode": s.mode, "prune": s.prune, "layers": len(s.rows),
-                                   "sigma_active": s.sigma_active, "trainable_by_role": s.groups},
-                       **write_svd_diagnostics(model, run_dir)}}
+        out = {
+            "svd": {
+                "summary": {
+                    "mode": s.mode,
+                    "prune": s.prune,
+                    "layers": len(s.rows),
+                    "sigma_active": s.sigma_active,
+                    "trainable_by_role": s.groups,
+                },
+                **write_svd_diagnostics(model, run_dir),
+            }
+        }
         if s.prune > 0:
             _, rep = to_low_rank(model, example[:32].cpu(), layers="svd")
-            keys = ("params_dense", "params_low_rank", "flops_dense", "flops_low_rank", "images_per_s_dense",
-                    "images_per_s_low_rank", "max_abs_diff")
+            keys = (
+                "params_dense",
+                "params_low_rank",
+                "flops_dense",
+                "flops_low_rank",
+                "images_per_s_dense",
+                "images_per_s_low_rank",
+                "max_abs_diff",
+            )
             out["low_rank"] = {**{k: getattr(rep, k) for k in keys}, "speedup": rep.speedup}
         return out
 

@@ -164,5 +164,7 @@ def bootstrap_ci(
             draws["auc"].append(float(np.nanmean(aucs)))
             draws["tpr_at_fpr"].append(float(np.nanmean(tprs)))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [float("nan")] * 2
-            for k, v in draws.items()}
+    return {
+        k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [float("nan")] * 2
+        for k, v in draws.items()
+    }

@@ -29,8 +29,9 @@ def parse_rule(rule: str) -> tuple[str, float | None]:
     """``"youden"`` -> ("youden", None); ``"sensitivity=0.9"`` -> ("sensitivity", 0.9)."""
     name, _, value = str(rule).partition("=")
     if name not in RULES or (name == "youden") != (value == ""):
-        raise SmallmedError(f"operating_point={rule!r}: expected 'youden', 'sensitivity=S' or 'specificity=S' "
-                            "with S in (0, 1].")
+        raise SmallmedError(
+            f"operating_point={rule!r}: expected 'youden', 'sensitivity=S' or 'specificity=S' with S in (0, 1]."
+        )
     if name == "youden":
         return name, None
     try:
@@ -88,8 +89,9 @@ def rates_at(y, score, threshold: float) -> dict:
     return {"sensitivity": ratio(tp, fn), "specificity": ratio(tn, fp), "ppv": ratio(tp, fp), "npv": ratio(tn, fn)}
 
 
-def operating_point(y_val, score_val, score_test, y_test, *, rule: str = "youden", n: int = 1000, seed: int = 0,
-                    level: float = 0.95) -> dict:
+def operating_point(
+    y_val, score_val, score_test, y_test, *, rule: str = "youden", n: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict:
     """Threshold from validation, then test rates at that fixed threshold with percentile bootstrap intervals.
 
     The threshold is computed before ``y_test`` is read; a test flips every test label and checks it.
@@ -106,8 +108,9 @@ def operating_point(y_val, score_val, score_test, y_test, *, rule: str = "youden
             if v is not None:
                 draws[k].append(v)
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out["ci95"] = {k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [None, None]
-                   for k, v in draws.items()}
+    out["ci95"] = {
+        k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [None, None] for k, v in draws.items()
+    }
     return out
 
 
@@ -139,8 +142,11 @@ def reliability_curve(y, p, bins: int = 10) -> dict:
     y = np.asarray(y, dtype=float).ravel()
     p = np.asarray(p, dtype=float).ravel()
     groups = _equal_mass_bins(p, bins)
-    return {"confidence": [float(p[g].mean()) for g in groups], "frequency": [float(y[g].mean()) for g in groups],
-            "count": [int(len(g)) for g in groups]}
+    return {
+        "confidence": [float(p[g].mean()) for g in groups],
+        "frequency": [float(y[g].mean()) for g in groups],
+        "count": [int(len(g)) for g in groups],
+    }
 
 
 def expected_calibration_error(y, p, bins: int = 10) -> float:
@@ -192,8 +198,19 @@ def fit_temperature(y_val, probs_val) -> float:
     return float(math.exp(res.x))
 
 
-def clinical_summary(kind: str, val_y, val_p, test_y, test_p, *, rule: str = "youden", calibrate: str = "none",
-                     bins: int = 10, seed: int = 0, n: int = 1000) -> dict:
+def clinical_summary(
+    kind: str,
+    val_y,
+    val_p,
+    test_y,
+    test_p,
+    *,
+    rule: str = "youden",
+    calibrate: str = "none",
+    bins: int = 10,
+    seed: int = 0,
+    n: int = 1000,
+) -> dict:
     """Operating point(s) and calibration for a classification run's metrics.json (``test`` keys).
 
     Binary: ``operating_point``; multi-class: ``operating_point_per_class`` (one-vs-rest). With
@@ -205,13 +222,17 @@ def clinical_summary(kind: str, val_y, val_p, test_y, test_p, *, rule: str = "yo
     out: dict = {}
     if calibrate == "temperature":
         t = fit_temperature(val_y, val_p)
-        out["calibration"] = {"method": "temperature", "temperature": t, "fitted_on": "val",
-                              "uncalibrated": calibration(test_y, test_p, bins)}
+        out["calibration"] = {
+            "method": "temperature",
+            "temperature": t,
+            "fitted_on": "val",
+            "uncalibrated": calibration(test_y, test_p, bins),
+        }
         val_p, test_p = apply_temperature(val_p, t), apply_temperature(test_p, t)
     elif calibrate != "none":
         raise SmallmedError(f"calibrate={calibrate!r}: expected 'none' or 'temperature'.")
     out.update(calibration(test_y, test_p, bins))
-    out["reliability"] = (reliability_curve(test_y, test_p[:, 1], bins) if test_p.shape[1] == 2 else None)
+    out["reliability"] = reliability_curve(test_y, test_p[:, 1], bins) if test_p.shape[1] == 2 else None
     if kind == "binary":
         out["operating_point"] = operating_point(val_y, val_p[:, 1], test_p[:, 1], test_y, rule=rule, n=n, seed=seed)
     else:

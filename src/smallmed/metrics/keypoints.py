@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def keypoint_errors(pred: np.ndarray, true: np.ndarray, visible: np.ndarray, width: np.ndarray | float,
-                    names: list[str] | None = None) -> dict:
+def keypoint_errors(
+    pred: np.ndarray, true: np.ndarray, visible: np.ndarray, width: np.ndarray | float, names: list[str] | None = None
+) -> dict:
     """Mean pixel error, mean error / image width, the share within 5 % of the width (PCK@0.05), per joint.
 
     Args:
@@ -27,9 +28,15 @@ def keypoint_errors(pred: np.ndarray, true: np.ndarray, visible: np.ndarray, wid
     per = {}
     for j, n in enumerate(names):
         v = vis[:, j]
-        per[n] = {"px_error": float(d[v, j].mean()) if v.any() else float("nan"),
-                  "frac_error": float(frac[v, j].mean()) if v.any() else float("nan"), "n": int(v.sum())}
-    return {"px_error": float(d[vis].mean()) if vis.any() else float("nan"),
-            "frac_error": float(frac[vis].mean()) if vis.any() else float("nan"),
-            "pck_0.05": float((frac[vis] <= 0.05).mean()) if vis.any() else float("nan"),
-            "n": int(vis.sum()), "per_joint": per}
+        per[n] = {
+            "px_error": float(d[v, j].mean()) if v.any() else float("nan"),
+            "frac_error": float(frac[v, j].mean()) if v.any() else float("nan"),
+            "n": int(v.sum()),
+        }
+    return {
+        "px_error": float(d[vis].mean()) if vis.any() else float("nan"),
+        "frac_error": float(frac[vis].mean()) if vis.any() else float("nan"),
+        "pck_0.05": float((frac[vis] <= 0.05).mean()) if vis.any() else float("nan"),
+        "n": int(vis.sum()),
+        "per_joint": per,
+    }

@@ -56,8 +56,14 @@ def weighted_rmse(y_true: np.ndarray, y_pred: np.ndarray, weights: dict | None =
     return float(np.sqrt((w * (y - p) ** 2).sum() / w.sum()))
 
 
-def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, low: float | None = None,
-                       high: float | None = None, weights: dict | None = None) -> dict:
+def regression_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    weights: dict | None = None,
+) -> dict:
     """MAE, RMSE, weighted MAE/RMSE (inverse-frequency weights by default), accuracy and
     mean absolute error of the score rounded to the nearest grade (clipped to [low, high]).
 

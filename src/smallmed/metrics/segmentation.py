@@ -6,7 +6,9 @@ import numpy as np
 import torch
 
 
-def dice_iou(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, eps: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
+def dice_iou(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, eps: float = 1e-6
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks [N, H, W] (or [N, 1, H, W]). Two empty masks score 1."""
     p = torch.as_tensor(pred).bool().reshape(len(pred), -1)
     t = torch.as_tensor(target).bool().reshape(len(target), -1)

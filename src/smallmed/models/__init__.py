@@ -21,8 +21,17 @@ from ..registry import check_choice
 from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
 from .registry import MODELS, ModelEntry
 
-__all__ = ["MODELS", "LoadReport", "create_model", "head_name", "list_models", "load_weights", "model_entry",
-           "read_state_dict", "reset_classifier"]
+__all__ = [
+    "MODELS",
+    "LoadReport",
+    "create_model",
+    "head_name",
+    "list_models",
+    "load_weights",
+    "model_entry",
+    "read_state_dict",
+    "reset_classifier",
+]
 
 for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if not _m.name.startswith("_") and _m.name not in ("registry", "pretrained"):
@@ -40,7 +49,7 @@ def list_models(task: str | None = None) -> list[str]:
 def model_entry(name: str) -> ModelEntry:
     """The registry entry of ``name``; ``timm:<architecture>`` builds any timm model (see :func:`timm_entry`)."""
     if isinstance(name, str) and name.startswith("timm:"):
-        return timm_entry(name[len("timm:"):])
+        return timm_entry(name[len("timm:") :])
     return MODELS.get(name)
 
 
@@ -56,8 +65,10 @@ def timm_entry(arch: str) -> ModelEntry:
         import difflib
 
         close = difflib.get_close_matches(arch, timm.list_models(), n=3)
-        raise SmallmedError(f"model='timm:{arch}': timm has no such architecture"
-                            + (f"; did you mean {', '.join(close)}?" if close else "."))
+        raise SmallmedError(
+            f"model='timm:{arch}': timm has no such architecture"
+            + (f"; did you mean {', '.join(close)}?" if close else ".")
+        )
 
     def build(*, num_classes: int, in_chans: int, **_) -> nn.Module:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans)
@@ -65,12 +76,15 @@ def timm_entry(arch: str) -> ModelEntry:
     def load_pretrained(model: nn.Module) -> LoadReport:
         head = head_name(model)
         try:
-            ref = timm.create_model(arch, pretrained=True, num_classes=model.get_submodule(head).out_features,
-                                    in_chans=_in_chans(model))
+            ref = timm.create_model(
+                arch, pretrained=True, num_classes=model.get_submodule(head).out_features, in_chans=_in_chans(model)
+            )
         except Exception as e:
-            raise SmallmedError(f"timm could not get the pretrained weights of {arch} ({str(e).splitlines()[0][:200]}); "
-                                "timm downloads them once into the Hugging Face cache (HF_HOME): run once online, "
-                                "or pass --weights FILE.") from None
+            raise SmallmedError(
+                f"timm could not get the pretrained weights of {arch} ({str(e).splitlines()[0][:200]}); "
+                "timm downloads them once into the Hugging Face cache (HF_HOME): run once online, "
+                "or pass --weights FILE."
+            ) from None
         state = {k: v for k, v in ref.state_dict().items() if not k.startswith(head + ".")}
         return load_weights(model, state, source=f"timm:{arch} (pretrained)")
 
@@ -78,9 +92,13 @@ def timm_entry(arch: str) -> ModelEntry:
         mean = tuple(timm.models.get_pretrained_cfg(arch).mean)
     except Exception:
         mean = None
-    return ModelEntry(build, head="", pretrained={"imagenet": load_pretrained},
-                      pretrained_normalize="half" if mean == (0.5, 0.5, 0.5) else "imagenet",
-                      description=f"timm {arch}")
+    return ModelEntry(
+        build,
+        head="",
+        pretrained={"imagenet": load_pretrained},
+        pretrained_normalize="half" if mean == (0.5, 0.5, 0.5) else "imagenet",
+        description=f"timm {arch}",
+    )
 
 
 def _in_chans(model: nn.Module) -> int:
@@ -131,25 +149,39 @@ def create_model(
         raise SmallmedError(f"num_classes={num_classes}: expected at least 1.")
     if in_chans < 1:
         raise SmallmedError(f"in_chans={in_chans}: expected at least 1.")
-    if weights is not None and not (isinstance(weights, str) and weights in (entry.pretrained or {})) \
-            and Path(weights).is_dir():  # a run folder: start from its best model (--init RUN)
+    if (
+        weights is not None
+        and not (isinstance(weights, str) and weights in (entry.pretrained or {}))
+        and Path(weights).is_dir()
+    ):  # a run folder: start from its best model (--init RUN)
         run = Path(weights)
         best = run / ("folded.pt" if (run / "folded.pt").exists() else "best.pt")
         if not best.exists():
-            raise SmallmedError(f"weights={weights}: a folder without best.pt; expected a finished run folder or a weights file.")
+            raise SmallmedError(
+                f"weights={weights}: a folder without best.pt; expected a finished run folder or a weights file."
+            )
         weights = str(best)
     named = isinstance(weights, str) and weights in (entry.pretrained or {})
-    if isinstance(weights, str) and not named and not Path(weights).exists() and "/" not in weights and "." not in weights:
+    if (
+        isinstance(weights, str)
+        and not named
+        and not Path(weights).exists()
+        and "/" not in weights
+        and "." not in weights
+    ):
         offers = ", ".join(entry.pretrained or {}) or "none"
         raise SmallmedError(f"weights={weights!r} is neither a file nor a known name for {name} (offers: {offers}).")
     if stem == "auto":
         stem = "small" if (input_size is not None and input_size < 64 and not named) else "imagenet"
     if named and stem == "small":
-        raise SmallmedError(f"stem='small' conflicts with weights={weights!r}, which were trained with the ImageNet stem.")
+        raise SmallmedError(
+            f"stem='small' conflicts with weights={weights!r}, which were trained with the ImageNet stem."
+        )
     if name == "small_cnn" and input_size is not None and input_size < 4:
         raise SmallmedError(f"input_size={input_size}: small_cnn needs at least 4 px.")
-    model = entry.build(num_classes=num_classes, in_chans=in_chans, norm=norm,
-                        small_input=stem == "small", input_size=input_size)
+    model = entry.build(
+        num_classes=num_classes, in_chans=in_chans, norm=norm, small_input=stem == "small", input_size=input_size
+    )
     if entry.head:
         model.smallmed_head = entry.head
     model.smallmed_stem = stem

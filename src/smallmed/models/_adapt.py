@@ -52,7 +52,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         hint = path.with_name("folded.pt")
         raise SmallmedError(f"{path}: holds SVD-parametrised weights; load the plain {hint} of the same run instead.")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -81,7 +81,9 @@ class LoadReport:
         if self.unexpected:
             parts.append(f"ignored (not in model): {_short(self.unexpected)}")
         if self.norm_skipped:
-            parts.append(f"BatchNorm freshly initialised (the file's BN sat before the ReLU): {_short(self.norm_skipped)}")
+            parts.append(
+                f"BatchNorm freshly initialised (the file's BN sat before the ReLU): {_short(self.norm_skipped)}"
+            )
         return "; ".join(parts)
 
 
@@ -133,8 +135,14 @@ def checkpoint_norm(path: str | Path) -> str | None:
     return cfg.get("norm") if isinstance(cfg, dict) else None
 
 
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, *, strict: bool = True,
-                 source: str | None = None, skip_norm: bool = False) -> LoadReport:
+def load_weights(
+    model: nn.Module,
+    state: dict[str, torch.Tensor] | str | Path,
+    *,
+    strict: bool = True,
+    source: str | None = None,
+    skip_norm: bool = False,
+) -> LoadReport:
     """Load ``state`` into ``model`` key by key and return what happened.
 
     The classifier is replaced when its shape differs (another class count); a stem conv whose
@@ -174,8 +182,13 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
             report.loaded.append(k)
         elif k.startswith(head):
             report.head_replaced.append(k)
-        elif (k == stem and v.ndim == 4 and target.ndim == 4 and v.shape[0] == target.shape[0]
-              and v.shape[2:] == target.shape[2:]):
+        elif (
+            k == stem
+            and v.ndim == 4
+            and target.ndim == 4
+            and v.shape[0] == target.shape[0]
+            and v.shape[2:] == target.shape[2:]
+        ):
             merged[k] = adapt_input_conv(v, target.shape[1]).to(target.dtype)
             report.adapted.append(k)
             report.loaded.append(k)
@@ -186,8 +199,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor] | str | Path, 
                 f"{source}: '{k}' has shape {tuple(v.shape)} but the model expects {tuple(target.shape)}; "
                 "the weights do not fit this model (check --model, --stem, --norm and the input size)."
             )
-    report.missing = [k for k in own if k not in state and not k.startswith(head)
-                      and not k.endswith("num_batches_tracked")]
+    report.missing = [
+        k for k in own if k not in state and not k.startswith(head) and not k.endswith("num_batches_tracked")
+    ]
     if report.head_replaced:
         # a replaced head keeps its fresh init; if the file has no head at all, that is fine too
         pass

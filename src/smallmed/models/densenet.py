@@ -9,9 +9,13 @@ from .pretrained import XRV, load_imagenet, xrv_weights
 from .registry import register_model
 
 
-@register_model("densenet121", head="classifier", pretrained={"imagenet": load_imagenet("densenet121"), **xrv_weights()},
-                pretrained_normalize={"imagenet": "imagenet", **{f"xrv:{k}": "xrv" for k in XRV}},
-                description="torchvision DenseNet-121 (7.0M); weights='imagenet' or a chest X-ray model 'xrv:densenet121-res224-nih' (-all, -chex, ...)")
+@register_model(
+    "densenet121",
+    head="classifier",
+    pretrained={"imagenet": load_imagenet("densenet121"), **xrv_weights()},
+    pretrained_normalize={"imagenet": "imagenet", **{f"xrv:{k}": "xrv" for k in XRV}},
+    description="torchvision DenseNet-121 (7.0M); weights='imagenet' or a chest X-ray model 'xrv:densenet121-res224-nih' (-all, -chex, ...)",
+)
 def densenet121(*, num_classes: int, in_chans: int, norm: str, small_input: bool, **_) -> nn.Module:
     model = densenet.densenet121(weights=None, num_classes=num_classes)
     if small_input:

@@ -79,20 +79,33 @@ class _DenseBlock(nn.Module):
 
 
 class RA2DenseNet(nn.Module):
-    def __init__(self, *, in_chans: int = 1, num_classes: int = 1, blocks=(6, 12, 24), growth: int = 32,
-                 stem_kernel: int = 3, leaky: float | None = None, p_max: float = 0.875) -> None:
+    def __init__(
+        self,
+        *,
+        in_chans: int = 1,
+        num_classes: int = 1,
+        blocks=(6, 12, 24),
+        growth: int = 32,
+        stem_kernel: int = 3,
+        leaky: float | None = None,
+        p_max: float = 0.875,
+    ) -> None:
         super().__init__()
         act = nn.LeakyReLU(leaky) if leaky else nn.ReLU()
         width = 2 * growth
-        self.stem = nn.Sequential(nn.Conv2d(in_chans, width, stem_kernel, 1, stem_kernel // 2, bias=False),
-                                  nn.BatchNorm2d(width), act)
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, stem_kernel, 1, stem_kernel // 2, bias=False), nn.BatchNorm2d(width), act
+        )
         stages = []
         for i, n in enumerate(blocks):
             stages.append(_DenseBlock(n, width, growth, act, p_max))
             width += n * growth
             if i < len(blocks) - 1:  # transition: 1x1 conv halving the width, 2x2 average pool
-                stages.append(nn.Sequential(nn.BatchNorm2d(width), act, nn.Conv2d(width, width // 2, 1, bias=False),
-                                            nn.AvgPool2d(2)))
+                stages.append(
+                    nn.Sequential(
+                        nn.BatchNorm2d(width), act, nn.Conv2d(width, width // 2, 1, bias=False), nn.AvgPool2d(2)
+                    )
+                )
                 width //= 2
         self.features = nn.Sequential(*stages)
         self.norm, self.act = nn.BatchNorm2d(width), act
@@ -106,15 +119,23 @@ class RA2DenseNet(nn.Module):
         return self.classifier(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-@register_model("densenet_ra2_v1", head="classifier",
-                description="RA2 scorer v1 (seed 003): DenseNet 6-12-24, growth 32, 3x3 stride-1 stem, age dropout 0.875")
+@register_model(
+    "densenet_ra2_v1",
+    head="classifier",
+    description="RA2 scorer v1 (seed 003): DenseNet 6-12-24, growth 32, 3x3 stride-1 stem, age dropout 0.875",
+)
 def densenet_ra2_v1(*, num_classes: int, in_chans: int, **_) -> nn.Module:
-    return RA2DenseNet(in_chans=in_chans, num_classes=num_classes, blocks=(6, 12, 24), growth=32, stem_kernel=3,
-                       p_max=0.875)
+    return RA2DenseNet(
+        in_chans=in_chans, num_classes=num_classes, blocks=(6, 12, 24), growth=32, stem_kernel=3, p_max=0.875
+    )
 
 
-@register_model("densenet_ra2_v2", head="classifier",
-                description="RA2 scorer v2 (seed 003): DenseNet 6-12-18, growth 16, 7x7 stem, LeakyReLU 0.2, age dropout 0.25")
+@register_model(
+    "densenet_ra2_v2",
+    head="classifier",
+    description="RA2 scorer v2 (seed 003): DenseNet 6-12-18, growth 16, 7x7 stem, LeakyReLU 0.2, age dropout 0.25",
+)
 def densenet_ra2_v2(*, num_classes: int, in_chans: int, **_) -> nn.Module:
-    return RA2DenseNet(in_chans=in_chans, num_classes=num_classes, blocks=(6, 12, 18), growth=16, stem_kernel=7,
-                       leaky=0.2, p_max=0.25)
+    return RA2DenseNet(
+        in_chans=in_chans, num_classes=num_classes, blocks=(6, 12, 18), growth=16, stem_kernel=7, leaky=0.2, p_max=0.25
+    )

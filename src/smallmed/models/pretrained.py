@@ -71,7 +71,9 @@ def torchvision_file(spec: str) -> Path:
 
 def _densenet_keys(state: dict) -> dict:
     """Old torchvision DenseNet files name ``norm.1``; the modules are ``norm1`` (torchvision's own fix)."""
-    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    pattern = re.compile(
+        r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    )
     out = {}
     for k, v in state.items():
         m = pattern.match(k)
@@ -107,8 +109,9 @@ _ALLOWED_PREFIXES = ("torch.nn.", "torchvision.models.", "torchxrayvision.", "mo
 def _stub(qualified: str) -> type:
     """An empty ``nn.Module`` subclass standing in for a pickled model class (no code of it runs)."""
     module, _, qualname = qualified.rpartition(".")
-    return type(qualname, (nn.Module,), {"__module__": module, "__qualname__": qualname,
-                                         "forward": lambda self, *a: None})
+    return type(
+        qualname, (nn.Module,), {"__module__": module, "__qualname__": qualname, "forward": lambda self, *a: None}
+    )
 
 
 def convert_pickled_model(src: str | Path, dst: str | Path) -> Path:
@@ -165,8 +168,9 @@ def xrv_file(name: str) -> Path:
     from ..hub import download_file
 
     if name not in XRV:
-        raise SmallmedError(f"weights='xrv:{name}': torchxrayvision DenseNet-121 models are "
-                            f"{', '.join('xrv:' + k for k in XRV)}.")
+        raise SmallmedError(
+            f"weights='xrv:{name}': torchxrayvision DenseNet-121 models are {', '.join('xrv:' + k for k in XRV)}."
+        )
     folder = cache_dir() / "weights" / "xrv"
     out = folder / f"{name}.safetensors"
     if out.exists():

@@ -26,7 +26,6 @@ class ModelEntry:
     description: str = ""
     task: str = "classification"  # or "segmentation": logit maps [N, classes, H, W]
 
-
     def normalize_for(self, weights: str | None) -> str:
         """The input normalisation the named ``weights`` were trained with."""
         n = self.pretrained_normalize
@@ -36,8 +35,16 @@ class ModelEntry:
 MODELS: Registry[ModelEntry] = Registry("model")
 
 
-def register_model(name: str, *, head: str, norms=("bn",), pretrained=None, pretrained_normalize="imagenet",
-                   description: str = "", task: str = "classification"):
+def register_model(
+    name: str,
+    *,
+    head: str,
+    norms=("bn",),
+    pretrained=None,
+    pretrained_normalize="imagenet",
+    description: str = "",
+    task: str = "classification",
+):
     def deco(fn):
         MODELS.add(name, ModelEntry(fn, head, tuple(norms), pretrained, pretrained_normalize, description, task))
         return fn

@@ -61,13 +61,23 @@ def _build(arch, *, num_classes: int, in_chans: int, norm: str, small_input: boo
     return model
 
 
-@register_model("resnet18", head="fc", norms=("bn", "none", "bn-after-act"), pretrained={"imagenet": load_imagenet("resnet18")},
-                description="torchvision ResNet-18 (11.2M); weights='imagenet'")
+@register_model(
+    "resnet18",
+    head="fc",
+    norms=("bn", "none", "bn-after-act"),
+    pretrained={"imagenet": load_imagenet("resnet18")},
+    description="torchvision ResNet-18 (11.2M); weights='imagenet'",
+)
 def resnet18(**kw) -> nn.Module:
     return _build(resnet.resnet18, **kw)
 
 
-@register_model("resnet50", head="fc", norms=("bn", "none", "bn-after-act"), pretrained={"imagenet": load_imagenet("resnet50")},
-                description="torchvision ResNet-50 (23.5M); weights='imagenet'")
+@register_model(
+    "resnet50",
+    head="fc",
+    norms=("bn", "none", "bn-after-act"),
+    pretrained={"imagenet": load_imagenet("resnet50")},
+    description="torchvision ResNet-50 (23.5M); weights='imagenet'",
+)
 def resnet50(**kw) -> nn.Module:
     return _build(resnet.resnet50, **kw)

@@ -18,9 +18,14 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int, in_chans: int = 3, input_size: int = 32, norm: str = "bn") -> None:
         super().__init__()
         self.features = nn.Sequential(
-            *conv_norm_act(in_chans, 32, norm), *conv_norm_act(32, 32, "none"), nn.MaxPool2d(2),
-            *conv_norm_act(32, 64, norm), *conv_norm_act(64, 64, "none"), nn.MaxPool2d(2),
-            *conv_norm_act(64, 64, norm), *conv_norm_act(64, 64, "none"),
+            *conv_norm_act(in_chans, 32, norm),
+            *conv_norm_act(32, 32, "none"),
+            nn.MaxPool2d(2),
+            *conv_norm_act(32, 64, norm),
+            *conv_norm_act(64, 64, "none"),
+            nn.MaxPool2d(2),
+            *conv_norm_act(64, 64, norm),
+            *conv_norm_act(64, 64, "none"),
         )
         side = input_size // 4
         self.fc1 = nn.Linear(64 * side * side, 64)
@@ -31,6 +36,8 @@ class SmallCNN(nn.Module):
         return self.fc(self.act(self.fc1(self.features(x).flatten(1))))
 
 
-@register_model("small_cnn", head="fc", norms=("bn", "none", "bn-after-act"), description="seed 001's 6-conv CNN (input size fixed)")
+@register_model(
+    "small_cnn", head="fc", norms=("bn", "none", "bn-after-act"), description="seed 001's 6-conv CNN (input size fixed)"
+)
 def small_cnn(*, num_classes: int, in_chans: int, norm: str, input_size: int | None = None, **_) -> nn.Module:
     return SmallCNN(num_classes, in_chans, input_size or 32, norm)

@@ -21,11 +21,14 @@ def _double(cin: int, cout: int, norm: str) -> nn.Sequential:
 
 
 class UNet(nn.Module):
-    def __init__(self, in_chans: int = 1, num_classes: int = 1, base: int = 16, depth: int = 4, norm: str = "bn") -> None:
+    def __init__(
+        self, in_chans: int = 1, num_classes: int = 1, base: int = 16, depth: int = 4, norm: str = "bn"
+    ) -> None:
         super().__init__()
         widths = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_double(in_chans, widths[0], norm)] +
-                                  [_double(widths[i], widths[i + 1], norm) for i in range(depth)])
+        self.down = nn.ModuleList(
+            [_double(in_chans, widths[0], norm)] + [_double(widths[i], widths[i + 1], norm) for i in range(depth)]
+        )
         self.up = nn.ModuleList([_double(widths[i + 1] + widths[i], widths[i], norm) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
 
@@ -46,7 +49,12 @@ class UNet(nn.Module):
         return self.head(x)
 
 
-@register_model("unet", head="head", norms=("bn", "none", "bn-after-act"),
-                description="U-Net, base 16, depth 4 (1.9M): binary segmentation", task="segmentation")
+@register_model(
+    "unet",
+    head="head",
+    norms=("bn", "none", "bn-after-act"),
+    description="U-Net, base 16, depth 4 (1.9M): binary segmentation",
+    task="segmentation",
+)
 def unet(*, num_classes: int, in_chans: int, norm: str, **_) -> nn.Module:
     return UNet(in_chans, num_classes, norm=norm)

@@ -30,8 +30,13 @@ class VGG(nn.Module):
         """Map ``features.N`` conv weights by conv order, so ``vgg16`` and ``vgg16_bn`` files load into
         either layout (the indices shift when BN layers are inserted); BN entries then stay fresh."""
         own = [i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d)]
-        theirs = sorted({int(k.split(".")[1]) for k, v in state.items()
-                         if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4})
+        theirs = sorted(
+            {
+                int(k.split(".")[1])
+                for k, v in state.items()
+                if k.startswith("features.") and k.endswith(".weight") and v.ndim == 4
+            }
+        )
         if theirs == own or len(theirs) != len(own):
             return state
         index = dict(zip(theirs, own))
@@ -63,9 +68,16 @@ def make_features(cfg: list, norm: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-@register_model("vgg16", head="fc", norms=("bn", "none", "bn-after-act"), pretrained={"imagenet": load_imagenet("vgg16")},
-                description="VGG-16 features (14.7M) + GAP + linear head; weights='imagenet' (vgg16 or vgg16_bn by --norm)")
-def vgg16(*, num_classes: int, in_chans: int, norm: str, small_input: bool, input_size: int | None = None, **_) -> nn.Module:
+@register_model(
+    "vgg16",
+    head="fc",
+    norms=("bn", "none", "bn-after-act"),
+    pretrained={"imagenet": load_imagenet("vgg16")},
+    description="VGG-16 features (14.7M) + GAP + linear head; weights='imagenet' (vgg16 or vgg16_bn by --norm)",
+)
+def vgg16(
+    *, num_classes: int, in_chans: int, norm: str, small_input: bool, input_size: int | None = None, **_
+) -> nn.Module:
     features = make_features(vgg.cfgs["D"], norm)
     if in_chans != 3:
         features[0] = nn.Conv2d(in_chans, 64, 3, padding=1)

@@ -9,5 +9,14 @@
 from .metrics import challenge_metrics
 from .schema import COLUMNS, MAX_TOTAL, SCHEMA, Assessment, ScoreTable, read_scores, totals, write_table
 
-__all__ = ["COLUMNS", "MAX_TOTAL", "SCHEMA", "Assessment", "ScoreTable", "challenge_metrics", "read_scores",
-           "totals", "write_table"]
+__all__ = [
+    "COLUMNS",
+    "MAX_TOTAL",
+    "SCHEMA",
+    "Assessment",
+    "ScoreTable",
+    "challenge_metrics",
+    "read_scores",
+    "totals",
+    "write_table",
+]

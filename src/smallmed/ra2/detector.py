@@ -70,17 +70,29 @@ def build_detector(num_keypoints: int, cfg: DetectorConfig) -> torch.nn.Module:
 
     weights = None
     if cfg.weights_backbone == "imagenet":
-        weights = {"resnet18": ResNet18_Weights, "resnet34": ResNet34_Weights,
-                   "resnet50": ResNet50_Weights}[cfg.backbone].IMAGENET1K_V1
+        weights = {"resnet18": ResNet18_Weights, "resnet34": ResNet34_Weights, "resnet50": ResNet50_Weights}[
+            cfg.backbone
+        ].IMAGENET1K_V1
     try:
         backbone = resnet_fpn_backbone(backbone_name=cfg.backbone, weights=weights, trainable_layers=5)
     except Exception as e:  # no network and no file in torch's hub cache
-        raise SmallmedError(f"the ImageNet weights of {cfg.backbone} could not be had ({str(e).splitlines()[0][:160]}); "
-                            "train from scratch (weights_backbone none) or place the file in torch's hub cache.") from None
+        raise SmallmedError(
+            f"the ImageNet weights of {cfg.backbone} could not be had ({str(e).splitlines()[0][:160]}); "
+            "train from scratch (weights_backbone none) or place the file in torch's hub cache."
+        ) from None
     s = cfg.image_size
-    return KeypointRCNN(backbone, num_classes=2, num_keypoints=num_keypoints, min_size=s, max_size=s,
-                        image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25], box_detections_per_img=1,
-                        rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50)
+    return KeypointRCNN(
+        backbone,
+        num_classes=2,
+        num_keypoints=num_keypoints,
+        min_size=s,
+        max_size=s,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.25, 0.25, 0.25],
+        box_detections_per_img=1,
+        rpn_pre_nms_top_n_test=200,
+        rpn_post_nms_top_n_test=50,
+    )
 
 
 def _targets(keypoints: np.ndarray, size: int, scale: tuple[float, float], margin: float) -> dict:
@@ -93,8 +105,11 @@ def _targets(keypoints: np.ndarray, size: int, scale: tuple[float, float], margi
     m = margin * size
     box = [max(0.0, xs.min() - m), max(0.0, ys.min() - m), min(size - 1.0, xs.max() + m), min(size - 1.0, ys.max() + m)]
     kp[:, 2] = np.where(vis, 2.0, 0.0)  # COCO: 2 = visible
-    return {"boxes": torch.tensor([box], dtype=torch.float32), "labels": torch.tensor([1]),
-            "keypoints": torch.from_numpy(kp)[None]}
+    return {
+        "boxes": torch.tensor([box], dtype=torch.float32),
+        "labels": torch.tensor([1]),
+        "keypoints": torch.from_numpy(kp)[None],
+    }
 
 
 def _as_input(image: np.ndarray, size: int) -> torch.Tensor:
@@ -113,7 +128,7 @@ def _predict(model, images: list[np.ndarray], size: int, k: int) -> tuple[np.nda
     conf = np.zeros(len(images), np.float32)
     with torch.no_grad():
         for i in range(0, len(images), 16):
-            batch = images[i:i + 16]
+            batch = images[i : i + 16]
             outs = model([_as_input(im, size) for im in batch])
             for j, (im, o) in enumerate(zip(batch, outs)):
                 h, w = im.shape[:2]
@@ -166,32 +181,64 @@ def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
                 losses = model([x_all[i] for i in idx], [t_all[i] for i in idx])
                 loss = sum(losses.values())
                 if not math.isfinite(loss.item()):
-                    raise SmallmedError(f"{out}: the loss became {loss.item()} in epoch {epoch + 1}; lower --lr "
-                                        f"(now {cfg.lr}); the last good epoch is in last.pt.")
+                    raise SmallmedError(
+                        f"{out}: the loss became {loss.item()} in epoch {epoch + 1}; lower --lr "
+                        f"(now {cfg.lr}); the last good epoch is in last.pt."
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total, n = total + loss.item() * len(idx), n + len(idx)
             sched.step()
-            pv, _ = _predict(model, [im[..., 0] if im.ndim == 3 else im for im in va.images], cfg.image_size, len(names))
+            pv, _ = _predict(
+                model, [im[..., 0] if im.ndim == 3 else im for im in va.images], cfg.image_size, len(names)
+            )
             err = keypoint_errors(pv, va.keypoints[..., :2], va.keypoints[..., 2], side)
-            row = {"epoch": epoch + 1, "train_loss": total / max(n, 1), "val_px_error": err["px_error"],
-                   "val_frac_error": err["frac_error"], "seconds": round(time.time() - t0, 2)}
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": total / max(n, 1),
+                "val_px_error": err["px_error"],
+                "val_frac_error": err["frac_error"],
+                "seconds": round(time.time() - t0, 2),
+            }
             history.append(row)
             if err["px_error"] < best:
                 best, best_epoch = err["px_error"], epoch
                 atomic_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
-            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch}, out / "last.pt")
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "history": history,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                },
+                out / "last.pt",
+            )
             atomic_write_csv(out / "history.csv", history)
-            log.info("epoch %d/%d  train loss %.4f  val error %.2f px  %.1fs", epoch + 1, cfg.epochs, row["train_loss"],
-                     err["px_error"], row["seconds"])
+            log.info(
+                "epoch %d/%d  train loss %.4f  val error %.2f px  %.1fs",
+                epoch + 1,
+                cfg.epochs,
+                row["train_loss"],
+                err["px_error"],
+                row["seconds"],
+            )
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
         pt, _ = _predict(model, [im[..., 0] if im.ndim == 3 else im for im in te.images], cfg.image_size, len(names))
         test = keypoint_errors(pt, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
-        metrics = {"task": "keypoints", "kind": "keypoint-rcnn", "test": test, "best_epoch": best_epoch + 1,
-                   "epochs": len(history), "wall_seconds": round(sum(r["seconds"] for r in history), 2),
-                   "image_px": side, "train_images": len(tr)}
+        metrics = {
+            "task": "keypoints",
+            "kind": "keypoint-rcnn",
+            "test": test,
+            "best_epoch": best_epoch + 1,
+            "epochs": len(history),
+            "wall_seconds": round(sum(r["seconds"] for r in history), 2),
+            "image_px": side,
+            "train_images": len(tr),
+        }
         atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

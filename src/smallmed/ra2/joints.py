@@ -18,14 +18,42 @@ import numpy as np
 from ..errors import SmallmedError
 from .schema import SCHEMA, Assessment
 
-HAND_POINTS = ("mcp_ip", "pip_2", "pip_3", "pip_4", "pip_5", "mcp_1", "mcp_2", "mcp_3", "mcp_4", "mcp_5", "w1", "w2", "w3")
+HAND_POINTS = (
+    "mcp_ip",
+    "pip_2",
+    "pip_3",
+    "pip_4",
+    "pip_5",
+    "mcp_1",
+    "mcp_2",
+    "mcp_3",
+    "mcp_4",
+    "mcp_5",
+    "w1",
+    "w2",
+    "w3",
+)
 FOOT_POINTS = ("mtp", "mtp_1", "mtp_2", "mtp_3", "mtp_4", "mtp_5")
-LABELME_NAMES = {**{p: f"{i}_{p}" for i, p in enumerate(HAND_POINTS[:10])}, "w1": "w1", "w2": "w2", "w3": "w3",
-                 **{p: p for p in FOOT_POINTS}}
+LABELME_NAMES = {
+    **{p: f"{i}_{p}" for i, p in enumerate(HAND_POINTS[:10])},
+    "w1": "w1",
+    "w2": "w2",
+    "w3": "w3",
+    **{p: p for p in FOOT_POINTS},
+}
 # the 10 RA2 hand joints that a 21-point hand keypoint set (wrist + 4 per finger, base to tip) also marks
-HAND21 = {"mcp_ip": "thumb3", "pip_2": "forefinger2", "pip_3": "middle_finger2", "pip_4": "ring_finger2",
-          "pip_5": "pinky_finger2", "mcp_1": "thumb2", "mcp_2": "forefinger1", "mcp_3": "middle_finger1",
-          "mcp_4": "ring_finger1", "mcp_5": "pinky_finger1"}
+HAND21 = {
+    "mcp_ip": "thumb3",
+    "pip_2": "forefinger2",
+    "pip_3": "middle_finger2",
+    "pip_4": "ring_finger2",
+    "pip_5": "pinky_finger2",
+    "mcp_1": "thumb2",
+    "mcp_2": "forefinger1",
+    "mcp_3": "middle_finger1",
+    "mcp_4": "ring_finger1",
+    "mcp_5": "pinky_finger1",
+}
 LIMB_POINTS = {"LH": HAND_POINTS, "RH": HAND_POINTS, "LF": FOOT_POINTS, "RF": FOOT_POINTS}
 
 # crop side as a fraction of the image width: finger/toe joints and the whole carpus
@@ -67,20 +95,41 @@ def read_landmarks(path: str | Path, limb: str | None = None) -> dict[str, tuple
     if limb is not None:
         unknown = sorted(set(out) - set(LIMB_POINTS[limb]))
         if unknown:
-            raise SmallmedError(f"{path}: point(s) {', '.join(unknown)} are not {limb} landmarks "
-                                f"(expected {', '.join(LABELME_NAMES[p] for p in LIMB_POINTS[limb])}).")
+            raise SmallmedError(
+                f"{path}: point(s) {', '.join(unknown)} are not {limb} landmarks "
+                f"(expected {', '.join(LABELME_NAMES[p] for p in LIMB_POINTS[limb])})."
+            )
     return out
 
 
-def write_landmarks(points: dict[str, tuple[float, float]], image_path: str, size: tuple[int, int],
-                    scores: dict[str, float] | None = None) -> dict:
+def write_landmarks(
+    points: dict[str, tuple[float, float]],
+    image_path: str,
+    size: tuple[int, int],
+    scores: dict[str, float] | None = None,
+) -> dict:
     """A labelme dict of points in original pixels (the format the RA2 examples use)."""
     w, h = size
-    shapes = [{"label": LABELME_NAMES.get(n, n), "points": [[float(x), float(y)]], "shape_type": "point",
-               "group_id": None, "flags": {}, **({"score": float(scores[n])} if scores and n in scores else {})}
-              for n, (x, y) in points.items()]
-    return {"version": "4.2.4", "flags": {}, "shapes": shapes, "imagePath": image_path, "imageData": None,
-            "imageHeight": int(h), "imageWidth": int(w)}
+    shapes = [
+        {
+            "label": LABELME_NAMES.get(n, n),
+            "points": [[float(x), float(y)]],
+            "shape_type": "point",
+            "group_id": None,
+            "flags": {},
+            **({"score": float(scores[n])} if scores and n in scores else {}),
+        }
+        for n, (x, y) in points.items()
+    ]
+    return {
+        "version": "4.2.4",
+        "flags": {},
+        "shapes": shapes,
+        "imagePath": image_path,
+        "imageData": None,
+        "imageHeight": int(h),
+        "imageWidth": int(w),
+    }
 
 
 def flip_points(points: dict[str, tuple[float, float]], width: int) -> dict[str, tuple[float, float]]:
@@ -140,7 +189,7 @@ def crop(image: np.ndarray, center: tuple[float, float], side: float, out: int) 
     xs, ys = max(0, x0), max(0, y0)
     xe, ye = min(w, x0 + s), min(h, y0 + s)
     if xe > xs and ye > ys:
-        canvas[ys - y0:ye - y0, xs - x0:xe - x0] = image[ys:ye, xs:xe]
+        canvas[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
     return np.asarray(Image.fromarray(canvas).resize((out, out), Image.BILINEAR))
 
 
@@ -151,10 +200,14 @@ def _crop_centres(points: dict[str, tuple[float, float]], limb: str):
             yield a, np.mean([points[n] for n in points_for(a)], axis=0)
 
 
-def crops_for_limb(image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, out: int) -> dict[str, np.ndarray]:
+def crops_for_limb(
+    image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, out: int
+) -> dict[str, np.ndarray]:
     """Crop of every assessment of ``limb`` from a left-oriented image and its points: {column: [out, out]}."""
     w = image.shape[1]
-    return {a.column: crop(image, (float(c[0]), float(c[1])), crop_size(a) * w, out) for a, c in _crop_centres(points, limb)}
+    return {
+        a.column: crop(image, (float(c[0]), float(c[1])), crop_size(a) * w, out) for a, c in _crop_centres(points, limb)
+    }
 
 
 def crop_boxes(points: dict[str, tuple[float, float]], limb: str, width: int) -> dict[str, tuple[float, float, float]]:
@@ -162,12 +215,20 @@ def crop_boxes(points: dict[str, tuple[float, float]], limb: str, width: int) ->
     (``points`` in the original image too; right limbs are mirrored as for cropping, then back)."""
     right = limb.startswith("R")
     left = flip_points(points, width) if right else points
-    return {a.column: (float(width - 1 - c[0] if right else c[0]), float(c[1]), crop_size(a) * width)
-            for a, c in _crop_centres(left, limb)}
+    return {
+        a.column: (float(width - 1 - c[0] if right else c[0]), float(c[1]), crop_size(a) * width)
+        for a, c in _crop_centres(left, limb)
+    }
 
 
-def draw_overlay(image: np.ndarray, points: dict[str, tuple[float, float]], limb: str, scores: dict[str, float],
-                 path: str | Path, title: str = "") -> None:
+def draw_overlay(
+    image: np.ndarray,
+    points: dict[str, tuple[float, float]],
+    limb: str,
+    scores: dict[str, float],
+    path: str | Path,
+    title: str = "",
+) -> None:
     """The radiograph with its joints (dots), each assessment's crop box and its score, as a PNG: how a
     rheumatologist checks a result at a glance."""
     import matplotlib
@@ -181,15 +242,21 @@ def draw_overlay(image: np.ndarray, points: dict[str, tuple[float, float]], limb
     h, w = image.shape[:2]
     fig, ax = plt.subplots(figsize=(6, 6 * h / max(w, 1)))
     ax.imshow(image, cmap="gray")
-    for name, (x, y) in points.items():
+    for _name, (x, y) in points.items():
         ax.plot(x, y, "o", ms=3, color="#ffcc00")
     for col, (cx, cy, side) in crop_boxes(points, limb, w).items():
         score = scores.get(col)
         color = "#33cc33" if not score else ("#ff9900" if score < 2 else "#ff3333")
         ax.add_patch(Rectangle((cx - side / 2, cy - side / 2), side, side, fill=False, lw=0.7, ec=color))
         kind = "E" if "_E__" in col else "J"
-        ax.text(cx - side / 2, cy - side / 2, f"{kind} {score:.1f}" if score is not None else f"{kind} -",
-                color=color, fontsize=5, va="bottom")
+        ax.text(
+            cx - side / 2,
+            cy - side / 2,
+            f"{kind} {score:.1f}" if score is not None else f"{kind} -",
+            color=color,
+            fontsize=5,
+            va="bottom",
+        )
     ax.set_title(title or limb, fontsize=8)
     ax.axis("off")
     fig.tight_layout()

@@ -77,7 +77,9 @@ class Localiser:
         return pts, conf
 
 
-def mean_shape(landmarks: list[tuple[dict[str, tuple[float, float]], tuple[int, int]]]) -> dict[str, tuple[float, float]]:
+def mean_shape(
+    landmarks: list[tuple[dict[str, tuple[float, float]], tuple[int, int]]],
+) -> dict[str, tuple[float, float]]:
     """Mean landmark position in units of the image size over left-oriented examples: the baseline a
     localiser has to beat (it needs no training data beyond the landmarks themselves)."""
     acc: dict[str, list] = {}
@@ -102,18 +104,33 @@ def landmark_npz(train: list, val: list, test: list, names: list[str], size: int
             h, w = img.shape[:2]
             left = flip_points(pts, w) if limb.startswith("R") else pts
             images.append(np.asarray(Image.fromarray(to_left(img, limb)).resize((size, size), Image.BILINEAR)))
-            kps.append([[left[n][0] * size / w, left[n][1] * size / h, 2.0] if n in left else [0.0, 0.0, 0.0]
-                        for n in names])
+            kps.append(
+                [[left[n][0] * size / w, left[n][1] * size / h, 2.0] if n in left else [0.0, 0.0, 0.0] for n in names]
+            )
             split.append(part)
-    arrays = {"images": np.stack(images).astype(np.uint8), "keypoints_xyv": np.array(kps, np.float32),
-              "keypoint_names": np.array(names), "split": np.array(split)}
+    arrays = {
+        "images": np.stack(images).astype(np.uint8),
+        "keypoints_xyv": np.array(kps, np.float32),
+        "keypoint_names": np.array(names),
+        "split": np.array(split),
+    }
     out = Path(out)
     _atomic(out, lambda f: np.savez(f, **arrays))
     return out
 
 
-def fit_landmark_localiser(train: list, val: list, test: list, names: list[str], out: str | Path, *, size: int = 96,
-                           epochs: int = 60, init: str | None = None, seed: int = 0) -> dict:
+def fit_landmark_localiser(
+    train: list,
+    val: list,
+    test: list,
+    names: list[str],
+    out: str | Path,
+    *,
+    size: int = 96,
+    epochs: int = 60,
+    init: str | None = None,
+    seed: int = 0,
+) -> dict:
     """Train (or fine-tune from ``init``, a localiser run) a heatmap U-Net on a group's own landmarks.
 
     Without validation samples the training samples stand in for them and every epoch runs (the last one is
@@ -124,7 +141,18 @@ def fit_landmark_localiser(train: list, val: list, test: list, names: list[str],
 
     out = Path(out)
     data = landmark_npz(train, val or train, test or train, names, size, out.parent / f".{out.name}-landmarks.npz")
-    cfg = TrainConfig(data=str(data), model="unet", epochs=epochs, batch_size=min(16, len(train)), image_size=size,
-                      lr=1e-3, augment="scale=0.85-1.15,rotate=15,translate=0.08", seed=seed, progress=False,
-                      weights=init, select_epoch="val_loss" if val else "last", out=str(out))
+    cfg = TrainConfig(
+        data=str(data),
+        model="unet",
+        epochs=epochs,
+        batch_size=min(16, len(train)),
+        image_size=size,
+        lr=1e-3,
+        augment="scale=0.85-1.15,rotate=15,translate=0.08",
+        seed=seed,
+        progress=False,
+        weights=init,
+        select_epoch="val_loss" if val else "last",
+        out=str(out),
+    )
     return run_cell(cfg.to_dict())

@@ -34,8 +34,9 @@ def _pairs(pred: ScoreTable, truth: ScoreTable, columns) -> tuple[np.ndarray, np
     return np.array(p, dtype=float), np.array(t, dtype=float), skipped
 
 
-def challenge_metrics(pred: ScoreTable, truth: ScoreTable, *, weights: dict | None = None,
-                      total_weights: dict | None = None) -> dict:
+def challenge_metrics(
+    pred: ScoreTable, truth: ScoreTable, *, weights: dict | None = None, total_weights: dict | None = None
+) -> dict:
     """SC1 weighted MAE of totals, SC2 (narrowing) and SC3 (erosion) weighted RMSE, plus per-joint errors.
 
     ``weights`` maps a joint score value (0-10) to its weight in SC2/SC3, ``total_weights`` a total
@@ -48,8 +49,11 @@ def challenge_metrics(pred: ScoreTable, truth: ScoreTable, *, weights: dict | No
     if not common:
         raise SmallmedError(f"{pred.source}: no patient in common with {truth.source}.")
     tp, tt = totals(pred), totals(truth)
-    pairs = [(tp[p]["Overall_Tol"], tt[p]["Overall_Tol"]) for p in common
-             if tp[p]["Overall_Tol"] is not None and tt[p]["Overall_Tol"] is not None]
+    pairs = [
+        (tp[p]["Overall_Tol"], tt[p]["Overall_Tol"])
+        for p in common
+        if tp[p]["Overall_Tol"] is not None and tt[p]["Overall_Tol"] is not None
+    ]
     out: dict = {"patients": len(common), "patients_without_prediction": len(truth.patients) - len(common)}
     if pairs:
         a, b = np.array(pairs, dtype=float).T

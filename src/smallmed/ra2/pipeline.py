@@ -22,7 +22,16 @@ import numpy as np
 import torch
 
 from ..errors import SmallmedError
-from .joints import FOOT_POINTS, HAND_POINTS, LIMB_POINTS, crops_for_limb, flip_points, read_landmarks, to_left, write_landmarks
+from .joints import (
+    FOOT_POINTS,
+    HAND_POINTS,
+    LIMB_POINTS,
+    crops_for_limb,
+    flip_points,
+    read_landmarks,
+    to_left,
+    write_landmarks,
+)
 from .schema import BY_COLUMN, SCHEMA, ScoreTable, read_scores, write_table
 
 log = logging.getLogger(__name__)
@@ -47,8 +56,11 @@ class Scorer:
 
 
 # seed 003: MAE for erosion, log-cosh for narrowing
-SCORERS = (Scorer("hand_erosion", 0, 5, "mae"), Scorer("foot_erosion", 0, 10, "mae"),
-           Scorer("narrowing", 0, 4, "logcosh"))
+SCORERS = (
+    Scorer("hand_erosion", 0, 5, "mae"),
+    Scorer("foot_erosion", 0, 10, "mae"),
+    Scorer("narrowing", 0, 4, "logcosh"),
+)
 
 
 @dataclass
@@ -65,7 +77,9 @@ class RA2Config:
     augment: str = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, rotation 30
     seed: int = 0
     init: str | None = None  # start every scorer from this run folder or weights file (--init RUN)
-    localiser_epochs: int = 30  # train a hand / foot localiser on the group's own landmarks where none is given (0: none)
+    localiser_epochs: int = (
+        30  # train a hand / foot localiser on the group's own landmarks where none is given (0: none)
+    )
     localisers: dict = field(default_factory=dict)  # "hand"/"foot" -> keypoint run folder
     mean_shape: dict = field(default_factory=dict)  # "hand"/"foot" -> {point: (x/w, y/h)} fallback
 
@@ -73,7 +87,11 @@ class RA2Config:
         from ..models import MODELS
 
         MODELS.get(self.model)
-        if not isinstance(self.localiser_epochs, int) or isinstance(self.localiser_epochs, bool) or self.localiser_epochs < 0:
+        if (
+            not isinstance(self.localiser_epochs, int)
+            or isinstance(self.localiser_epochs, bool)
+            or self.localiser_epochs < 0
+        ):
             raise SmallmedError(f"localiser_epochs={self.localiser_epochs!r}: expected 0 or a positive integer.")
         for name in ("folds", "epochs", "crop", "batch_size"):
             v = getattr(self, name)
@@ -156,7 +174,9 @@ def build_crops(images: dict[str, dict[str, Path]], table: ScoreTable, landmarks
                     pids.append(pid)
                     cols.append(col)
     if not X:
-        raise SmallmedError(f"no joint could be cropped: check that {landmarks} has PATIENT-LIMB.json files for the images.")
+        raise SmallmedError(
+            f"no joint could be cropped: check that {landmarks} has PATIENT-LIMB.json files for the images."
+        )
     return np.stack(X), np.array(y, np.float32), np.array(pids), np.array(cols)
 
 
@@ -189,7 +209,7 @@ def _read_scores(run: Path) -> dict[str, np.ndarray]:
     return {"label": np.array([float(r["label"]) for r in rows]), "pred": np.array([float(r["pred"]) for r in rows])}
 
 
-def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], cfg: "RA2Config", out: Path) -> dict:
+def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], cfg: RA2Config, out: Path) -> dict:
     """A U-Net per limb kind without a given localiser, trained on the group's own landmarks (a fifth of the
     patients, at least one, pick the epoch when three or more have landmarks; else every epoch runs).
     Returns {kind: run folder relative to ``out``}; a kind with no landmarks keeps the mean shape, said once."""
@@ -200,7 +220,9 @@ def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], 
         if kind in cfg.localisers:
             continue
         if not cfg.localiser_epochs:
-            log.info("no %s localiser given and localiser_epochs=0: %s joints will be placed by the mean shape", kind, kind)
+            log.info(
+                "no %s localiser given and localiser_epochs=0: %s joints will be placed by the mean shape", kind, kind
+            )
             continue
         samples: dict[str, list] = {}
         for pid in patients:
@@ -214,23 +236,35 @@ def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], 
         fit_p, val_p = _validation_patients(sorted(samples), cfg.seed)
         train = [x for p in fit_p for x in samples[p]]
         val = [x for p in val_p for x in samples[p]]
-        m = fit_landmark_localiser(train, val, [], list(names), out / f"localiser-{kind}", epochs=cfg.localiser_epochs,
-                                   seed=cfg.seed)
+        m = fit_landmark_localiser(
+            train, val, [], list(names), out / f"localiser-{kind}", epochs=cfg.localiser_epochs, seed=cfg.seed
+        )
         trained[kind] = f"localiser-{kind}"
-        log.info("%s localiser: trained on %d image(s) of %d patient(s)%s -> %s", kind, len(train), len(fit_p),
-                 f", epoch chosen on {len(val_p)} patient(s)" if val else f", {cfg.localiser_epochs} fixed epochs",
-                 out / f"localiser-{kind}")
+        log.info(
+            "%s localiser: trained on %d image(s) of %d patient(s)%s -> %s",
+            kind,
+            len(train),
+            len(fit_p),
+            f", epoch chosen on {len(val_p)} patient(s)" if val else f", {cfg.localiser_epochs} fixed epochs",
+            out / f"localiser-{kind}",
+        )
         del m
     return trained
 
 
-def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Path, *, landmarks: str | Path,
-                   cfg: RA2Config | None = None) -> dict:
+def train_pipeline(
+    images_dir: str | Path,
+    scores_csv: str | Path,
+    out: str | Path,
+    *,
+    landmarks: str | Path,
+    cfg: RA2Config | None = None,
+) -> dict:
     """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
-    from ..data.dataset import ImageDataset, Split
-    from ..train import fit
-    from ..io import atomic_write_json
     from ..config import TrainConfig
+    from ..data.dataset import ImageDataset, Split
+    from ..io import atomic_write_json
+    from ..train import fit
 
     cfg = cfg or RA2Config()
     out = Path(out)
@@ -240,14 +274,24 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
     images = find_images(images_dir)
     missing = [p for p in table.patients if p not in images]
     if missing:
-        log.warning("%d patient(s) of %s have no images in %s (e.g. %s); they are left out",
-                    len(missing), scores_csv, images_dir, missing[0])
+        log.warning(
+            "%d patient(s) of %s have no images in %s (e.g. %s); they are left out",
+            len(missing),
+            scores_csv,
+            images_dir,
+            missing[0],
+        )
     X, y, pids, cols = build_crops(images, table, landmarks, cfg.crop)
     patients = sorted(set(pids.tolist()))
     folds = _folds(patients, cfg.folds, cfg.seed)
     if len(folds) < cfg.folds:
-        log.warning("%d patient(s): %d fold(s) instead of %d%s", len(patients), len(folds), cfg.folds,
-                    " (one model, checked on its own training patient: no held-out error)" if len(folds) == 1 else "")
+        log.warning(
+            "%d patient(s): %d fold(s) instead of %d%s",
+            len(patients),
+            len(folds),
+            cfg.folds,
+            " (one model, checked on its own training patient: no held-out error)" if len(folds) == 1 else "",
+        )
     runs: dict[str, list[str]] = {}
     cv: dict[str, dict] = {}
     selection: dict[str, list] = {}
@@ -264,19 +308,47 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
                 continue
             fixed = not mval.any()
             if fixed:
-                log.info("%s fold %d: %d training patient(s), too few to hold some out for validation; %d fixed epochs "
-                         "(the held-out fold never chooses an epoch)", sc.name, f, len(tr), cfg.epochs)
+                log.info(
+                    "%s fold %d: %d training patient(s), too few to hold some out for validation; %d fixed epochs "
+                    "(the held-out fold never chooses an epoch)",
+                    sc.name,
+                    f,
+                    len(tr),
+                    cfg.epochs,
+                )
             # the held-out fold is the test split only: it scores the fold model, it never picks its epoch
             val = Split(X[mfit], y[mfit]) if fixed else Split(X[mval], y[mval])
             splits = {"train": Split(X[mfit], y[mfit]), "val": val, "test": Split(X[mho], y[mho])}
-            ds = ImageDataset(f"ra2-{sc.name}-fold{f}", "regression", [], splits, source=str(scores_csv),
-                              info={"range": (sc.low, sc.high), "split": f"patients held out: {', '.join(ho)}; "
-                                    + ("fixed epochs" if fixed else f"validation patients: {', '.join(val_p)}")})
-            tcfg = TrainConfig(data=str(scores_csv), model=cfg.model, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                               lr=cfg.lr, loss=sc.loss, balance=cfg.balance, augment=cfg.augment, normalize="sample",
-                               scheduler="none", weight_decay=1e-4, seed=cfg.seed + f, progress=False,
-                               select_epoch="last" if fixed else "val_loss", weights=cfg.init,
-                               out=str(out / sc.name / f"fold{f}"))
+            ds = ImageDataset(
+                f"ra2-{sc.name}-fold{f}",
+                "regression",
+                [],
+                splits,
+                source=str(scores_csv),
+                info={
+                    "range": (sc.low, sc.high),
+                    "split": f"patients held out: {', '.join(ho)}; "
+                    + ("fixed epochs" if fixed else f"validation patients: {', '.join(val_p)}"),
+                },
+            )
+            tcfg = TrainConfig(
+                data=str(scores_csv),
+                model=cfg.model,
+                epochs=cfg.epochs,
+                batch_size=cfg.batch_size,
+                lr=cfg.lr,
+                loss=sc.loss,
+                balance=cfg.balance,
+                augment=cfg.augment,
+                normalize="sample",
+                scheduler="none",
+                weight_decay=1e-4,
+                seed=cfg.seed + f,
+                progress=False,
+                select_epoch="last" if fixed else "val_loss",
+                weights=cfg.init,
+                out=str(out / sc.name / f"fold{f}"),
+            )
             m = fit(tcfg, dataset=ds)
             runs[sc.name].append(f"{sc.name}/fold{f}")
             p = _read_scores(out / sc.name / f"fold{f}")
@@ -286,13 +358,23 @@ def train_pipeline(images_dir: str | Path, scores_csv: str | Path, out: str | Pa
             log.info("%s fold %d: held-out MAE %.3f", sc.name, f, m["test"]["mae"])
         if preds:
             p, t = np.concatenate(preds), np.concatenate(truth)
-            cv[sc.name] = {"mae": float(np.abs(p - t).mean()), "n": int(len(t)),
-                           "mae_predict_zero": float(np.abs(t).mean())}
+            cv[sc.name] = {
+                "mae": float(np.abs(p - t).mean()),
+                "n": int(len(t)),
+                "mae_predict_zero": float(np.abs(t).mean()),
+            }
     trained = _train_localisers(images, landmarks, patients, cfg, out)
     cfg.localisers = {**cfg.localisers, **trained}
-    info = {"config": asdict(cfg), "scorers": {s.name: asdict(s) for s in SCORERS if s.name in runs}, "runs": runs,
-            "folds": [{"train": tr, "held_out": ho} for tr, ho in folds], "cv": cv, "epoch_selection": selection,
-            "patients": patients, "crops": int(len(X))}
+    info = {
+        "config": asdict(cfg),
+        "scorers": {s.name: asdict(s) for s in SCORERS if s.name in runs},
+        "runs": runs,
+        "folds": [{"train": tr, "held_out": ho} for tr, ho in folds],
+        "cv": cv,
+        "epoch_selection": selection,
+        "patients": patients,
+        "crops": int(len(X)),
+    }
     atomic_write_json(out / "ra2.json", info)
     return info
 
@@ -308,7 +390,9 @@ class Pipeline:
             raise SmallmedError(f"{self.dir}: no ra2.json; not a run folder of `smallmed ra2 train`.")
         self.info = json.loads((self.dir / "ra2.json").read_text())
         self.cfg = RA2Config(**{**self.info["config"], "init": None})  # the start of training is not needed to predict
-        self.scorers = {name: [load_run(self.dir / r, device) for r in runs] for name, runs in self.info["runs"].items()}
+        self.scorers = {
+            name: [load_run(self.dir / r, device) for r in runs] for name, runs in self.info["runs"].items()
+        }
         self.localisers = {}
         for kind, run in self.cfg.localisers.items():
             from .detector import open_localiser
@@ -334,14 +418,17 @@ class Pipeline:
             return {**pts, **extra}, conf, "localiser" + (f" + mean shape ({', '.join(extra)})" if extra else "")
         if shape is not None:
             return shape, {}, "mean shape"
-        raise SmallmedError(f"no {kind} localiser in {self.dir} and no landmark file; pass --landmarks or train "
-                            f"with --localiser-{kind}s.")
+        raise SmallmedError(
+            f"no {kind} localiser in {self.dir} and no landmark file; pass --landmarks or train "
+            f"with --localiser-{kind}s."
+        )
 
     @torch.no_grad()
     def score_crops(self, crops: dict[str, np.ndarray]) -> dict[str, float]:
+        from torch.utils.data import DataLoader
+
         from ..data.dataset import Split
         from ..train.loop import run_loader
-        from torch.utils.data import DataLoader
 
         out = {}
         for name, runs in self.scorers.items():
@@ -359,8 +446,14 @@ class Pipeline:
                 out[c] = 0.0 if v < 0.5 else float(v)  # seed 003: scores under 0.5 count as no damage
         return out
 
-    def predict(self, images_dir: str | Path, *, landmarks: str | Path | None = None,
-                joints_out: str | Path | None = None, overlay: str | Path | None = None) -> tuple[ScoreTable, list[str]]:
+    def predict(
+        self,
+        images_dir: str | Path,
+        *,
+        landmarks: str | Path | None = None,
+        joints_out: str | Path | None = None,
+        overlay: str | Path | None = None,
+    ) -> tuple[ScoreTable, list[str]]:
         """The score table of every patient in ``images_dir`` and the sentences about what is missing;
         ``overlay``: a folder for one PNG per radiograph with its joints, crop boxes and scores."""
         images = find_images(images_dir)
@@ -371,7 +464,9 @@ class Pipeline:
             for limb in LIMBS:
                 path = limbs.get(limb)
                 if path is None:
-                    notes.append(f"patient {pid}: no {limb} image ({pid}-{limb}.jpg/png/dcm); its {limb} scores are left empty.")
+                    notes.append(
+                        f"patient {pid}: no {limb} image ({pid}-{limb}.jpg/png/dcm); its {limb} scores are left empty."
+                    )
                     continue
                 try:
                     img = _gray(path)
@@ -381,9 +476,11 @@ class Pipeline:
                     pts, conf, how = self.locate(img, limb, lm)
                     if how == "mean shape" and _kind(limb) not in fell_back:
                         fell_back.add(_kind(limb))
-                        notes.append(f"no trained {_kind(limb)} localiser in {self.dir}: {_kind(limb)} joints are placed "
-                                     "by the training images' mean shape (about 6 % of the width off on adult hands); "
-                                     f"train one with `smallmed ra2 localiser` and pass --localiser-{_kind(limb)}s.")
+                        notes.append(
+                            f"no trained {_kind(limb)} localiser in {self.dir}: {_kind(limb)} joints are placed "
+                            "by the training images' mean shape (about 6 % of the width off on adult hands); "
+                            f"train one with `smallmed ra2 localiser` and pass --localiser-{_kind(limb)}s."
+                        )
                 except SmallmedError as e:
                     notes.append(f"{path}: {e} Its {limb} scores are left empty.")
                     continue
@@ -391,15 +488,23 @@ class Pipeline:
                 if not wanted:
                     notes.append(f"{path}: no joint found; its {limb} scores are left empty.")
                     continue
-                joints[path.name] = {**write_landmarks({p: pts[p] for p in wanted}, path.name,
-                                                       (img.shape[1], img.shape[0]), conf), "source": how}
+                joints[path.name] = {
+                    **write_landmarks({p: pts[p] for p in wanted}, path.name, (img.shape[1], img.shape[0]), conf),
+                    "source": how,
+                }
                 limb_scores = self.score_crops(limb_crops(img, pts, limb, self.cfg.crop))
                 vals.update(limb_scores)
                 if overlay:
                     from .joints import draw_overlay
 
-                    draw_overlay(img, {p: pts[p] for p in wanted}, limb, limb_scores, Path(overlay) / f"{path.stem}.png",
-                                 title=f"{path.name}: joints from {how}")
+                    draw_overlay(
+                        img,
+                        {p: pts[p] for p in wanted},
+                        limb,
+                        limb_scores,
+                        Path(overlay) / f"{path.stem}.png",
+                        title=f"{path.name}: joints from {how}",
+                    )
             scores[pid] = vals
         table = ScoreTable(scores, str(images_dir))
         if joints_out:
@@ -409,9 +514,12 @@ class Pipeline:
         return table, notes
 
 
-def predict_pipeline(run_dir, images_dir, out_csv, *, landmarks=None, joints_out=None, overlay=None, device: str = "cpu"):
+def predict_pipeline(
+    run_dir, images_dir, out_csv, *, landmarks=None, joints_out=None, overlay=None, device: str = "cpu"
+):
     """Write the challenge table for every patient in ``images_dir``; returns (table, notes)."""
-    table, notes = Pipeline(run_dir, device).predict(images_dir, landmarks=landmarks, joints_out=joints_out,
-                                                     overlay=overlay)
+    table, notes = Pipeline(run_dir, device).predict(
+        images_dir, landmarks=landmarks, joints_out=joints_out, overlay=overlay
+    )
     write_table(table, out_csv)
     return table, notes

@@ -34,10 +34,17 @@ class Assessment:
         return self.limb.endswith("H")
 
 
-_HAND_E = [("mcp", "ip"), *[("pip", str(i)) for i in range(2, 6)], *[("mcp", str(i)) for i in range(1, 6)],
-           *[("wrist", s) for s in ("mc1", "mul", "nav", "lunate", "radius", "ulna")]]
-_HAND_J = [*[("pip", str(i)) for i in range(2, 6)], *[("mcp", str(i)) for i in range(1, 6)],
-           *[("wrist", s) for s in ("cmc3", "cmc4", "cmc5", "mna", "capnlun", "radcar")]]
+_HAND_E = [
+    ("mcp", "ip"),
+    *[("pip", str(i)) for i in range(2, 6)],
+    *[("mcp", str(i)) for i in range(1, 6)],
+    *[("wrist", s) for s in ("mc1", "mul", "nav", "lunate", "radius", "ulna")],
+]
+_HAND_J = [
+    *[("pip", str(i)) for i in range(2, 6)],
+    *[("mcp", str(i)) for i in range(1, 6)],
+    *[("wrist", s) for s in ("cmc3", "cmc4", "cmc5", "mna", "capnlun", "radcar")],
+]
 _FOOT = [("mtp", "ip"), *[("mtp", str(i)) for i in range(1, 6)]]
 
 
@@ -93,8 +100,9 @@ def read_scores(path: str | Path, *, require_all: bool = True) -> ScoreTable:
     reader = csv.DictReader(io.StringIO(text))
     header = reader.fieldnames or []
     if "Patient_ID" not in header:
-        raise SmallmedError(f"{path}: no Patient_ID column; expected the challenge's header ({COLUMNS[0]}, "
-                            f"{COLUMNS[1]}, ...).")
+        raise SmallmedError(
+            f"{path}: no Patient_ID column; expected the challenge's header ({COLUMNS[0]}, {COLUMNS[1]}, ...)."
+        )
     known = set(COLUMNS)
     unknown = [c for c in header if c not in known]
     if unknown:
@@ -124,8 +132,10 @@ def read_scores(path: str | Path, *, require_all: bool = True) -> ScoreTable:
             except ValueError:
                 raise SmallmedError(f"{path}, line {line}, column {a.column}: {raw!r} is not a number.") from None
             if not (a.low <= v <= a.high) or math.isnan(v):
-                raise SmallmedError(f"{path}, line {line}, column {a.column}: {raw} is outside {a.low}-{a.high} "
-                                    f"({'hand' if a.hand else 'foot'} {a.kind}).")
+                raise SmallmedError(
+                    f"{path}, line {line}, column {a.column}: {raw} is outside {a.low}-{a.high} "
+                    f"({'hand' if a.hand else 'foot'} {a.kind})."
+                )
             vals[a.column] = v
         scores[pid] = vals
         given = {t: (row.get(t) or "").strip() for t in TOTALS if t in header}

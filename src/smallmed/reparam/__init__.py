@@ -10,6 +10,21 @@ from .factorized import FactorizeConfig, factorize, frobenius_decay, kl_flatten_
 from .lowrank import LowRankReport, count_flops, throughput, to_low_rank
 from .svd import MODES, SVDConfig, SVDSummary, SVDWeight, apply_svd, fold, svd_modules
 
-__all__ = ["MODES", "FactorizeConfig", "LowRankReport", "SVDConfig", "SVDSummary", "SVDWeight", "apply_svd",
-           "count_flops", "factorize", "fold", "frobenius_decay", "kl_flatten_loss", "parameter_roles",
-           "svd_modules", "throughput", "to_low_rank"]
+__all__ = [
+    "MODES",
+    "FactorizeConfig",
+    "LowRankReport",
+    "SVDConfig",
+    "SVDSummary",
+    "SVDWeight",
+    "apply_svd",
+    "count_flops",
+    "factorize",
+    "fold",
+    "frobenius_decay",
+    "kl_flatten_loss",
+    "parameter_roles",
+    "svd_modules",
+    "throughput",
+    "to_low_rank",
+]

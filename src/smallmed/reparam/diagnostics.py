@@ -33,8 +33,9 @@ def r_ratio(pretrained: torch.Tensor, other: torch.Tensor, mode: str = "full", g
     return float(diag / off.clamp(min=1e-30))
 
 
-def r_ratios(pretrained: nn.Module | dict, other: nn.Module | dict, mode: str = "full",
-             min_kernel: int = 2, min_in: int = 2) -> dict:
+def r_ratios(
+    pretrained: nn.Module | dict, other: nn.Module | dict, mode: str = "full", min_kernel: int = 2, min_in: int = 2
+) -> dict:
     """R per conv layer (k >= ``min_kernel``, in >= ``min_in``) and its mean/median over layers.
 
     Both arguments may be models or state dicts with the same conv weight names. Layers whose
@@ -50,8 +51,12 @@ def r_ratios(pretrained: nn.Module | dict, other: nn.Module | dict, mode: str = 
                 # an unchanged weight has no off-diagonal mass: R is infinite and says nothing
                 layers[k[: -len(".weight")]] = r_ratio(w.float(), b[k].float(), mode)
     vals = np.array(list(layers.values()))
-    return {"layers": layers, "mean": float(vals.mean()) if len(vals) else float("nan"),
-            "median": float(np.median(vals)) if len(vals) else float("nan"), "n": len(vals)}
+    return {
+        "layers": layers,
+        "mean": float(vals.mean()) if len(vals) else float("nan"),
+        "median": float(np.median(vals)) if len(vals) else float("nan"),
+        "n": len(vals),
+    }
 
 
 def sigma_dynamics(model: nn.Module, zero: float = 0.01) -> dict:
@@ -74,7 +79,11 @@ def sigma_dynamics(model: nn.Module, zero: float = 0.01) -> dict:
         before.append(b)
         after.append(a)
         corr = float(np.corrcoef(s_old.cpu().numpy(), s_new.cpu().numpy())[0, 1]) if len(b) > 1 else float("nan")
-        per_layer[name] = {"n": int(len(b)), "corr": corr, "rel_change": float(((s_new - s_old).norm() / s_old.norm().clamp(min=1e-30)))}
+        per_layer[name] = {
+            "n": int(len(b)),
+            "corr": corr,
+            "rel_change": float((s_new - s_old).norm() / s_old.norm().clamp(min=1e-30)),
+        }
     if not before:
         return {}
     b, a = np.concatenate(before), np.concatenate(after)
@@ -109,8 +118,13 @@ def plot_sigma(dyn: dict, path: str | Path, title: str = "") -> None:
     ax2.plot([0, 1], [0, 1], ":", color="grey")
     ax2.set_xlabel("pretrained (normalised)")
     ax2.set_ylabel("tuned (normalised)")
-    fig.suptitle(title or (f"singular values: {100 * dyn['frac_zero_before']:.1f}% -> {100 * dyn['frac_zero_after']:.1f}% "
-                           f"below {dyn['zero_level']} of layer max; corr {dyn['corr_pooled_normalised']:.3f}"))
+    fig.suptitle(
+        title
+        or (
+            f"singular values: {100 * dyn['frac_zero_before']:.1f}% -> {100 * dyn['frac_zero_after']:.1f}% "
+            f"below {dyn['zero_level']} of layer max; corr {dyn['corr_pooled_normalised']:.3f}"
+        )
+    )
     _save(fig, Path(path))
 
 

@@ -35,18 +35,37 @@ from ..registry import check_choice
 
 log = logging.getLogger(__name__)
 
-CONV_VARIANTS = ("conv", "sfconv", "fconv", "fconvsn", "dpc")  # distinct from the fine-tuning methods (smallmed.methods)
+CONV_VARIANTS = (
+    "conv",
+    "sfconv",
+    "fconv",
+    "fconvsn",
+    "dpc",
+)  # distinct from the fine-tuning methods (smallmed.methods)
 
 
 class FactorizedConv2d(nn.Module):
     """k x k conv (in -> rank) then 1x1 conv (rank -> out). ``kind``: sfconv, fconv or fconvsn."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, *, rank: int, stride=1, padding=0,
-                 dilation=1, bias: bool = True, padding_mode: str = "zeros", kind: str = "sfconv") -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        *,
+        rank: int,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        kind: str = "sfconv",
+    ) -> None:
         super().__init__()
         self.kind, self.rank = kind, rank
-        self.first = nn.Conv2d(in_channels, rank, kernel_size, stride, padding, dilation, bias=False,
-                               padding_mode=padding_mode)
+        self.first = nn.Conv2d(
+            in_channels, rank, kernel_size, stride, padding, dilation, bias=False, padding_mode=padding_mode
+        )
         self.second = nn.Conv2d(rank, out_channels, 1, bias=bias)
         self.first.smallmed_role = self.second.smallmed_role = "factor"  # smallmed.roles
         # fconvsn: spectral normalisation divides each factor by its top singular value; the product of
@@ -56,9 +75,18 @@ class FactorizedConv2d(nn.Module):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, rank: int, kind: str) -> FactorizedConv2d:
-        f = cls(conv.in_channels, conv.out_channels, conv.kernel_size, rank=rank, stride=conv.stride,
-                padding=conv.padding, dilation=conv.dilation, bias=conv.bias is not None,
-                padding_mode=conv.padding_mode, kind=kind)
+        f = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            rank=rank,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            kind=kind,
+        )
         w = conv.weight.detach()
         out, cin, kh, kw = w.shape
         U, S, Vh = torch.linalg.svd(w.reshape(out, cin * kh * kw).double(), full_matrices=False)
@@ -104,8 +132,17 @@ def depthwise_separable(conv: nn.Conv2d) -> nn.Sequential:
     """Depthwise k x k (stride, padding, dilation kept) + pointwise 1x1 (with the conv's bias)."""
     c = conv.in_channels
     return nn.Sequential(
-        nn.Conv2d(c, c, conv.kernel_size, conv.stride, conv.padding, conv.dilation, groups=c, bias=False,
-                  padding_mode=conv.padding_mode),
+        nn.Conv2d(
+            c,
+            c,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            groups=c,
+            bias=False,
+            padding_mode=conv.padding_mode,
+        ),
         nn.Conv2d(c, conv.out_channels, 1, bias=conv.bias is not None),
     ).to(conv.weight.device)
 
@@ -121,9 +158,11 @@ class FactorizeSummary:
     def __str__(self) -> str:
         conv_b = sum(r["params_before"] for r in self.rows)
         conv_a = sum(r["params_after"] for r in self.rows)
-        return (f"factorize(method={self.method}): {len(self.rows)} layers replaced; their parameters "
-                f"{conv_b:,} -> {conv_a:,} ({conv_b / max(conv_a, 1):.1f}x fewer); model {self.params_before:,} -> "
-                f"{self.params_after:,}" + (f"; skipped {len(self.skipped)} (grouped)" if self.skipped else ""))
+        return (
+            f"factorize(method={self.method}): {len(self.rows)} layers replaced; their parameters "
+            f"{conv_b:,} -> {conv_a:,} ({conv_b / max(conv_a, 1):.1f}x fewer); model {self.params_before:,} -> "
+            f"{self.params_after:,}" + (f"; skipped {len(self.skipped)} (grouped)" if self.skipped else "")
+        )
 
 
 def _params(m: nn.Module) -> int:
@@ -149,8 +188,15 @@ class FactorizeConfig:
         check_choice("method", self.method, CONV_VARIANTS)
 
 
-def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, rank: int | None = None, rank_ratio: float | None = None,
-              layers: list[str] | None = None, all_kernels: bool = False) -> FactorizeSummary:
+def factorize(
+    model: nn.Module,
+    method: str | FactorizeConfig = "sfconv",
+    *,
+    rank: int | None = None,
+    rank_ratio: float | None = None,
+    layers: list[str] | None = None,
+    all_kernels: bool = False,
+) -> FactorizeSummary:
     """Replace eligible ``nn.Conv2d`` layers of ``model`` in place.
 
     Args:
@@ -196,8 +242,10 @@ def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, r
         candidates.append((name, m))
     if not candidates:
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:8]
-        raise SmallmedError(f"factorize found no eligible conv (k > 1{', matching ' + str(layers) if layers else ''}, "
-                            f"groups 1); the model's convs: {', '.join(convs) or 'none'}.")
+        raise SmallmedError(
+            f"factorize found no eligible conv (k > 1{', matching ' + str(layers) if layers else ''}, "
+            f"groups 1); the model's convs: {', '.join(convs) or 'none'}."
+        )
     if method == "conv":
         summary.params_after = summary.params_before
         return summary
@@ -213,8 +261,16 @@ def factorize(model: nn.Module, method: "str | FactorizeConfig" = "sfconv", *, r
             new = FactorizedConv2d.from_conv(conv, r, method)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
-        summary.rows.append({"name": name, "shape": [out, cin, kh, kw], "rank": r, "full_rank": full,
-                             "params_before": _params(conv), "params_after": _params(new)})
+        summary.rows.append(
+            {
+                "name": name,
+                "shape": [out, cin, kh, kw],
+                "rank": r,
+                "full_rank": full,
+                "params_before": _params(conv),
+                "params_after": _params(new),
+            }
+        )
     summary.params_after = _params(model)
     log.info("%s", summary)
     return summary
@@ -237,8 +293,12 @@ def kl_flatten_loss(model: nn.Module, kinds: tuple[str, ...] = ("sfconv",)) -> t
     Zero for a flat spectrum, positive otherwise, differentiable (``torch.linalg.svdvals``).
     Add ``lambda * kl_flatten_loss(model)`` to the task loss (the trainer's ``--kl-weight``).
     """
-    return _sum_over_layers(model, kinds, "kl_flatten_loss", lambda a, b: _kl_to_uniform(torch.linalg.svdvals(a.float()))
-                            + _kl_to_uniform(torch.linalg.svdvals(b.float())))
+    return _sum_over_layers(
+        model,
+        kinds,
+        "kl_flatten_loss",
+        lambda a, b: _kl_to_uniform(torch.linalg.svdvals(a.float())) + _kl_to_uniform(torch.linalg.svdvals(b.float())),
+    )
 
 
 def frobenius_decay(model: nn.Module, kinds: tuple[str, ...] = ("fconv",)) -> torch.Tensor:

@@ -23,7 +23,9 @@ def _peft():
     try:
         import peft
     except ImportError:
-        raise SmallmedError("method='lora' uses Hugging Face PEFT: pip install 'smallmed[peft]' (or pip install peft).") from None
+        raise SmallmedError(
+            "method='lora' uses Hugging Face PEFT: pip install 'smallmed[peft]' (or pip install peft)."
+        ) from None
     return peft
 
 
@@ -48,16 +50,27 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None, *, d
     targets = lora_targets(model)
     if not targets:
         raise SmallmedError("method='lora': the model has no conv with a kernel larger than 1x1 to adapt.")
-    cfg = peft.LoraConfig(r=int(rank), lora_alpha=float(alpha if alpha is not None else rank), lora_dropout=0.0,
-                          target_modules=targets, bias="none", use_dora=bool(dora))
+    cfg = peft.LoraConfig(
+        r=int(rank),
+        lora_alpha=float(alpha if alpha is not None else rank),
+        lora_dropout=0.0,
+        target_modules=targets,
+        bias="none",
+        use_dora=bool(dora),
+    )
     peft.inject_adapter_in_model(cfg, model)
     for m in lora_modules(model):
         for part in (m.lora_A, m.lora_B, getattr(m, "lora_magnitude_vector", {})):
             for sub in part.values():
                 sub.smallmed_role = "lora"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"rank": int(rank), "dora": bool(dora), "alpha": float(alpha if alpha is not None else rank), "layers": len(targets),
-            "trainable": trainable}
+    return {
+        "rank": int(rank),
+        "dora": bool(dora),
+        "alpha": float(alpha if alpha is not None else rank),
+        "layers": len(targets),
+        "trainable": trainable,
+    }
 
 
 def lora_modules(model: nn.Module) -> list[nn.Module]:

@@ -84,11 +84,13 @@ class LowRankReport:
         return self.images_per_s_low_rank / max(self.images_per_s_dense, 1e-9)
 
     def __str__(self) -> str:
-        return (f"low-rank export: {len(self.rows)} layers replaced; params {self.params_dense:,} -> "
-                f"{self.params_low_rank:,} ({self.params_low_rank / max(self.params_dense, 1):.2f}x); "
-                f"GFLOPs per image {self.flops_dense / 1e9:.4f} -> {self.flops_low_rank / 1e9:.4f}; throughput "
-                f"{self.images_per_s_dense:.0f} -> {self.images_per_s_low_rank:.0f} img/s ({self.speedup:.2f}x, "
-                f"same process); max |output difference| {self.max_abs_diff:.2e}")
+        return (
+            f"low-rank export: {len(self.rows)} layers replaced; params {self.params_dense:,} -> "
+            f"{self.params_low_rank:,} ({self.params_low_rank / max(self.params_dense, 1):.2f}x); "
+            f"GFLOPs per image {self.flops_dense / 1e9:.4f} -> {self.flops_low_rank / 1e9:.4f}; throughput "
+            f"{self.images_per_s_dense:.0f} -> {self.images_per_s_low_rank:.0f} img/s ({self.speedup:.2f}x, "
+            f"same process); max |output difference| {self.max_abs_diff:.2e}"
+        )
 
 
 def count_flops(model: nn.Module, example: torch.Tensor) -> int:

@@ -29,8 +29,8 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 
 from ..errors import SmallmedError
-from ..roles import set_trainable, trainable_by_role
 from ..registry import check_choice
+from ..roles import set_trainable, trainable_by_role
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class SVDWeight(nn.Module):
         mask = torch.ones_like(S)
         n_prune = min(int(round(prune * S.shape[-1])), S.shape[-1] - 1)  # keep at least one per matrix
         if n_prune:
-            mask[:, S.shape[-1] - n_prune:] = 0  # svd sorts descending: the tail is the smallest
+            mask[:, S.shape[-1] - n_prune :] = 0  # svd sorts descending: the tail is the smallest
         self.kept = S.shape[-1] - n_prune  # the rebuild uses only these (the rest are exactly 0)
         self.factorable = mode in ("full", "full-out") and not self.linear
         self.register_buffer("U", U.to(w.dtype))
@@ -210,8 +210,10 @@ class SVDSummary:
     def __str__(self) -> str:
         pct = 100 * self.trainable / max(self.total, 1)
         parts = ", ".join(f"{k} {v:,}" for k, v in self.groups.items())
-        return (f"apply_svd(mode={self.mode}, prune={self.prune}): {len(self.rows)} layers; trainable "
-                f"{self.trainable:,} of {self.total:,} ({pct:.3f}%): {parts}; active sigma {self.sigma_active:,}")
+        return (
+            f"apply_svd(mode={self.mode}, prune={self.prune}): {len(self.rows)} layers; trainable "
+            f"{self.trainable:,} of {self.total:,} ({pct:.3f}%): {parts}; active sigma {self.sigma_active:,}"
+        )
 
 
 def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[str, nn.Module]]:
@@ -256,7 +258,7 @@ class SVDConfig:
 
 def apply_svd(
     model: nn.Module,
-    mode: "str | SVDConfig" = "full",
+    mode: str | SVDConfig = "full",
     prune: float = 0.0,
     train: tuple[str, ...] | list[str] = ("sigma", "head"),
     *,
@@ -313,8 +315,17 @@ def apply_svd(
         if p.factorable and factored:
             m.forward = types.MethodType(_factored_conv_forward, m)
         theta = m.parametrizations.weight.original
-        summary.rows.append({"name": name, "shape": list(p.shape), "groups": groups, "matrices": p.U.shape[0],
-                             "rank": p.U.shape[-1], "sigma": theta.numel(), "active": int(p.mask.sum().item())})
+        summary.rows.append(
+            {
+                "name": name,
+                "shape": list(p.shape),
+                "groups": groups,
+                "matrices": p.U.shape[0],
+                "rank": p.U.shape[-1],
+                "sigma": theta.numel(),
+                "active": int(p.mask.sum().item()),
+            }
+        )
     _set_trainable(model, train)
     sigma = [m.parametrizations.weight.original for _, m, _ in svd_modules(model)]
     summary.sigma_params = sum(t.numel() for t in sigma)

@@ -3,8 +3,8 @@
 - ``plots``: loss and ROC curves.  ``run_report``: report.md of one run.
 """
 
-from .plots import plot_history, plot_reliability, plot_roc
 from .model_card import write_model_card
+from .plots import plot_history, plot_reliability, plot_roc
 from .run_report import write_run_report
 
 __all__ = ["plot_history", "plot_reliability", "plot_roc", "write_model_card", "write_run_report"]

@@ -63,8 +63,9 @@ def plot_history(rows: list[dict], path: str | Path, *, best_epoch: int | None =
     _save(fig, Path(path))
 
 
-def plot_roc(task: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str], path: str | Path,
-             title: str = "test ROC") -> None:
+def plot_roc(
+    task: str, y_true: np.ndarray, probs: np.ndarray, class_names: list[str], path: str | Path, title: str = "test ROC"
+) -> None:
     """One ROC curve per class (one-vs-rest; the positive class only for binary tasks), log-x inset."""
     k = probs.shape[1]
     onehot = np.asarray(y_true).astype(int) if task == "multilabel" else np.eye(k, dtype=int)[np.asarray(y_true)]

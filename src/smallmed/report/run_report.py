@@ -55,7 +55,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci and None not in ci[key] else ""
         lines.append(f"| {k} | {_fmt(v)}{band} |")
     if len(t.get("auc_per_class", [])) > 1:
-        lines.append(f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |")
+        lines.append(
+            f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |"
+        )
     lines += clinical_lines(t, d.get("classes") or [])
     cols = [c for c in (hist[0] if hist else {}) if c not in ("epoch", "trainable_params")]
     lines += [
@@ -70,7 +72,9 @@ def write_run_report(run_dir: str | Path) -> Path:
         "|---" * (len(cols) + 1) + "|",
     ]
     for r in hist:
-        vals = [f"{float(r[c]):.2g}" if c == "lr" else f"{float(r[c]):.4f}" if r[c] not in ("", None) else "" for c in cols]
+        vals = [
+            f"{float(r[c]):.2g}" if c == "lr" else f"{float(r[c]):.4f}" if r[c] not in ("", None) else "" for c in cols
+        ]
         lines.append(f"| {r['epoch']} | " + " | ".join(vals) + " |")
     plots = ["![loss curves](loss_curves.png)"] if (run_dir / "loss_curves.png").exists() else []
     if (run_dir / "roc_test.png").exists():
@@ -79,8 +83,12 @@ def write_run_report(run_dir: str | Path) -> Path:
         plots.append("![test reliability](reliability_test.png)")
     if (run_dir / "overlays").is_dir():
         plots += [f"![{p.stem}](overlays/{p.name})" for p in sorted((run_dir / "overlays").glob("*.png"))]
-    lines += ["", *sum(([p, ""] for p in plots), []),
-              f"Command: `smallmed train --config {run_dir / 'config.yaml'}` reproduces this run.", ""]
+    lines += [
+        "",
+        *sum(([p, ""] for p in plots), []),
+        f"Command: `smallmed train --config {run_dir / 'config.yaml'}` reproduces this run.",
+        "",
+    ]
     out = run_dir / "report.md"
     atomic_write_text(out, "\n".join(lines))
     return out
@@ -96,27 +104,44 @@ def _op_line(name: str, op: dict) -> str:
         lo, hi = ci.get(k) or [None, None]
         return f"{num(op.get(k))} [{num(lo)}, {num(hi)}]"
 
-    return (f"| {name} | {op['threshold']:.4g} | {one('sensitivity')} | {one('specificity')} | {one('ppv')} | "
-            f"{one('npv')} |")
+    return (
+        f"| {name} | {op['threshold']:.4g} | {one('sensitivity')} | {one('specificity')} | {one('ppv')} | "
+        f"{one('npv')} |"
+    )
 
 
 def clinical_lines(t: dict, classes: list[str]) -> list[str]:
     """The operating point (threshold fixed on validation) and calibration of a classification run."""
-    ops = [("positive class", t["operating_point"])] if t.get("operating_point") else [
-        (c, op) for c, op in zip(classes, t.get("operating_point_per_class") or []) if op]
+    ops = (
+        [("positive class", t["operating_point"])]
+        if t.get("operating_point")
+        else [(c, op) for c, op in zip(classes, t.get("operating_point_per_class") or []) if op]
+    )
     if not ops:
         return []
     rule = ops[0][1]["rule"]
-    lines = ["", f"## Operating point (threshold chosen on the validation split by `{rule}`, then fixed)", "",
-             "Test rates at that threshold, with 95% bootstrap intervals over test images. (TPR@FPR above is read "
-             "off the test ROC itself: an optimistic, test-chosen point.)", "",
-             "| class | threshold | sensitivity | specificity | PPV | NPV |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"## Operating point (threshold chosen on the validation split by `{rule}`, then fixed)",
+        "",
+        "Test rates at that threshold, with 95% bootstrap intervals over test images. (TPR@FPR above is read "
+        "off the test ROC itself: an optimistic, test-chosen point.)",
+        "",
+        "| class | threshold | sensitivity | specificity | PPV | NPV |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [_op_line(c, op) for c, op in ops]
-    lines += ["", f"Calibration: Brier score {t['brier']:.4f}, ECE {t['ece']:.4f} ({t['ece_bins']} equal-mass bins"
-              + (", mean one-vs-rest" if "ece_per_class" in t else "") + ")."]
+    lines += [
+        "",
+        f"Calibration: Brier score {t['brier']:.4f}, ECE {t['ece']:.4f} ({t['ece_bins']} equal-mass bins"
+        + (", mean one-vs-rest" if "ece_per_class" in t else "")
+        + ").",
+    ]
     cal = t.get("calibration")
     if cal:
         u = cal["uncalibrated"]
-        lines[-1] += (f" After temperature scaling (T = {cal['temperature']:.3f}, fitted on validation); before it: "
-                      f"Brier {u['brier']:.4f}, ECE {u['ece']:.4f}.")
+        lines[-1] += (
+            f" After temperature scaling (T = {cal['temperature']:.3f}, fitted on validation); before it: "
+            f"Brier {u['brier']:.4f}, ECE {u['ece']:.4f}."
+        )
     return lines

@@ -60,8 +60,9 @@ class TwoStage(Callback):
         rest: which parameters train afterwards (default: all).
     """
 
-    def __init__(self, head: str, head_epochs: int, rest: Callable[[str], bool] | None = None,
-                 freeze_bn: bool = True) -> None:
+    def __init__(
+        self, head: str, head_epochs: int, rest: Callable[[str], bool] | None = None, freeze_bn: bool = True
+    ) -> None:
         self.head = head + "."
         self.head_epochs = head_epochs
         self.rest = rest or (lambda name: True)
@@ -69,15 +70,21 @@ class TwoStage(Callback):
 
     def on_epoch_start(self, epoch: int, model: nn.Module) -> None:
         if epoch < self.head_epochs:
-            pred = lambda n: n.startswith(self.head)  # noqa: E731
+            pred = lambda n: n.startswith(self.head)
             stage = "head only"
         else:
-            pred = lambda n: n.startswith(self.head) or self.rest(n)  # noqa: E731
+            pred = lambda n: n.startswith(self.head) or self.rest(n)
             stage = "main"
         trainable, total = set_trainable(_unwrap(model), pred)
         frozen_bn = freeze_bn_stats(model) if self.freeze_bn else []
-        log.info("epoch %d (%s): %s of %s parameters train; %d BatchNorm layers frozen",
-                 epoch + 1, stage, f"{trainable:,}", f"{total:,}", len(frozen_bn))
+        log.info(
+            "epoch %d (%s): %s of %s parameters train; %d BatchNorm layers frozen",
+            epoch + 1,
+            stage,
+            f"{trainable:,}",
+            f"{total:,}",
+            len(frozen_bn),
+        )
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -117,8 +124,11 @@ def following_norms(model: nn.Module, layers: list[str], input_size: tuple[int, 
 
     model = _unwrap(model)
     order: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) and None)
-             for n, m in model.named_modules() if not list(m.children())]
+    hooks = [
+        m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) and None)
+        for n, m in model.named_modules()
+        if not list(m.children())
+    ]
     was = model.training
     model.eval()
     try:
@@ -150,8 +160,14 @@ class RFFreeze(Callback):
         norms: layer -> BatchNorm name (see :func:`following_norms`).
     """
 
-    def __init__(self, model: nn.Module, layers: list[str], epochs=(), alternate: bool = False,
-                 norms: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: list[str],
+        epochs=(),
+        alternate: bool = False,
+        norms: dict[str, str] | None = None,
+    ) -> None:
         from ..errors import SmallmedError
 
         names = dict(_unwrap(model).named_modules())
@@ -160,8 +176,10 @@ class RFFreeze(Callback):
                 import difflib
 
                 close = difflib.get_close_matches(n, list(names), n=3)
-                raise SmallmedError(f"RFF layer {n!r} is not a module of the model"
-                                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else "."))
+                raise SmallmedError(
+                    f"RFF layer {n!r} is not a module of the model"
+                    + (f"; did you mean {', '.join(map(repr, close))}?" if close else ".")
+                )
         if not layers:
             raise SmallmedError("RFF: no layers to freeze.")
         self.layers = list(layers)
@@ -196,8 +214,13 @@ class RFFreeze(Callback):
                     self._restore.append((p, p.requires_grad))
                     p.requires_grad_(False)
                     n_params += p.numel()
-        log.info("epoch %d: RFF froze %d layers (%s parameters): %s", epoch + 1, len(self.layers), f"{n_params:,}",
-                 ", ".join(self.layers))
+        log.info(
+            "epoch %d: RFF froze %d layers (%s parameters): %s",
+            epoch + 1,
+            len(self.layers),
+            f"{n_params:,}",
+            ", ".join(self.layers),
+        )
 
     def restore(self) -> None:
         """Give the frozen layers back the trainability and BatchNorm mode they had before this callback

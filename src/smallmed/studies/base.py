@@ -12,9 +12,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import SmallmedError
 from ..registry import check_choice
@@ -50,13 +51,33 @@ class StudyEntry:
 _STUDIES: dict[str, StudyEntry] = {}
 
 # numeric fields a study may have, and their least value: one check for the CLI and for Python
-MINIMUM = {"max_train": 0, "epochs": 1, "image_size": 4, "batch_size": 1, "splits": 1, "knee_epochs": 1,
-           "knee_max_train": 0, "localiser_epochs": 1, "e2e_epochs": 1, "folds": 2, "source_epochs": 1,
-           "base_epochs": 1, "transfer_epochs": 1}
+MINIMUM = {
+    "max_train": 0,
+    "epochs": 1,
+    "image_size": 4,
+    "batch_size": 1,
+    "splits": 1,
+    "knee_epochs": 1,
+    "knee_max_train": 0,
+    "localiser_epochs": 1,
+    "e2e_epochs": 1,
+    "folds": 2,
+    "source_epochs": 1,
+    "base_epochs": 1,
+    "transfer_epochs": 1,
+}
 
 
-def register_study(name: str, *, summary: str, presets: dict, run: Callable[..., Path], parallel: bool = False,
-                   default: str = "quick", help: dict[str, str] | None = None) -> StudyEntry:
+def register_study(
+    name: str,
+    *,
+    summary: str,
+    presets: dict,
+    run: Callable[..., Path],
+    parallel: bool = False,
+    default: str = "quick",
+    help: dict[str, str] | None = None,
+) -> StudyEntry:
     if name in _STUDIES:
         raise ValueError(f"study {name!r} is registered twice")
     if default not in presets:
@@ -94,8 +115,16 @@ def configure(name: str, preset: str | None = None, **changes) -> Any:
     return dataclasses.replace(study, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
 
 
-def run_study(name: str, preset: str | None = None, *, out: str | Path, fresh: bool = False, workers: int = 1,
-              backend: str = "process", **changes) -> Path:
+def run_study(
+    name: str,
+    preset: str | None = None,
+    *,
+    out: str | Path,
+    fresh: bool = False,
+    workers: int = 1,
+    backend: str = "process",
+    **changes,
+) -> Path:
     """Run (or resume) study ``name`` from a preset with ``changes``; returns the report's path."""
     from ..io import check_out_dir
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from .base import register_study
 from ..io import atomic_write_csv, atomic_write_text
+from .base import register_study
 from .runner import run_grid
 from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
@@ -75,16 +75,35 @@ def cells(study: BNStudy, out: Path) -> list[TrainConfig]:
         fraction = _fraction(study, data)
         for norm in study.norms:
             for seed in study.seeds:
-                grid.append(TrainConfig(
-                    data=data, data_dir=study.data_dir, model=study.model, norm=norm, weights=study.weights,
-                    image_size=study.image_size, fraction=fraction, epochs=study.epochs,
-                    batch_size=study.batch_size, optimizer="sgd", lr=study.lr, momentum=0.9, scheduler="step",
-                    step_size=max(1, study.epochs // 2), factor=0.1, augment="flip", seed=seed, progress=False,
-                    out=str(out / "runs" / data_name(data) / norm / f"s{seed}")))
+                grid.append(
+                    TrainConfig(
+                        data=data,
+                        data_dir=study.data_dir,
+                        model=study.model,
+                        norm=norm,
+                        weights=study.weights,
+                        image_size=study.image_size,
+                        fraction=fraction,
+                        epochs=study.epochs,
+                        batch_size=study.batch_size,
+                        optimizer="sgd",
+                        lr=study.lr,
+                        momentum=0.9,
+                        scheduler="step",
+                        step_size=max(1, study.epochs // 2),
+                        factor=0.1,
+                        augment="flip",
+                        seed=seed,
+                        progress=False,
+                        out=str(out / "runs" / data_name(data) / norm / f"s{seed}"),
+                    )
+                )
     return grid
 
 
-def run_bn_study(study: BNStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False) -> Path:
+def run_bn_study(
+    study: BNStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False
+) -> Path:
     """Run (or resume) the study and write ``out/report.md``; returns its path."""
     out = Path(out)
     if "none" not in study.norms or len(study.norms) < 2:
@@ -158,10 +177,21 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
     rows = []
     for cfg, m in zip(grid, results):
         t = m["test"]
-        rows.append({"data": cfg.data, "norm": cfg.norm, "seed": cfg.seed, "acc": t["acc"],
-                     "balanced_acc": t["balanced_acc"], "auc": t["auc"], "best_epoch": m["best_epoch"],
-                     "best_val_loss": min(_history(cfg.out)["val_loss"]), "seconds": m["wall_seconds"],
-                     "train_images": m["train_images"], "run": cfg.out})
+        rows.append(
+            {
+                "data": cfg.data,
+                "norm": cfg.norm,
+                "seed": cfg.seed,
+                "acc": t["acc"],
+                "balanced_acc": t["balanced_acc"],
+                "auc": t["auc"],
+                "best_epoch": m["best_epoch"],
+                "best_val_loss": min(_history(cfg.out)["val_loss"]),
+                "seconds": m["wall_seconds"],
+                "train_images": m["train_images"],
+                "run": cfg.out,
+            }
+        )
     atomic_write_csv(out / "results.csv", rows)
     lines = [
         f"# Batch-norm ablation (seed 002): {study.model}, {', '.join(map(data_name, study.data))}",
@@ -184,13 +214,18 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
         dr = [r for r in rows if r["data"] == data]
         target = max(np.mean([r["best_val_loss"] for r in dr if r["norm"] == n]) for n in study.norms)
         none = {r["seed"]: r["acc"] for r in dr if r["norm"] == "none"}
-        lines += [f"## {data_name(data)} ({dr[0]['train_images']} training images)", "",
-                  f"| norm | test accuracy | balanced accuracy | mean AUC | best val loss | epochs to target ({target:.3f}) | vs none (accuracy) |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {data_name(data)} ({dr[0]['train_images']} training images)",
+            "",
+            f"| norm | test accuracy | balanced accuracy | mean AUC | best val loss | epochs to target ({target:.3f}) | vs none (accuracy) |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for norm in study.norms:
             nr = sorted((r for r in dr if r["norm"] == norm), key=lambda r: r["seed"])
-            acc, bal, auc, vl = (mean_ci([r[k] for r in nr], bounds=None if k == "best_val_loss" else RATE)
-                                 for k in ("acc", "balanced_acc", "auc", "best_val_loss"))
+            acc, bal, auc, vl = (
+                mean_ci([r[k] for r in nr], bounds=None if k == "best_val_loss" else RATE)
+                for k in ("acc", "balanced_acc", "auc", "best_val_loss")
+            )
             reach = [epochs_to_reach(_history(r["run"])["val_loss"], target) for r in nr]
             reach_s = "-" if any(e is None for e in reach) else f"{np.mean(reach):.1f}"
             cmp = "-"
@@ -199,11 +234,17 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
                 pr = paired([r["acc"] for r in nr if r["seed"] in none], [none[s] for s in seeds])
                 cmp = fmt_paired(pr)
                 word = direction(pr, "higher than", "lower than")
-                boot, _ = compare_runs({r["seed"]: r["run"] for r in nr}, {r["seed"]: r["run"] for r in dr if r["norm"] == "none"})
+                boot, _ = compare_runs(
+                    {r["seed"]: r["run"] for r in nr}, {r["seed"]: r["run"] for r in dr if r["norm"] == "none"}
+                )
                 if boot:
                     cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
-                verdicts.append(f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; the paper: about +{SEED_GAIN * 100:.0f} with ImageNet-pretrained VGG16 on prostate biopsy tiles, 100 epochs; here from scratch, {study.epochs} epochs)")
-            lines.append(f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |")
+                verdicts.append(
+                    f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; the paper: about +{SEED_GAIN * 100:.0f} with ImageNet-pretrained VGG16 on prostate biopsy tiles, 100 epochs; here from scratch, {study.epochs} epochs)"
+                )
+            lines.append(
+                f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |"
+            )
         lines.append("")
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
         for norm in study.norms:
@@ -221,12 +262,17 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
     lines += ["## Verdict", "", *verdicts, ""]
     bn_runs = [r for r in rows if r["norm"] == "bn" and r["seed"] == study.seeds[0]]
     if bn_runs:
-        lines += ["## BN at inference on small batches", "",
-                  "A BN model evaluated in `train()` mode normalises each batch by its own statistics instead of "
-                  "the running averages; with small batches (and single-class batches) that changes predictions. "
-                  f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics "
-                  "(the last incomplete batch is dropped, so each row covers slightly different images):", "",
-                  "| data | batch size | eval-mode accuracy | batch-statistics accuracy |", "|---|---|---|---|"]
+        lines += [
+            "## BN at inference on small batches",
+            "",
+            "A BN model evaluated in `train()` mode normalises each batch by its own statistics instead of "
+            "the running averages; with small batches (and single-class batches) that changes predictions. "
+            f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics "
+            "(the last incomplete batch is dropped, so each row covers slightly different images):",
+            "",
+            "| data | batch size | eval-mode accuracy | batch-statistics accuracy |",
+            "|---|---|---|---|",
+        ]
         effect = {}
         for r in bn_runs:
             e = bn_batch_effect(r["run"])
@@ -234,17 +280,28 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
             for bs, a in e.items():
                 lines.append(f"| {data_name(r['data'])} | {bs} | {a['eval']:.4f} | {a['batch']:.4f} |")
         atomic_write_text(out / "bn_batch_effect.json", json.dumps(effect, indent=2))
-        lines += ["", "Fine-tuning or predicting with tiny batches: call `model.eval()` (smallmed does) or "
-                  "freeze BN statistics (`--freeze-bn-stats`).", ""]
+        lines += [
+            "",
+            "Fine-tuning or predicting with tiny batches: call `model.eval()` (smallmed does) or "
+            "freeze BN statistics (`--freeze-bn-stats`).",
+            "",
+        ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report
 
 
-
 register_study(
-    "bn", summary="seed 002: batch norm none / before / after the ReLU x seeds", presets=PRESETS, run=run_bn_study,
+    "bn",
+    summary="seed 002: batch norm none / before / after the ReLU x seeds",
+    presets=PRESETS,
+    run=run_bn_study,
     parallel=True,
-    help={"data": "datasets (default: retinamnist pneumoniamnist)", "model": "vgg16 (default), resnet18 or small_cnn",
-          "norms": "subset of none bn bn-after-act", "weights": "pretrained weights for every variant (BN layers report as fresh)",
-          "max_train": "training images per data set (0 = all)"})
+    help={
+        "data": "datasets (default: retinamnist pneumoniamnist)",
+        "model": "vgg16 (default), resnet18 or small_cnn",
+        "norms": "subset of none bn bn-after-act",
+        "weights": "pretrained weights for every variant (BN layers report as fresh)",
+        "max_train": "training images per data set (0 = all)",
+    },
+)

@@ -26,8 +26,8 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from .base import register_study
 from ..io import _atomic, atomic_write_csv, atomic_write_text
+from .base import register_study
 from .ra2_scoring import RECIPES, _is_densenet, _seeds, _sizes, check_recipes, recipe_config, val_mae
 from .runner import run_grid
 
@@ -46,13 +46,17 @@ class RA2Study:
     localiser_epochs: int = 12
     localiser_size: int = 96
     localiser_kinds: tuple[str, ...] = ("unet",)  # and/or keypoint-rcnn (torchvision's detector, 128 px)
-    adult_epochs: int = 0  # fine-tune on the RA2 example landmarks (hands: leave one patient out, feet: one image); 0: skip
+    adult_epochs: int = (
+        0  # fine-tune on the RA2 example landmarks (hands: leave one patient out, feet: one image); 0: skip
+    )
     knee_sizes: tuple[int, ...] = (32,)  # every recipe at each size, largest first
     knee_max_train: int = 600  # 0: all 5,778 training knees
     knee_max_val: int = 300  # validation knees (only for picking the best epoch; the test split stays whole)
     knee_epochs: int = 3  # the most; with knee_early_stop the run stops earlier
     knee_early_stop: int = 0  # stop after this many epochs without validation-loss improvement (0: never)
-    knee_scheduler: str = "none"  # the seed's constant learning rate, or plateau (x0.1 after 1 epoch without improvement)
+    knee_scheduler: str = (
+        "none"  # the seed's constant learning rate, or plateau (x0.1 after 1 epoch without improvement)
+    )
     densenet_epochs: int = 0  # cap for the DenseNet recipes (0: knee_epochs); they cost ~8x a ResNet-18 epoch
     folds: int = 3
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -75,16 +79,48 @@ PRESETS = {
     # knees at 64 px, ~200 s at 96 px; DenseNet v2 ~930 s at 64 px): all 5,778 training knees, the official
     # validation split for early stopping, the official test split once; the ordering puts the cheapest
     # recipe that can show skill first, so a study cut short still reports it
-    "full": RA2Study(knee_sizes=(96, 64), knee_max_train=0, knee_max_val=0, knee_epochs=16, knee_early_stop=3,
-                     knee_scheduler="plateau", densenet_epochs=3, folds=5,
-                     variants=("r18-hands", "r18", "r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora",
-                               "r18-hands-svd", "base", "v1"),
-                     one_seed=("r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora", "r18-hands-svd", "base", "v1"),
-                     ensemble="best", ensemble_seeds=1, tta=True, boneage_size=100, boneage_epochs=12,
-                     boneage_seeds=(0, 1, 2), localiser_epochs=30, localiser_kinds=("unet", "keypoint-rcnn"), adult_epochs=150),
+    "full": RA2Study(
+        knee_sizes=(96, 64),
+        knee_max_train=0,
+        knee_max_val=0,
+        knee_epochs=16,
+        knee_early_stop=3,
+        knee_scheduler="plateau",
+        densenet_epochs=3,
+        folds=5,
+        variants=(
+            "r18-hands",
+            "r18",
+            "r18-hands-ordinal",
+            "r18-hands-cls",
+            "r18-hands-lora",
+            "r18-hands-svd",
+            "base",
+            "v1",
+        ),
+        one_seed=("r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora", "r18-hands-svd", "base", "v1"),
+        ensemble="best",
+        ensemble_seeds=1,
+        tta=True,
+        boneage_size=100,
+        boneage_epochs=12,
+        boneage_seeds=(0, 1, 2),
+        localiser_epochs=30,
+        localiser_kinds=("unet", "keypoint-rcnn"),
+        adult_epochs=150,
+    ),
     # closer to the seed (64 px crops, all knee images, longer training): for a GPU
-    "paper": RA2Study(localiser_epochs=40, knee_sizes=(64,), knee_max_train=0, knee_max_val=0, knee_epochs=30,
-                      folds=5, seeds=(0, 1, 2, 3, 4), e2e_epochs=30, crop=64),
+    "paper": RA2Study(
+        localiser_epochs=40,
+        knee_sizes=(64,),
+        knee_max_train=0,
+        knee_max_val=0,
+        knee_epochs=30,
+        folds=5,
+        seeds=(0, 1, 2, 3, 4),
+        e2e_epochs=30,
+        crop=64,
+    ),
 }
 
 
@@ -111,33 +147,57 @@ def localisation(study: RA2Study, out: Path) -> dict:
     runs, metrics = {}, {}
     for kind in study.localiser_kinds:
         if kind == "unet":
-            cfg = TrainConfig(data=str(data), model="unet", epochs=study.localiser_epochs, batch_size=16,
-                              image_size=study.localiser_size, augment="scale=0.9-1.1,rotate=10,translate=0.05",
-                              progress=False, out=str(out / "runs" / "localiser-hands"))
+            cfg = TrainConfig(
+                data=str(data),
+                model="unet",
+                epochs=study.localiser_epochs,
+                batch_size=16,
+                image_size=study.localiser_size,
+                augment="scale=0.9-1.1,rotate=10,translate=0.05",
+                progress=False,
+                out=str(out / "runs" / "localiser-hands"),
+            )
             metrics[kind] = run_grid([cfg])[0]
             runs[kind] = cfg.out
         else:
             runs[kind] = str(out / "runs" / "localiser-hands-rcnn")
-            metrics[kind] = train_detector(DetectorConfig(data=str(data), epochs=study.localiser_epochs,
-                                                          image_size=128), runs[kind])
+            metrics[kind] = train_detector(
+                DetectorConfig(data=str(data), epochs=study.localiser_epochs, image_size=128), runs[kind]
+            )
     ds = load_keypoints(data)
     names = list(HAND21)
     tr, te = ds.splits["train"], ds.splits["test"]
     side = tr.images.shape[2]
     shape = mean_shape([({n: tuple(k[j, :2]) for j, n in enumerate(names)}, (side, side)) for k in tr.keypoints])
-    base_pred = np.broadcast_to(np.array([[shape[n][0] * side, shape[n][1] * side] for n in names]), te.keypoints[..., :2].shape)
+    base_pred = np.broadcast_to(
+        np.array([[shape[n][0] * side, shape[n][1] * side] for n in names]), te.keypoints[..., :2].shape
+    )
     base = keypoint_errors(base_pred, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
     first = study.localiser_kinds[0]
-    res = {"hands_test": {"localiser": {k: metrics[first]["test"][k] for k in ("px_error", "frac_error", "pck_0.05", "n", "per_joint")},
-                          "ci95": metrics[first]["test"].get("ci95", {}), "mean_shape": base, "image_px": side,
-                          "by_kind": {k: {**{x: m["test"][x] for x in ("px_error", "frac_error", "pck_0.05", "n")},
-                                          "seconds": m["wall_seconds"]} for k, m in metrics.items()}},
-           "localiser_run": runs[first], "localiser_runs": runs}
+    res = {
+        "hands_test": {
+            "localiser": {
+                k: metrics[first]["test"][k] for k in ("px_error", "frac_error", "pck_0.05", "n", "per_joint")
+            },
+            "ci95": metrics[first]["test"].get("ci95", {}),
+            "mean_shape": base,
+            "image_px": side,
+            "by_kind": {
+                k: {
+                    **{x: m["test"][x] for x in ("px_error", "frac_error", "pck_0.05", "n")},
+                    "seconds": m["wall_seconds"],
+                }
+                for k, m in metrics.items()
+            },
+        },
+        "localiser_run": runs[first],
+        "localiser_runs": runs,
+    }
     # the two adult RA2 patients' hands: the localisers trained on pediatric hands, and the mean shape
     ex = _path(study, study.examples)
     locs = {k: open_localiser(r) for k, r in runs.items()}
     rows, feet = [], []
-    for pid, limbs in find_images(ex).items():
+    for _pid, limbs in find_images(ex).items():
         for limb, p in limbs.items():
             lm = ex / "landmarks" / f"{p.stem}.json"
             if not lm.exists():
@@ -199,13 +259,18 @@ def adult_localisation(study: RA2Study, out: Path, pediatric_run: str) -> dict:
                     rows.append({"kind": _kind(limb), "image": name, "joint": n, "method": method, "frac": d / w})
 
     def shape_of(train: list):
-        ms = mean_shape([(flip_points(p, img.shape[1]) if limb.startswith("R") else p, (img.shape[1], img.shape[0]))
-                         for img, p, limb in train])
+        ms = mean_shape(
+            [
+                (flip_points(p, img.shape[1]) if limb.startswith("R") else p, (img.shape[1], img.shape[0]))
+                for img, p, limb in train
+            ]
+        )
 
         def predict(img, limb):
             h, w = img.shape
             pts = {n: (x * w, y * h) for n, (x, y) in ms.items()}
             return flip_points(pts, w) if limb.startswith("R") else pts
+
         return predict
 
     for kind, names in (("hand", HAND_POINTS), ("foot", FOOT_POINTS)):
@@ -216,10 +281,11 @@ def adult_localisation(study: RA2Study, out: Path, pediatric_run: str) -> dict:
             held = [(name, smp) for pid, name, smp in group if (pid if kind == "hand" else name) == u]
             train = [smp for pid, name, smp in group if (pid if kind == "hand" else name) != u]
             run = out / "runs" / f"adult-{kind}" / f"without-{u}"
-            fit_landmark_localiser(train, [], [smp for _, smp in held], list(names), run, epochs=study.adult_epochs,
-                                   init=pediatric_run)
+            fit_landmark_localiser(
+                train, [], [smp for _, smp in held], list(names), run, epochs=study.adult_epochs, init=pediatric_run
+            )
             tuned = Localiser(run)
-            score("fine-tuned", held, lambda img, limb: tuned.locate(img, limb)[0])
+            score("fine-tuned", held, lambda img, limb, t=tuned: t.locate(img, limb)[0])
             score("mean shape", held, shape_of(train))
             if kind == "hand":
                 score("pediatric U-Net", held, lambda img, limb: pediatric.locate(img, limb)[0])
@@ -228,21 +294,37 @@ def adult_localisation(study: RA2Study, out: Path, pediatric_run: str) -> dict:
     res: dict = {}
     for r in rows:
         res.setdefault(r["kind"], {}).setdefault(r["method"], []).append(r)
-    return {k: {m: {"frac_error": float(np.mean([r["frac"] for r in v])), "within_2pct": float(np.mean([r["frac"] <= 0.02 for r in v])),
-                    "n": len(v), "per_joint": {j: float(np.mean([r["frac"] for r in v if r["joint"] == j]))
-                                                for j in dict.fromkeys(r["joint"] for r in v)}}
-                for m, v in d.items()} for k, d in res.items()}
+    return {
+        k: {
+            m: {
+                "frac_error": float(np.mean([r["frac"] for r in v])),
+                "within_2pct": float(np.mean([r["frac"] <= 0.02 for r in v])),
+                "n": len(v),
+                "per_joint": {
+                    j: float(np.mean([r["frac"] for r in v if r["joint"] == j]))
+                    for j in dict.fromkeys(r["joint"] for r in v)
+                },
+            }
+            for m, v in d.items()
+        }
+        for k, d in res.items()
+    }
 
 
 def _adult_lines(study: RA2Study, adult: dict) -> list[str]:
-    lines = ["### Adult RA2 hands and feet", "",
-             f"U-Nets fine-tuned for {study.adult_epochs} epochs (every epoch kept: no validation image is left) from "
-             "the pediatric hand U-Net of the table above, on the two RA2 example patients' own landmarks: hands leave "
-             "one patient out (train on the other patient's two hands, 13 points with the wrist), feet leave one image "
-             "out (train on the other three feet, 6 points; the encoder from the hand model, a new head). The mean "
-             "shape is that of the same training images. Errors as a fraction of the image width; goal for hands: "
-             "at most 2 %.", "",
-             "| limb | method | error / width | within 2 % of width | joints |", "|---|---|---|---|---|"]
+    lines = [
+        "### Adult RA2 hands and feet",
+        "",
+        f"U-Nets fine-tuned for {study.adult_epochs} epochs (every epoch kept: no validation image is left) from "
+        "the pediatric hand U-Net of the table above, on the two RA2 example patients' own landmarks: hands leave "
+        "one patient out (train on the other patient's two hands, 13 points with the wrist), feet leave one image "
+        "out (train on the other three feet, 6 points; the encoder from the hand model, a new head). The mean "
+        "shape is that of the same training images. Errors as a fraction of the image width; goal for hands: "
+        "at most 2 %.",
+        "",
+        "| limb | method | error / width | within 2 % of width | joints |",
+        "|---|---|---|---|---|",
+    ]
     for kind, d in adult.items():
         for m, v in d.items():
             lines.append(f"| {kind} | {m} | {v['frac_error']:.4f} | {v['within_2pct']:.2f} | {v['n']} |")
@@ -257,8 +339,15 @@ def _summ(rows: list[dict]) -> dict:
         o["px"].append(r["px"])
         o["frac"].append(r["frac"])
         o["per_joint"].setdefault(r["joint"], []).append(r["frac"])
-    return {k: {"px_error": float(np.mean(v["px"])), "frac_error": float(np.mean(v["frac"])), "n": len(v["px"]),
-                "per_joint_frac": {j: float(np.mean(x)) for j, x in v["per_joint"].items()}} for k, v in out.items()}
+    return {
+        k: {
+            "px_error": float(np.mean(v["px"])),
+            "frac_error": float(np.mean(v["frac"])),
+            "n": len(v["px"]),
+            "per_joint_frac": {j: float(np.mean(x)) for j, x in v["per_joint"].items()},
+        }
+        for k, v in out.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------- (b) knee
@@ -276,25 +365,42 @@ def _knee_subset(study: RA2Study, out: Path) -> tuple[Path, list[Path]]:
     ds = load_dataset(src)
     tr = ds.splits["train"]
     raw = np.load(src, allow_pickle=False)
-    pids = np.asarray(raw["train_patient_ids"]).astype(str) if "train_patient_ids" in raw.files else np.arange(len(tr)).astype(str)
+    pids = (
+        np.asarray(raw["train_patient_ids"]).astype(str)
+        if "train_patient_ids" in raw.files
+        else np.arange(len(tr)).astype(str)
+    )
     frac = 1.0 if not study.knee_max_train else min(1.0, study.knee_max_train / len(tr))
     idx = nested_fraction(tr.labels, frac, seed=0, groups=pids)
     va = ds.splits["val"]
     vidx = np.arange(len(va))
     if study.knee_max_val and study.knee_max_val < len(va):
         vidx = nested_fraction(va.labels, study.knee_max_val / len(va), seed=0)
-    arrays = {"val_images": va.images[vidx][..., 0], "val_labels": va.labels[vidx],
-              "test_images": ds.splits["test"].images[..., 0], "test_labels": ds.splits["test"].labels}
+    arrays = {
+        "val_images": va.images[vidx][..., 0],
+        "val_labels": va.labels[vidx],
+        "test_images": ds.splits["test"].images[..., 0],
+        "test_labels": ds.splits["test"].labels,
+    }
     x, y, g = tr.images[idx][..., 0], tr.labels[idx], pids[idx]
     _atomic(sub, lambda f: np.savez(f, train_images=x, train_labels=y, **arrays))
     # folds by patient: no knee of one person on both sides of a fold boundary
     pats = np.unique(g)
     order = np.random.default_rng(0).permutation(pats)
     for k, path in enumerate(folds):
-        held = np.isin(g, order[k::study.folds])
-        _atomic(path, lambda f, held=held: np.savez(f, train_images=x[~held], train_labels=y[~held],
-                                                    val_images=x[held], val_labels=y[held],
-                                                    test_images=arrays["test_images"], test_labels=arrays["test_labels"]))
+        held = np.isin(g, order[k :: study.folds])
+        _atomic(
+            path,
+            lambda f, held=held: np.savez(
+                f,
+                train_images=x[~held],
+                train_labels=y[~held],
+                val_images=x[held],
+                val_labels=y[held],
+                test_images=arrays["test_images"],
+                test_labels=arrays["test_labels"],
+            ),
+        )
     return sub, folds
 
 
@@ -303,8 +409,16 @@ AUGMENT = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, 
 
 def _common(study: RA2Study) -> dict:
     """The protocol every knee run shares (a recipe changes one thing on top of it)."""
-    c = dict(batch_size=32, lr=1e-3, scheduler=study.knee_scheduler, weight_decay=1e-4, normalize="sample",
-             augment=AUGMENT, early_stop=study.knee_early_stop, progress=False)
+    c = dict(
+        batch_size=32,
+        lr=1e-3,
+        scheduler=study.knee_scheduler,
+        weight_decay=1e-4,
+        normalize="sample",
+        augment=AUGMENT,
+        early_stop=study.knee_early_stop,
+        progress=False,
+    )
     if study.knee_scheduler == "plateau":
         c["patience"] = 1
     return c
@@ -313,8 +427,16 @@ def _common(study: RA2Study) -> dict:
 def knee_cell(study: RA2Study, out: Path, recipe: str, size: int, seed: int, source: str | None) -> TrainConfig:
     sub, _ = _knee_subset(study, out)
     epochs = study.densenet_epochs if _is_densenet(recipe) and study.densenet_epochs else study.knee_epochs
-    return recipe_config(recipe, data=str(sub), size=size, seed=seed, common=_common(study), source=source,
-                         epochs=epochs, out=str(out / "runs" / f"knee{size}" / recipe / f"s{seed}"))
+    return recipe_config(
+        recipe,
+        data=str(sub),
+        size=size,
+        seed=seed,
+        common=_common(study),
+        source=source,
+        epochs=epochs,
+        out=str(out / "runs" / f"knee{size}" / recipe / f"s{seed}"),
+    )
 
 
 def knee_stages(study: RA2Study, out: Path, source: str | None) -> list[list[TrainConfig]]:
@@ -355,7 +477,7 @@ def ensemble_cells(study: RA2Study, out: Path, source: str | None) -> list[Train
     recipe = ensemble_recipe(study, out)
     _, folds = _knee_subset(study, out)
     size = max(_sizes(study, recipe))
-    seeds = study.seeds[:study.ensemble_seeds] if study.ensemble_seeds else study.seeds
+    seeds = study.seeds[: study.ensemble_seeds] if study.ensemble_seeds else study.seeds
     cells = []
     for s in seeds:
         for k, f in enumerate(folds):
@@ -368,10 +490,21 @@ def boneage_cells(study: RA2Study, out: Path, seeds) -> list[TrainConfig]:
     """Bone age in months on the RSNA hands: the scorers' regression recipe (ResNet-18 from scratch)."""
     if not study.boneage_size:
         return []
-    return [TrainConfig(data="rsna-boneage-months", data_dir=study.data_dir, model="resnet18", task="regression",
-                        loss="mae", image_size=study.boneage_size, epochs=study.boneage_epochs, seed=s,
-                        **{**_common(study), "early_stop": study.knee_early_stop or 3},
-                        out=str(out / "runs" / "boneage" / f"s{s}")) for s in seeds]
+    return [
+        TrainConfig(
+            data="rsna-boneage-months",
+            data_dir=study.data_dir,
+            model="resnet18",
+            task="regression",
+            loss="mae",
+            image_size=study.boneage_size,
+            epochs=study.boneage_epochs,
+            seed=s,
+            **{**_common(study), "early_stop": study.knee_early_stop or 3},
+            out=str(out / "runs" / "boneage" / f"s{s}"),
+        )
+        for s in seeds
+    ]
 
 
 def hand_source(study: RA2Study) -> str | None:
@@ -412,9 +545,14 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
                 for path in images[p].values():
                     shutil.copy(path, work / "images" / path.name)
             write_table(ScoreTable({p: table.scores[p] for p in train_p}), work / "scores.csv")
-            cfg = RA2Config(folds=1, epochs=study.e2e_epochs, crop=study.crop, localisers={"hand": localiser_run},
-                            localiser_epochs=study.e2e_epochs,
-                            mean_shape=landmark_mean_shapes(find_images(work / "images"), ex / "landmarks"))
+            cfg = RA2Config(
+                folds=1,
+                epochs=study.e2e_epochs,
+                crop=study.crop,
+                localisers={"hand": localiser_run},
+                localiser_epochs=study.e2e_epochs,
+                mean_shape=landmark_mean_shapes(find_images(work / "images"), ex / "landmarks"),
+            )
             train_pipeline(work / "images", work / "scores.csv", work / "run", landmarks=ex / "landmarks", cfg=cfg)
             (work / "test").mkdir()
             for path in images[held].values():
@@ -429,10 +567,14 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
                 err[a.kind].append(abs(p[a.column] - t[a.column]))
                 zero[a.kind].append(abs(t[a.column]))
         tt, tp = totals(table)[held]["Overall_Tol"], totals(pred)[held]["Overall_Tol"]
-        res[held] = {"trained_on": train_p, "total_true": tt, "total_pred": tp,
-                     "total_error": None if tp is None else abs(tp - tt),
-                     **{f"mae_{k}": float(np.mean(v)) if v else None for k, v in err.items()},
-                     **{f"mae_{k}_if_zero": float(np.mean(v)) if v else None for k, v in zero.items()}}
+        res[held] = {
+            "trained_on": train_p,
+            "total_true": tt,
+            "total_pred": tp,
+            "total_error": None if tp is None else abs(tp - tt),
+            **{f"mae_{k}": float(np.mean(v)) if v else None for k, v in err.items()},
+            **{f"mae_{k}_if_zero": float(np.mean(v)) if v else None for k, v in zero.items()},
+        }
     return res
 
 
@@ -444,11 +586,17 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     finished so far, so a study cut short still reports what it has."""
     out = Path(out).resolve()  # run folders are recorded by absolute path (a localiser used from another folder)
     check_recipes(study.variants)
-    bad = [k for k in study.localiser_kinds if k not in ("unet", "keypoint-rcnn")] or ([] if study.localiser_kinds else ["none"])
+    bad = [k for k in study.localiser_kinds if k not in ("unet", "keypoint-rcnn")] or (
+        [] if study.localiser_kinds else ["none"]
+    )
     if bad:
-        raise SmallmedError(f"localiser_kinds={list(study.localiser_kinds)}: expected one or both of unet, keypoint-rcnn.")
+        raise SmallmedError(
+            f"localiser_kinds={list(study.localiser_kinds)}: expected one or both of unet, keypoint-rcnn."
+        )
     if study.adult_epochs and "unet" not in study.localiser_kinds:
-        raise SmallmedError(f"adult_epochs={study.adult_epochs} fine-tunes the pediatric U-Net: include unet in localiser_kinds.")
+        raise SmallmedError(
+            f"adult_epochs={study.adult_epochs} fine-tunes the pediatric U-Net: include unet in localiser_kinds."
+        )
     if study.ensemble != "best":
         check_recipes([study.ensemble])
     if not study.seeds or study.folds < 2:
@@ -472,7 +620,9 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     report()
     state["loc"] = localisation(study, out)
     if study.adult_epochs:
-        state["adult"] = adult_localisation(study, out, state["loc"]["localiser_runs"].get("unet", state["loc"]["localiser_run"]))
+        state["adult"] = adult_localisation(
+            study, out, state["loc"]["localiser_runs"].get("unet", state["loc"]["localiser_run"])
+        )
     run_grid(stages[1])
     run_grid(boneage_cells(study, out, study.boneage_seeds[:1]))
     report()
@@ -491,19 +641,28 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     from .ra2_scoring import GRADES, flip_scores, read_predictions
 
     path = out / "ensemble_choice.json"
-    recipe = study.ensemble if study.ensemble != "best" else (json.loads(path.read_text())["recipe"] if path.exists() else None)
+    recipe = (
+        study.ensemble
+        if study.ensemble != "best"
+        else (json.loads(path.read_text())["recipe"] if path.exists() else None)
+    )
     if recipe is None:
         return None
-    seeds = study.seeds[:study.ensemble_seeds] if study.ensemble_seeds else study.seeds
+    seeds = study.seeds[: study.ensemble_seeds] if study.ensemble_seeds else study.seeds
     runs = [out / "runs" / "ensemble" / f"s{s}" / f"fold{k}" for s in seeds for k in range(study.folds)]
     if not all((r / "metrics.json").exists() for r in runs):
         return None
     preds = [read_predictions(r) for r in runs]
     label = preds[0]["label"]
     score = np.mean([p["score"] for p in preds], 0)
-    res = {"recipe": recipe, "folds": study.folds, "seeds": list(seeds), "size": max(_sizes(study, recipe)),
-           "seconds": sum(json.loads((r / "metrics.json").read_text())["wall_seconds"] for r in runs),
-           "plain": {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)}}
+    res = {
+        "recipe": recipe,
+        "folds": study.folds,
+        "seeds": list(seeds),
+        "size": max(_sizes(study, recipe)),
+        "seconds": sum(json.loads((r / "metrics.json").read_text())["wall_seconds"] for r in runs),
+        "plain": {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)},
+    }
     if study.tta:
         cache = out / "ensemble_flip_scores.npy"
         if cache.exists():
@@ -545,8 +704,12 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
         f"the official test split once; {n_sizes}. Common protocol: Adam lr 1e-3 "
         f"({'x0.1 after an epoch without validation-loss improvement' if study.knee_scheduler == 'plateau' else 'constant, as the seed'}), "
         f"L2 1e-4, batch 32, at most {study.knee_epochs} epochs"
-        + (f" ({study.densenet_epochs} for the DenseNets, which cost ~8x a ResNet-18 epoch and run at "
-           f"{min(study.knee_sizes)} px only)" if study.densenet_epochs else "")
+        + (
+            f" ({study.densenet_epochs} for the DenseNets, which cost ~8x a ResNet-18 epoch and run at "
+            f"{min(study.knee_sizes)} px only)"
+            if study.densenet_epochs
+            else ""
+        )
         + ", per-image standardisation, zoom/shift 10 % and rotation 30, the seed's sampling (the most frequent grade "
         "undersampled to the second's count, the rest oversampled). The base is the seed's: DenseNet v2 (growth 16, 7x7 "
         "stride-1 stem, blocks 6-12-18, age-dependent dropout), sigmoid scaled to 0-4, MAE. Each other row changes one "
@@ -563,14 +726,22 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
         "",
         *knee_lines,
         f"Convergence: {summ['at_cap']} of {summ['runs']} finished knee runs had their best epoch at the cap"
-        + (" (**more than a third: the cap limits these results**)" if summ["runs"] and summ["at_cap"] > summ["runs"] / 3 else "") + ".",
+        + (
+            " (**more than a third: the cap limits these results**)"
+            if summ["runs"] and summ["at_cap"] > summ["runs"] / 3
+            else ""
+        )
+        + ".",
         "",
         f"Published at higher resolution: {PUBLISHED}. Goals of this study at 96 px: accuracy >= {GOAL['acc']}, "
         f"MAE <= {GOAL['mae_rounded']}, QWK >= {GOAL['qwk']}.",
         "",
     ]
     if summ["missing"]:
-        lines += [f"Not run yet ({len(summ['missing'])} runs; the same command resumes): " + ", ".join(summ["missing"]) + ".", ""]
+        lines += [
+            f"Not run yet ({len(summ['missing'])} runs; the same command resumes): " + ", ".join(summ["missing"]) + ".",
+            "",
+        ]
     bone_lines, bone = boneage_section(study, out)
     lines += bone_lines
     if state.get("e2e"):
@@ -578,8 +749,20 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
     lines += _verdict(study, state, summ, bone)
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
-    atomic_write_text(out / "results.json", json.dumps({"localisation": state.get("loc"), "adult": state.get("adult"), "knee": summ, "boneage": bone,
-                                                        "end_to_end": state.get("e2e")}, indent=2, default=_jsonable))
+    atomic_write_text(
+        out / "results.json",
+        json.dumps(
+            {
+                "localisation": state.get("loc"),
+                "adult": state.get("adult"),
+                "knee": summ,
+                "boneage": bone,
+                "end_to_end": state.get("e2e"),
+            },
+            indent=2,
+            default=_jsonable,
+        ),
+    )
     return report
 
 
@@ -598,26 +781,42 @@ def _verdict(study: RA2Study, state: dict, summ: dict, bone: dict) -> list[str]:
         lh, ht = loc["hands_ra2"], loc["hands_test"]
         if "localiser" in lh and "mean_shape" in lh:
             better = lh["localiser"]["frac_error"] < lh["mean_shape"]["frac_error"]
-            lines.append(f"- Localisation: on the pediatric test hands the U-Net is off by {ht['localiser']['frac_error'] * 100:.1f} % of the "
-                         f"width (mean shape {ht['mean_shape']['frac_error'] * 100:.1f} %); on the adult RA2 hands "
-                         f"{lh['localiser']['frac_error'] * 100:.1f} % vs {lh['mean_shape']['frac_error'] * 100:.1f} %: the "
-                         f"pediatric-trained localiser {'transfers better than' if better else 'does not beat'} the mean shape there.")
+            lines.append(
+                f"- Localisation: on the pediatric test hands the U-Net is off by {ht['localiser']['frac_error'] * 100:.1f} % of the "
+                f"width (mean shape {ht['mean_shape']['frac_error'] * 100:.1f} %); on the adult RA2 hands "
+                f"{lh['localiser']['frac_error'] * 100:.1f} % vs {lh['mean_shape']['frac_error'] * 100:.1f} %: the "
+                f"pediatric-trained localiser {'transfers better than' if better else 'does not beat'} the mean shape there."
+            )
     for size, recipes in sorted(summ["sizes"].items(), reverse=True):
         chosen = {r: v for r, v in recipes.items() if "val_mae" in v}  # recipes, chosen on validation
-        best = min(chosen, key=lambda r: chosen[r]["val_mae"]) if chosen else min(recipes, key=lambda r: recipes[r]["mae_rounded"])
+        best = (
+            min(chosen, key=lambda r: chosen[r]["val_mae"])
+            if chosen
+            else min(recipes, key=lambda r: recipes[r]["mae_rounded"])
+        )
         b = recipes[best]
         skill = b["vs_median"]["mae"]["hi"] < 0 and b["vs_median"]["qwk"]["lo"] > 0
-        lines.append(f"- Knee grades at {size} px: the recipe with the lowest validation MAE is {best} (test accuracy {b['acc']:.3f}, MAE {b['mae_rounded']:.3f}, "
-                     f"QWK {b['qwk']:.3f}); against the training median {'it shows skill: both paired intervals exclude 0' if skill else 'its paired intervals do not both exclude 0'} "
-                     f"(ΔMAE {_ci_text(b['vs_median']['mae'])}, ΔQWK {_ci_text(b['vs_median']['qwk'])})"
-                     + (". Goals (accuracy >= 0.70, MAE <= 0.34, QWK >= 0.85): "
-                        + ", ".join(f"{k} {'met' if (b[k] >= g if k != 'mae_rounded' else b[k] <= g) else 'not met'}"
-                                    for k, g in (("acc", 0.70), ("mae_rounded", 0.34), ("qwk", 0.85))) if size == 96 else "")
-                     + ".")
+        lines.append(
+            f"- Knee grades at {size} px: the recipe with the lowest validation MAE is {best} (test accuracy {b['acc']:.3f}, MAE {b['mae_rounded']:.3f}, "
+            f"QWK {b['qwk']:.3f}); against the training median {'it shows skill: both paired intervals exclude 0' if skill else 'its paired intervals do not both exclude 0'} "
+            f"(ΔMAE {_ci_text(b['vs_median']['mae'])}, ΔQWK {_ci_text(b['vs_median']['qwk'])})"
+            + (
+                ". Goals (accuracy >= 0.70, MAE <= 0.34, QWK >= 0.85): "
+                + ", ".join(
+                    f"{k} {'met' if (b[k] >= g if k != 'mae_rounded' else b[k] <= g) else 'not met'}"
+                    for k, g in (("acc", 0.70), ("mae_rounded", 0.34), ("qwk", 0.85))
+                )
+                if size == 96
+                else ""
+            )
+            + "."
+        )
     if bone:
         ratio = bone["mae"] / bone["mean_age_mae"]
-        lines.append(f"- Bone age: MAE {bone['mae']:.2f} months against {bone['mean_age_mae']:.2f} for the mean age, "
-                     f"ratio {ratio:.3f} ({'meets' if ratio < 1 / 3 else 'misses'} the goal of under 1/3).")
+        lines.append(
+            f"- Bone age: MAE {bone['mae']:.2f} months against {bone['mean_age_mae']:.2f} for the mean age, "
+            f"ratio {ratio:.3f} ({'meets' if ratio < 1 / 3 else 'misses'} the goal of under 1/3)."
+        )
     return lines + [""]
 
 
@@ -639,30 +838,53 @@ def _localisation_lines(study: RA2Study, loc: dict) -> list[str]:
     ]
     ht = loc["hands_test"]
     ci = ht["ci95"]["px_error"]
-    lines.append(f"| hand set test split (34 pediatric hands, {ht['image_px']} px) | U-Net | {ht['localiser']['px_error']:.2f} "
-                 f"[{ci[0]:.2f}, {ci[1]:.2f}] | {ht['localiser']['frac_error']:.4f} | {ht['localiser']['pck_0.05']:.3f} | {ht['localiser']['n']} |")
-    lines.append(f"| hand set test split | mean shape | {ht['mean_shape']['px_error']:.2f} | {ht['mean_shape']['frac_error']:.4f} | "
-                 f"{ht['mean_shape']['pck_0.05']:.3f} | {ht['mean_shape']['n']} |")
+    lines.append(
+        f"| hand set test split (34 pediatric hands, {ht['image_px']} px) | U-Net | {ht['localiser']['px_error']:.2f} "
+        f"[{ci[0]:.2f}, {ci[1]:.2f}] | {ht['localiser']['frac_error']:.4f} | {ht['localiser']['pck_0.05']:.3f} | {ht['localiser']['n']} |"
+    )
+    lines.append(
+        f"| hand set test split | mean shape | {ht['mean_shape']['px_error']:.2f} | {ht['mean_shape']['frac_error']:.4f} | "
+        f"{ht['mean_shape']['pck_0.05']:.3f} | {ht['mean_shape']['n']} |"
+    )
     for method, v in loc["hands_ra2"].items():
-        lines.append(f"| RA2 example hands (4 adult images, 1000-1900 px) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
-                     f"{v['frac_error']:.4f} | - | {v['n']} |")
+        lines.append(
+            f"| RA2 example hands (4 adult images, 1000-1900 px) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
+            f"{v['frac_error']:.4f} | - | {v['n']} |"
+        )
     for method, v in loc["feet_ra2"].items():
-        lines.append(f"| RA2 example feet (4 images, leave one out) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
-                     f"{v['frac_error']:.4f} | - | {v['n']} |")
+        lines.append(
+            f"| RA2 example feet (4 images, leave one out) | {method.replace('_', ' ')} | {v['px_error']:.1f} | "
+            f"{v['frac_error']:.4f} | - | {v['n']} |"
+        )
     for kind, v in ht.get("by_kind", {}).items():
         if kind != study.localiser_kinds[0]:
-            lines.append(f"| hand set test split | {kind} | {v['px_error']:.2f} | {v['frac_error']:.4f} | {v['pck_0.05']:.3f} | {v['n']} |")
+            lines.append(
+                f"| hand set test split | {kind} | {v['px_error']:.2f} | {v['frac_error']:.4f} | {v['pck_0.05']:.3f} | {v['n']} |"
+            )
     if len(ht.get("by_kind", {})) > 1:
-        lines += ["", "Training CPU time: " + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in ht["by_kind"].items())
-                  + "; the pipeline's default localiser is the one with the lower error on the adult RA2 hands per "
-                  "minute of training (see the verdict)."]
+        lines += [
+            "",
+            "Training CPU time: "
+            + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in ht["by_kind"].items())
+            + "; the pipeline's default localiser is the one with the lower error on the adult RA2 hands per "
+            "minute of training (see the verdict).",
+        ]
     pj, pm = ht["localiser"]["per_joint"], ht["mean_shape"]["per_joint"]
-    lines += ["", "Per joint on the hand set's test split (error / width, U-Net vs mean shape): " + ", ".join(
-        f"{j} {pj[j]['frac_error']:.3f} / {pm[j]['frac_error']:.3f}" for j in pj)]
-    lines += ["", "Per joint on the RA2 example hands (error / width, U-Net vs mean shape): " + ", ".join(
-        f"{j} {loc['hands_ra2'].get('localiser', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f} / "
-        f"{loc['hands_ra2'].get('mean_shape', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f}"
-        for j in loc["hands_ra2"].get("localiser", {}).get("per_joint_frac", {})), ""]
+    lines += [
+        "",
+        "Per joint on the hand set's test split (error / width, U-Net vs mean shape): "
+        + ", ".join(f"{j} {pj[j]['frac_error']:.3f} / {pm[j]['frac_error']:.3f}" for j in pj),
+    ]
+    lines += [
+        "",
+        "Per joint on the RA2 example hands (error / width, U-Net vs mean shape): "
+        + ", ".join(
+            f"{j} {loc['hands_ra2'].get('localiser', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f} / "
+            f"{loc['hands_ra2'].get('mean_shape', {}).get('per_joint_frac', {}).get(j, float('nan')):.3f}"
+            for j in loc["hands_ra2"].get("localiser", {}).get("per_joint_frac", {})
+        ),
+        "",
+    ]
     return lines
 
 
@@ -682,12 +904,17 @@ def _e2e_lines(study: RA2Study, e2e: dict) -> list[str]:
     for pid, r in e2e.items():
         pt = "-" if r["total_pred"] is None else f"{r['total_pred']:.1f}"
         te = "-" if r["total_error"] is None else f"{r['total_error']:.1f}"
-        lines.append(f"| {pid} | {r['total_true']:.0f} | {pt} | {te} | {r['mae_erosion']:.3f} ({r['mae_erosion_if_zero']:.3f}) | "
-                     f"{r['mae_narrowing']:.3f} ({r['mae_narrowing_if_zero']:.3f}) |")
+        lines.append(
+            f"| {pid} | {r['total_true']:.0f} | {pt} | {te} | {r['mae_erosion']:.3f} ({r['mae_erosion_if_zero']:.3f}) | "
+            f"{r['mae_narrowing']:.3f} ({r['mae_narrowing_if_zero']:.3f}) |"
+        )
     return lines + [""]
 
 
 register_study(
-    "ra2", summary="seed 003: joint localisation, knee KL scoring recipes, bone age, RA2 end to end", presets=PRESETS,
+    "ra2",
+    summary="seed 003: joint localisation, knee KL scoring recipes, bone age, RA2 end to end",
+    presets=PRESETS,
     run=run_ra2_study,
-    help={"variants": f"the scoring recipes ({', '.join(RECIPES)})"})
+    help={"variants": f"the scoring recipes ({', '.join(RECIPES)})"},
+)

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from ..errors import SmallmedError
-from .base import register_study
 from ..io import atomic_write_text
+from .base import register_study
 from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
@@ -64,8 +64,10 @@ def class_splits(num_classes: int, transfer: int, count: int, seed: int = 0) -> 
     if transfer < 2:
         raise SmallmedError(f"transfer_classes={transfer}: the transfer task needs at least two classes.")
     if num_classes - transfer < 2:
-        raise SmallmedError(f"{num_classes} classes leave {num_classes - transfer} base classes for "
-                            f"{transfer} transfer classes; expected at least two base classes.")
+        raise SmallmedError(
+            f"{num_classes} classes leave {num_classes - transfer} base classes for "
+            f"{transfer} transfer classes; expected at least two base classes."
+        )
     combos = list(itertools.combinations(range(num_classes), transfer))
     rng = np.random.default_rng(seed)
     rng.shuffle(combos)
@@ -82,8 +84,9 @@ def _tensors(study: RFFStudy):
     sp = ds.splits["train"]
     x = torch.from_numpy(np.asarray(sp.images)).float()
     x = x[:, None] if x.dim() == 3 else x.permute(0, 3, 1, 2)
-    x = torch.nn.functional.interpolate(x, size=(study.image_size,) * 2, mode="bilinear", antialias=True,
-                                        align_corners=False)
+    x = torch.nn.functional.interpolate(
+        x, size=(study.image_size,) * 2, mode="bilinear", antialias=True, align_corners=False
+    )
     x = (x - x.mean()) / x.std().clamp(min=1e-6)
     y = torch.from_numpy(np.asarray(sp.labels).reshape(-1)).long()
     return x, y, ds.class_names
@@ -96,7 +99,7 @@ def _epoch(model, x, y, opt, gen, batch, trainable=None):
     perm = torch.randperm(len(y), generator=gen)
     loss_fn = nn.CrossEntropyLoss()
     for i in range(0, len(perm) - batch + 1, batch):  # drop the last partial batch (BatchNorm)
-        idx = perm[i:i + batch]
+        idx = perm[i : i + batch]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x[idx]), y[idx]).backward()
         opt.step()
@@ -105,7 +108,7 @@ def _epoch(model, x, y, opt, gen, batch, trainable=None):
 @torch.no_grad()
 def _accuracy(model, x, y) -> float:
     model.eval()
-    return float(sum((model(x[i:i + 256]).argmax(1) == y[i:i + 256]).sum() for i in range(0, len(y), 256)) / len(y))
+    return float(sum((model(x[i : i + 256]).argmax(1) == y[i : i + 256]).sum() for i in range(0, len(y), 256)) / len(y))
 
 
 def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: int) -> dict:
@@ -161,8 +164,15 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
     if study.max_train and len(ti) > study.max_train:
         ti = ti[torch.randperm(len(ti), generator=gt)[: study.max_train]]
     head_init = None
-    out = {"base": base, "transfer": transfer, "seed": seed, "layers": layers,
-           "base_train_images": len(by), "transfer_train_images": len(ti), "transfer_val_images": len(vi)}
+    out = {
+        "base": base,
+        "transfer": transfer,
+        "seed": seed,
+        "layers": layers,
+        "base_train_images": len(by),
+        "transfer_train_images": len(ti),
+        "transfer_val_images": len(vi),
+    }
     for name, (m, secs) in branch.items():
         reset_classifier(m, len(transfer))
         head = m.get_submodule(m.smallmed_head)
@@ -195,7 +205,9 @@ def run_rff_study(study: RFFStudy, out: str | Path, *, fresh: bool = False) -> P
 
     MODELS.get(study.model)  # a clear error before loading data
     if study.splits < 1 or not study.seeds:
-        raise SmallmedError(f"splits={study.splits}, seeds={list(study.seeds)}: expected at least one split and one seed.")
+        raise SmallmedError(
+            f"splits={study.splits}, seeds={list(study.seeds)}: expected at least one split and one seed."
+        )
     out = Path(out)
     x, y, names = _tensors(study)
     splits = class_splits(len(names), study.transfer_classes, study.splits)
@@ -239,18 +251,25 @@ def _erf_maps(study: RFFStudy, x, y, out: Path) -> None:
 
 def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[str], seconds: float) -> Path:
     pr = paired([r["acc_rff"] for r in results], [r["acc_normal"] for r in results])
-    a, b = mean_ci([r["acc_normal"] for r in results], bounds=RATE), mean_ci([r["acc_rff"] for r in results], bounds=RATE)
+    a, b = (
+        mean_ci([r["acc_normal"] for r in results], bounds=RATE),
+        mean_ci([r["acc_rff"] for r in results], bounds=RATE),
+    )
     overhead = mean_ci([r["branch_seconds_rff"] / r["branch_seconds_normal"] - 1 for r in results])
     seed_delta = SEED_DELTA.get(study.model, SEED_DELTA["resnet50"])
     cb = cluster_bootstrap([r["delta"] for r in results], [r["split"] for r in results])
     if cb["clusters"] < MIN_CLUSTERS:
         word = f"not measurable against (n too small: fewer than {MIN_CLUSTERS} class splits)"
-        delta_ci = (f"n too small ({cb['clusters']} class splits; a bootstrap over so few has almost no distinct "
-                    "resamples): no interval")
+        delta_ci = (
+            f"n too small ({cb['clusters']} class splits; a bootstrap over so few has almost no distinct "
+            "resamples): no interval"
+        )
     else:
         word = "higher than" if cb["lo"] > 0 else "lower than" if cb["hi"] < 0 else "not distinguishable from"
-        delta_ci = (f"[{cb['lo']:+.4f}, {cb['hi']:+.4f}] bootstrap over {cb['clusters']} class splits (seeds averaged "
-                    f"within each), p={cb['p']:.2g}")
+        delta_ci = (
+            f"[{cb['lo']:+.4f}, {cb['hi']:+.4f}] bootstrap over {cb['clusters']} class splits (seeds averaged "
+            f"within each), p={cb['p']:.2g}"
+        )
     lines = [
         f"# RFF transfer study (seed 001): {study.model} on {study.data}",
         "",
@@ -284,12 +303,21 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
         "|---|---|---|---|---|---|---|",
     ]
     for r in sorted(results, key=lambda r: (r["split"], r["seed"])):
-        lines.append(f"| {r['split']} | {', '.join(map(str, r['base']))} | {', '.join(map(str, r['transfer']))} | "
-                     f"{r['seed']} | {r['acc_normal']:.4f} | {r['acc_rff']:.4f} | {r['delta']:+.4f} |")
-    lines += ["", "## Effective receptive field", "",
-              "Mean |gradient| of the central unit of the last spatial layer w.r.t. real input images "
-              "(Luo et al. 2016), untrained vs after two epochs on all classes; the title gives the radius "
-              "holding half of the gradient mass.", "", "![ERF](erf.png)", ""]
+        lines.append(
+            f"| {r['split']} | {', '.join(map(str, r['base']))} | {', '.join(map(str, r['transfer']))} | "
+            f"{r['seed']} | {r['acc_normal']:.4f} | {r['acc_rff']:.4f} | {r['delta']:+.4f} |"
+        )
+    lines += [
+        "",
+        "## Effective receptive field",
+        "",
+        "Mean |gradient| of the central unit of the last spatial layer w.r.t. real input images "
+        "(Luo et al. 2016), untrained vs after two epochs on all classes; the title gives the radius "
+        "holding half of the gradient mass.",
+        "",
+        "![ERF](erf.png)",
+        "",
+    ]
     atomic_write_text(out / "study.json", json.dumps(asdict(study), indent=1))
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
@@ -297,7 +325,13 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
 
 
 register_study(
-    "rff", summary="seed 001: receptive-field freeze, transfer to held-out classes", presets=PRESETS,
+    "rff",
+    summary="seed 001: receptive-field freeze, transfer to held-out classes",
+    presets=PRESETS,
     run=run_rff_study,
-    help={"data": "a multi-class data set (default: rsna-boneage, 5 age groups)", "splits": "number of class splits",
-          "base_epochs": "n: base epochs before the branch epoch n+1"})
+    help={
+        "data": "a multi-class data set (default: rsna-boneage, 5 age groups)",
+        "splits": "number of class splits",
+        "base_epochs": "n: base epochs before the branch epoch n+1",
+    },
+)

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path

@@ -38,9 +38,7 @@ def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
 def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
     """Refuse (or with ``fresh`` start over) when ``out`` holds a study run with other settings; then
     record this invocation's settings in ``out/study.json``."""
-    from ..io import atomic_write_text
-
-    from ..io import check_out_dir
+    from ..io import atomic_write_text, check_out_dir
 
     out = check_out_dir(out)
     saved_path = out / "study.json"
@@ -57,8 +55,10 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
         saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diffs = _diff(saved, now, GRID_FIELDS)
         if diffs:
-            raise SmallmedError(f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "
-                                "saved settings, choose another --out, or pass --fresh to start over.")
+            raise SmallmedError(
+                f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "
+                "saved settings, choose another --out, or pass --fresh to start over."
+            )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_path, json.dumps(now, indent=2) + "\n")
 
@@ -82,5 +82,7 @@ def check_cell(cfg_dict: dict) -> None:
     idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
     diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
     if diffs:
-        raise SmallmedError(f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
-                            f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out.")
+        raise SmallmedError(
+            f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out."
+        )

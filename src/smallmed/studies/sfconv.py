@@ -20,8 +20,8 @@ import numpy as np
 
 from ..config import APPLIES, TrainConfig
 from ..errors import SmallmedError
-from .base import register_study
 from ..io import atomic_write_csv, atomic_write_text
+from .base import register_study
 from .runner import run_grid
 from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
@@ -36,9 +36,12 @@ VARIANTS = {
 }
 SEED_DICE = {"conv": 0.7476, "sfconv": 0.7652, "dpc": 0.7738, "fconvsn": 0.7503, "fconv": 0.6770, "sfconv-nokl": 0.7327}
 SEED_TABLE = {  # seed 004 table 1 (IDRiD, ResNet-type): params (M), FPS, FLOPs (G), accuracy
-    "conv": (11.22, 222.23, 43.03, 0.8058), "fconv": (2.78, 38.12, 3.07, 0.7670),
-    "fconvsn": (0.40, 84.67, 2.78, 0.7961), "dpc": (1.48, 204.27, 105.11, 0.8155),
-    "sfconv-nokl": (0.27, 159.72, 20.08, 0.7379), "sfconv": (0.27, 158.15, 20.08, 0.8582),
+    "conv": (11.22, 222.23, 43.03, 0.8058),
+    "fconv": (2.78, 38.12, 3.07, 0.7670),
+    "fconvsn": (0.40, 84.67, 2.78, 0.7961),
+    "dpc": (1.48, 204.27, 105.11, 0.8155),
+    "sfconv-nokl": (0.27, 159.72, 20.08, 0.7379),
+    "sfconv": (0.27, 158.15, 20.08, 0.8582),
 }
 
 
@@ -60,8 +63,9 @@ class SFConvStudy:
 PRESETS = {
     "quick": SFConvStudy(),  # ResNet-18 (3x3 stride-1 stem) at 28 px from scratch: ~25 min on 2 CPU cores
     # lung segmentation: U-Net on the 451 COVID-era chest X-rays with lung masks, 64 px, patient-level split
-    "seg": SFConvStudy(data="covid-lungseg", model="unet", image_size=64, seeds=(0, 1), epochs=8, batch_size=16,
-                       lr=3e-3),
+    "seg": SFConvStudy(
+        data="covid-lungseg", model="unet", image_size=64, seeds=(0, 1), epochs=8, batch_size=16, lr=3e-3
+    ),
     "paper": SFConvStudy(image_size=224, epochs=50, seeds=(0, 1, 2, 3, 4)),  # a GPU
 }
 
@@ -79,14 +83,28 @@ def cells(study: SFConvStudy, out: Path) -> list[TrainConfig]:
         if "kl_weight" in over:
             over["kl_weight"] = study.kl_weight
         for seed in study.seeds:
-            grid.append(TrainConfig(data=study.data, data_dir=study.data_dir, model=study.model,
-                                    image_size=study.image_size, epochs=study.epochs, batch_size=study.batch_size,
-                                    augment="flip", seed=seed, progress=False, lr=study.lr,
-                                    out=str(out / "runs" / v / f"s{seed}"), **over))
+            grid.append(
+                TrainConfig(
+                    data=study.data,
+                    data_dir=study.data_dir,
+                    model=study.model,
+                    image_size=study.image_size,
+                    epochs=study.epochs,
+                    batch_size=study.batch_size,
+                    augment="flip",
+                    seed=seed,
+                    progress=False,
+                    lr=study.lr,
+                    out=str(out / "runs" / v / f"s{seed}"),
+                    **over,
+                )
+            )
     return grid
 
 
-def run_sfconv_study(study: SFConvStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False) -> Path:
+def run_sfconv_study(
+    study: SFConvStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False
+) -> Path:
     out = Path(out)
     if "conv" not in study.variants:
         raise SmallmedError("the SFConv study compares against plain 'conv': include it in --variants.")
@@ -154,11 +172,22 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     from ..report.plots import _save, plt
 
     seg = results[0].get("task") == "segmentation"
-    q1, q2, q1_name, q2_name = ("dice", "iou", "test Dice", "test IoU") if seg else ("acc", "auc", "test accuracy", "mean AUC")
+    q1, q2, q1_name, q2_name = (
+        ("dice", "iou", "test Dice", "test IoU") if seg else ("acc", "auc", "test accuracy", "mean AUC")
+    )
     rows = []
     for cfg, m in zip(grid, results):
-        rows.append({"variant": Path(cfg.out).parent.name, "seed": cfg.seed, q1: m["test"][q1], q2: m["test"][q2],
-                     "params": m["total_params"], "seconds": m["wall_seconds"], "run": cfg.out})
+        rows.append(
+            {
+                "variant": Path(cfg.out).parent.name,
+                "seed": cfg.seed,
+                q1: m["test"][q1],
+                q2: m["test"][q2],
+                "params": m["total_params"],
+                "seconds": m["wall_seconds"],
+                "run": cfg.out,
+            }
+        )
     atomic_write_csv(out / "results.csv", rows)
     costs = variant_costs(study, grid)
     atomic_write_text(out / "costs.json", json.dumps(costs, indent=1))
@@ -193,28 +222,40 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
             pr2 = paired([r[q2] for r in vr], [base_q2[r["seed"]] for r in vr])
             cmp += f"; {q2}: " + fmt_paired(pr2, wins=False)
             if not seg:
-                boot, dl = compare_runs({r["seed"]: r["run"] for r in vr},
-                                        {r["seed"]: r["run"] for r in rows if r["variant"] == "conv"})
+                boot, dl = compare_runs(
+                    {r["seed"]: r["run"] for r in vr}, {r["seed"]: r["run"] for r in rows if r["variant"] == "conv"}
+                )
                 if boot:
                     cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
         seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
-        lines.append(f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
-                     f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |")
+        lines.append(
+            f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
+            f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |"
+        )
     lines.append("")
     if "sfconv" in verdict and "sfconv-nokl" in study.variants:
-        kl = paired([r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
-                    [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])])
+        kl = paired(
+            [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
+            [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])],
+        )
         sf, cv = verdict["sfconv"], costs["sfconv"]
-        lines += ["## Verdict on the seed's claims", "",
-                  f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
-                  f"p={kl['p_t']:.2g} -> {direction(kl, 'yes', 'no', 'not shown')} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
-                  f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
-                  f"{direction(sf, 'better', 'worse', 'not distinguishable')} here, with "
-                  f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
-                  f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).", ""]
+        lines += [
+            "## Verdict on the seed's claims",
+            "",
+            f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
+            f"p={kl['p_t']:.2g} -> {direction(kl, 'yes', 'no', 'not shown')} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
+            f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
+            f"{direction(sf, 'better', 'worse', 'not distinguishable')} here, with "
+            f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
+            f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).",
+            "",
+        ]
     # singular values with and without KL
-    spectra = {v: factor_spectra(next(c.out for c in grid if Path(c.out).parent.name == v and c.seed == study.seeds[0]))
-               for v in ("sfconv", "sfconv-nokl") if v in study.variants}
+    spectra = {
+        v: factor_spectra(next(c.out for c in grid if Path(c.out).parent.name == v and c.seed == study.seeds[0]))
+        for v in ("sfconv", "sfconv-nokl")
+        if v in study.variants
+    }
     if spectra:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
         for v, s in spectra.items():
@@ -233,11 +274,17 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         ds = load_dataset(study.data, data_dir=study.data_dir)
     st = intensity_stats(ds.splits["train"].images)
     ref = natural_reference()
-    lines += ["## Intensity statistics (seed 004 figure 1)", "",
-              "| images | skewness | excess kurtosis |", "|---|---|---|",
-              f"| {study.data} (train) | {st['skewness']:.3f} | {st['kurtosis']:.3f} |"]
+    lines += [
+        "## Intensity statistics (seed 004 figure 1)",
+        "",
+        "| images | skewness | excess kurtosis |",
+        "|---|---|---|",
+        f"| {study.data} (train) | {st['skewness']:.3f} | {st['kurtosis']:.3f} |",
+    ]
     if ref:
-        lines.append(f"| natural photos (scikit-image camera, astronaut, coffee, chelsea) | {ref['skewness']:.3f} | {ref['kurtosis']:.3f} |")
+        lines.append(
+            f"| natural photos (scikit-image camera, astronaut, coffee, chelsea) | {ref['skewness']:.3f} | {ref['kurtosis']:.3f} |"
+        )
     else:
         lines.append("| natural photos | (install scikit-image for the reference) | |")
     lines.append("")
@@ -247,9 +294,14 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     return report
 
 
-
 register_study(
-    "sfconv", summary="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds", presets=PRESETS,
-    run=run_sfconv_study, parallel=True,
-    help={"data": "default: retinamnist (seg preset: covid-lungseg)",
-          "variants": "subset of conv fconv fconvsn dpc sfconv-nokl sfconv"})
+    "sfconv",
+    summary="seed 004: conv / sfconv (+-KL) / fconv / fconvsn / dpc x seeds",
+    presets=PRESETS,
+    run=run_sfconv_study,
+    parallel=True,
+    help={
+        "data": "default: retinamnist (seg preset: covid-lungseg)",
+        "variants": "subset of conv fconv fconvsn dpc sfconv-nokl sfconv",
+    },
+)

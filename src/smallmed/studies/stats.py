@@ -7,7 +7,6 @@ import math
 import numpy as np
 from scipy import stats
 
-
 MIN_SEEDS = 3  # fewer replicates: no t-interval and no p-value is printed (compare paired over test images)
 
 
@@ -51,7 +50,9 @@ def fmt_ci(c: dict) -> str:
 def fmt_paired(pr: dict, wins: bool = True) -> str:
     """``+d [lo, hi] p=... (wins/n)`` of a :func:`paired` result; no interval or p with fewer than 3 pairs."""
     if pr["n"] < MIN_SEEDS:
-        return f"{pr['mean']:+.4f} (n={pr['n']}: too few for an interval or p)" + (f" ({pr['wins']}/{pr['n']})" if wins else "")
+        return f"{pr['mean']:+.4f} (n={pr['n']}: too few for an interval or p)" + (
+            f" ({pr['wins']}/{pr['n']})" if wins else ""
+        )
     s = f"{pr['mean']:+.4f} [{pr['lo']:+.4f}, {pr['hi']:+.4f}] p={pr['p_t']:.2g}"
     return s + (f" ({pr['wins']}/{pr['n']})" if wins else "")
 
@@ -149,8 +150,16 @@ def paired_bootstrap(y_true, scores_a, scores_b, *, n: int = 2000, level: float 
     d = np.asarray(draws)
     lo, hi = np.percentile(d, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     p = min(1.0, 2 * max(min((d <= 0).mean(), (d >= 0).mean()), 1 / len(d))) if np.any(d != 0) else 1.0
-    return {"diff": observed, "lo": float(max(lo, -1.0)), "hi": float(min(hi, 1.0)), "p": float(p),
-            "se": float(d.std(ddof=1)), "seeds": len(a), "images": int(len(y)), "resamples": int(len(d))}
+    return {
+        "diff": observed,
+        "lo": float(max(lo, -1.0)),
+        "hi": float(min(hi, 1.0)),
+        "p": float(p),
+        "se": float(d.std(ddof=1)),
+        "seeds": len(a),
+        "images": int(len(y)),
+        "resamples": int(len(d)),
+    }
 
 
 def fmt_bootstrap(b: dict) -> str:
@@ -176,8 +185,16 @@ def read_test_scores(run_dir) -> tuple[np.ndarray, np.ndarray]:
 MIN_CLUSTERS = 5  # a bootstrap over 3 or 4 clusters has 10 or 35 distinct resamples: far too narrow an interval
 
 
-def cluster_bootstrap(values, clusters, *, n: int = 2000, level: float = 0.95, seed: int = 0,
-                      bounds: tuple[float, float] | None = (-1.0, 1.0), min_clusters: int = MIN_CLUSTERS) -> dict:
+def cluster_bootstrap(
+    values,
+    clusters,
+    *,
+    n: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+    bounds: tuple[float, float] | None = (-1.0, 1.0),
+    min_clusters: int = MIN_CLUSTERS,
+) -> dict:
     """Mean of ``values`` with a bootstrap interval that resamples whole ``clusters`` (e.g. class splits,
     the seeds within one averaged), so cells of one cluster are not counted as independent.
 
@@ -194,8 +211,14 @@ def cluster_bootstrap(values, clusters, *, n: int = 2000, level: float = 0.95, s
     c = np.asarray([str(x) for x in clusters])
     keys = sorted(set(c))
     means = np.array([v[c == k].mean() for k in keys])
-    out = {"mean": float(means.mean()), "clusters": len(keys), "cells": int(len(v)),
-           "lo": float("nan"), "hi": float("nan"), "p": float("nan")}
+    out = {
+        "mean": float(means.mean()),
+        "clusters": len(keys),
+        "cells": int(len(v)),
+        "lo": float("nan"),
+        "hi": float("nan"),
+        "p": float("nan"),
+    }
     if len(keys) < min_clusters:
         return out
     rng = np.random.default_rng(seed)

@@ -16,14 +16,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import TrainConfig
-from ..errors import SmallmedError
-from .base import register_study
-from ..io import atomic_write_csv, atomic_write_text
-from ..methods import get_method
-from .runner import run_cell, run_grid
 import numpy as np
 
+from ..config import TrainConfig
+from ..errors import SmallmedError
+from ..io import atomic_write_csv, atomic_write_text
+from ..methods import get_method
+from .base import register_study
+from .runner import run_cell, run_grid
 from .stats import RATE, fmt_ci, mean_ci
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,9 @@ class SVDStudy:
     augment: str = "seed000"
     lora_rank: int | None = None  # None: each LoRA-family method's own default
     weights: str | None = None
-    source_data: str = "auto"  # auto: ChestMNIST (NIH ChestX-ray14) where present or downloadable, else RSNA bone-age hands
+    source_data: str = (
+        "auto"  # auto: ChestMNIST (NIH ChestX-ray14) where present or downloadable, else RSNA bone-age hands
+    )
     source_fraction: float = 1.0  # of the source's training split (auto sets it per source, see SOURCES)
     source_epochs: int = 6  # the most; the source stops after source_early_stop epochs without improvement
     source_early_stop: int = 2
@@ -91,13 +93,26 @@ PRESETS = {
     # the seed paper's CovidAID setting: the 575 COVID-era chest X-rays at native 224 px, patient-level
     # split, COVID-19 vs other findings; the source is pretrained on bone-age hands at 64 px
     # (224 px pretraining on 12.6k images is hours on a CPU).
-    "covid": SVDStudy(data="covid-ieee8023", image_size=224,
-                      methods=("fc-train", "bitfit", "lora", "full", "full-out-svd", "full-svd", "sp-svd-9"),
-                      fractions=(1, 1 / 4), seeds=(0, 1, 2), epochs=12, source_image_size=64),
+    "covid": SVDStudy(
+        data="covid-ieee8023",
+        image_size=224,
+        methods=("fc-train", "bitfit", "lora", "full", "full-out-svd", "full-svd", "sp-svd-9"),
+        fractions=(1, 1 / 4),
+        seeds=(0, 1, 2),
+        epochs=12,
+        source_image_size=64,
+    ),
     # the seed's protocol, for a GPU: 224 px, fractions 1..1/8, 5 seeds (pass --weights for a chest X-ray
     # source, e.g. xrv:densenet121-res224-nih)
-    "paper": SVDStudy(model="densenet121", image_size=224, fractions=(1, 1 / 2, 1 / 4, 1 / 8), seeds=(0, 1, 2, 3, 4),
-                      epochs=30, early_stop=5, source_epochs=20),
+    "paper": SVDStudy(
+        model="densenet121",
+        image_size=224,
+        fractions=(1, 1 / 2, 1 / 4, 1 / 8),
+        seeds=(0, 1, 2, 3, 4),
+        epochs=30,
+        early_stop=5,
+        source_epochs=20,
+    ),
 }
 
 
@@ -139,7 +154,9 @@ def resolve_source(study: SVDStudy, *, download: bool = True) -> SVDStudy:
             from ..hub import offline
 
             if not offline():
-                print("source: ChestMNIST (NIH ChestX-ray14) not found locally; trying the official download (MD5-checked)...")
+                print(
+                    "source: ChestMNIST (NIH ChestX-ray14) not found locally; trying the official download (MD5-checked)..."
+                )
             fetch(chest[0])
             return dataclasses.replace(study, source_data=chest[0], source_fraction=chest[1])
         except SmallmedError as e:
@@ -149,16 +166,28 @@ def resolve_source(study: SVDStudy, *, download: bool = True) -> SVDStudy:
             return dataclasses.replace(study, source_data=bone[0], source_fraction=bone[1])
         except SmallmedError as e:
             tried.append(str(e))
-    raise SmallmedError("no source data for the pretraining: " + " ".join(tried)
-                        + " Run `smallmed data fetch chestmnist_64` where online, or pass --weights.")
+    raise SmallmedError(
+        "no source data for the pretraining: "
+        + " ".join(tried)
+        + " Run `smallmed data fetch chestmnist_64` where online, or pass --weights."
+    )
 
 
 def source_config(study: SVDStudy, out: Path | None = None) -> TrainConfig:
     """The source pretraining run (its folder: ``out`` or the shared cache, :func:`source_dir`)."""
-    cfg = TrainConfig(data=study.source_data, data_dir=study.data_dir, model=study.model,
-                      image_size=study.source_image_size or study.image_size, epochs=study.source_epochs,
-                      early_stop=study.source_early_stop, fraction=study.source_fraction, batch_size=64,
-                      augment="flip", seed=0, progress=False)
+    cfg = TrainConfig(
+        data=study.source_data,
+        data_dir=study.data_dir,
+        model=study.model,
+        image_size=study.source_image_size or study.image_size,
+        epochs=study.source_epochs,
+        early_stop=study.source_early_stop,
+        fraction=study.source_fraction,
+        batch_size=64,
+        augment="flip",
+        seed=0,
+        progress=False,
+    )
     return cfg.with_overrides(out=str(out if out is not None else source_dir(study, cfg)))
 
 
@@ -187,23 +216,49 @@ def cells(study: SVDStudy, out: Path, weights: str) -> list[TrainConfig]:
     for frac in study.fractions:
         for method in study.methods:
             for seed in study.seeds:
-                extra = {"lora_rank": study.lora_rank} if study.lora_rank and "lora_rank" in get_method(method).uses else {}
-                grid.append(TrainConfig.for_method(
-                    method, data=study.data, data_dir=study.data_dir, model=study.model, weights=weights,
-                    image_size=study.image_size, epochs=study.epochs, early_stop=study.early_stop, fraction=frac,
-                    seed=seed, augment=study.augment, progress=False,
-                    out=str(out / "runs" / f"f{_frac_name(frac)}" / method / f"s{seed}"), **extra))
+                extra = (
+                    {"lora_rank": study.lora_rank} if study.lora_rank and "lora_rank" in get_method(method).uses else {}
+                )
+                grid.append(
+                    TrainConfig.for_method(
+                        method,
+                        data=study.data,
+                        data_dir=study.data_dir,
+                        model=study.model,
+                        weights=weights,
+                        image_size=study.image_size,
+                        epochs=study.epochs,
+                        early_stop=study.early_stop,
+                        fraction=frac,
+                        seed=seed,
+                        augment=study.augment,
+                        progress=False,
+                        out=str(out / "runs" / f"f{_frac_name(frac)}" / method / f"s{seed}"),
+                        **extra,
+                    )
+                )
     return grid
 
 
-def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend: str = "process", fresh: bool = False,
-                  bar: bool = False) -> Path:
+def run_svd_study(
+    study: SVDStudy,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    backend: str = "process",
+    fresh: bool = False,
+    bar: bool = False,
+) -> Path:
     """Run (or resume) the study and write ``out/report.md``; returns its path."""
     out = Path(out)
     if "full" not in study.methods:
         raise SmallmedError("the SVD study compares against 'full': include it in --methods.")
-    if study.weights is not None and not Path(study.weights).exists() and ":" not in study.weights \
-            and study.weights != "imagenet":
+    if (
+        study.weights is not None
+        and not Path(study.weights).exists()
+        and ":" not in study.weights
+        and study.weights != "imagenet"
+    ):
         raise SmallmedError(f"--weights {study.weights}: file not found.")
     t0 = time.time()
     from ..data import resolve_data
@@ -224,9 +279,14 @@ def run_svd_study(study: SVDStudy, out: str | Path, *, workers: int = 1, backend
         grid = cells(study, out, weights)
     if src is not None:
         done = (Path(src.out) / "metrics.json").exists()
-        log.info("source model %s: %s", src.out, "cached" if done else
-                 f"pretraining on {study.source_data} (at most {study.source_epochs} epochs, early stop "
-                 f"{study.source_early_stop})")
+        log.info(
+            "source model %s: %s",
+            src.out,
+            "cached"
+            if done
+            else f"pretraining on {study.source_data} (at most {study.source_epochs} epochs, early stop "
+            f"{study.source_early_stop})",
+        )
         if bar and not done:
             print(f"pretraining the source model on {study.source_data} once (cached in {src.out})")
         from .runner import quiet_console
@@ -243,13 +303,28 @@ def _rows(grid, results) -> list[dict]:
     for cfg, m in zip(grid, results):
         t = m["test"]
         op = t.get("operating_point") or {}
-        rows.append({"fraction": cfg.fraction, "method": cfg.method, "seed": cfg.seed, "train_images": m["train_images"],
-                     "auc": t["auc"], "acc": t["acc"], "tpr_at_fpr": t["tpr_at_fpr"],
-                     "sensitivity": _num(op.get("sensitivity")), "specificity": _num(op.get("specificity")),
-                     "brier": t.get("brier", float("nan")), "ece": t.get("ece", float("nan")),
-                     "trainable_params": m["trainable_params"], "stored_bytes": m.get("stored_bytes", ""),
-                     "val_loss_variance": m["val_loss_variance"], "best_epoch": m["best_epoch"], "epochs": m["epochs"],
-                     "seconds": m["wall_seconds"], "run": cfg.out})
+        rows.append(
+            {
+                "fraction": cfg.fraction,
+                "method": cfg.method,
+                "seed": cfg.seed,
+                "train_images": m["train_images"],
+                "auc": t["auc"],
+                "acc": t["acc"],
+                "tpr_at_fpr": t["tpr_at_fpr"],
+                "sensitivity": _num(op.get("sensitivity")),
+                "specificity": _num(op.get("specificity")),
+                "brier": t.get("brier", float("nan")),
+                "ece": t.get("ece", float("nan")),
+                "trainable_params": m["trainable_params"],
+                "stored_bytes": m.get("stored_bytes", ""),
+                "val_loss_variance": m["val_loss_variance"],
+                "best_epoch": m["best_epoch"],
+                "epochs": m["epochs"],
+                "seconds": m["wall_seconds"],
+                "run": cfg.out,
+            }
+        )
     return rows
 
 
@@ -273,16 +348,24 @@ def _source_and_r(weights: str, grid, results) -> list[str]:
     src = Path(weights).parent / "metrics.json"
     if src.exists():
         m = json.loads(src.read_text())
-        lines.append(f"Source model (`{Path(weights).parent}`): {m['data']['name']}, best epoch {m['best_epoch']} of "
-                     f"{m['epochs']} (early stopping on validation loss{', still improving at the cap' if m['best_epoch'] == m['epochs'] else ''}), test AUC {m['test'].get('auc', float('nan')):.4f}, "
-                     f"accuracy {m['test'].get('acc', float('nan')):.4f}.")
+        lines.append(
+            f"Source model (`{Path(weights).parent}`): {m['data']['name']}, best epoch {m['best_epoch']} of "
+            f"{m['epochs']} (early stopping on validation loss{', still improving at the cap' if m['best_epoch'] == m['epochs'] else ''}), test AUC {m['test'].get('auc', float('nan')):.4f}, "
+            f"accuracy {m['test'].get('acc', float('nan')):.4f}."
+        )
     for frac in sorted({c.fraction for c in grid}, reverse=True):
-        rs = [(c.seed, m["r_ratio"]["mean"]) for c, m in zip(grid, results)
-              if c.fraction == frac and c.method == "full" and m.get("r_ratio") and m["r_ratio"].get("n")]
+        rs = [
+            (c.seed, m["r_ratio"]["mean"])
+            for c, m in zip(grid, results)
+            if c.fraction == frac and c.method == "full" and m.get("r_ratio") and m["r_ratio"].get("n")
+        ]
         if rs:
-            lines.append(f"R ratio of `full` (diagonal over off-diagonal energy of the tuned weights in the pretrained "
-                         f"singular bases; mean over layers) at fraction {_frac_label(frac)}: "
-                         + ", ".join(f"{r:.1f} (seed {s})" for s, r in rs) + ".")
+            lines.append(
+                f"R ratio of `full` (diagonal over off-diagonal energy of the tuned weights in the pretrained "
+                f"singular bases; mean over layers) at fraction {_frac_label(frac)}: "
+                + ", ".join(f"{r:.1f} (seed {s})" for s, r in rs)
+                + "."
+            )
     return lines + [""] if lines else []
 
 
@@ -312,8 +395,11 @@ def _compare(study, fr: list[dict], method: str, base: str) -> tuple[dict | None
     """Paired bootstrap over test images (seeds averaged) and DeLong p per seed, ``method`` - ``base``."""
     from .stats import compare_runs
 
-    return compare_runs({r["seed"]: r["run"] for r in fr if r["method"] == method},
-                        {r["seed"]: r["run"] for r in fr if r["method"] == base}, n=study.bootstrap)
+    return compare_runs(
+        {r["seed"]: r["run"] for r in fr if r["method"] == method},
+        {r["seed"]: r["run"] for r in fr if r["method"] == base},
+        n=study.bootstrap,
+    )
 
 
 def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
@@ -338,11 +424,20 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         *_source_and_r(weights, grid, results),
         f"**Convergence check:** {conv['at_cap']} of {conv['runs']} runs ({conv['share']:.0%}) had their best epoch at the "
         f"cap of {study.epochs} epochs (still improving when stopped)."
-        + (" **Warning: over a third; raise --epochs before trusting these verdicts.**" if conv["share"] > 1 / 3 else ""),
+        + (
+            " **Warning: over a third; raise --epochs before trusting these verdicts.**"
+            if conv["share"] > 1 / 3
+            else ""
+        ),
         "",
         "How to read the tables. *test AUC*: mean over seeds with its 95% t-interval (unit of replication: the seed, "
-        "clipped to [0, 1])" + (f"; with fewer than {MIN_SEEDS} seeds no t-interval is printed (n too small) and the "
-                                "bracket is the run's own bootstrap interval over test images" if nseeds < MIN_SEEDS else "")
+        "clipped to [0, 1])"
+        + (
+            f"; with fewer than {MIN_SEEDS} seeds no t-interval is printed (n too small) and the "
+            "bracket is the run's own bootstrap interval over test images"
+            if nseeds < MIN_SEEDS
+            else ""
+        )
         + f". *vs full*: AUC difference to full fine-tuning by a paired bootstrap over test images ({study.bootstrap} "
         "resamples, the same images for both methods, averaged over seeds; unit of replication: the test image), its "
         "95% interval and two-sided p; *DeLong p*: DeLong's test of the same difference, one per seed. *TPR@FPR*: read "
@@ -354,11 +449,14 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
     summary: dict = {}
     for frac in study.fractions:
         fr = [r for r in rows if r["fraction"] == frac]
-        lines += [f"## Fraction {_frac_label(frac)} ({fr[0]['train_images']} training images)", "",
-                  f"| method | test AUC | vs full (AUC) | DeLong p | TPR@FPR={fpr:g} | sens / spec | trainable | stored "
-                  f"| best epoch | {PAPER_SCALE}; here {study.model}, {study.image_size} px, {fr[0]['train_images']} "
-                  f"images, at most {study.epochs} epochs |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## Fraction {_frac_label(frac)} ({fr[0]['train_images']} training images)",
+            "",
+            f"| method | test AUC | vs full (AUC) | DeLong p | TPR@FPR={fpr:g} | sens / spec | trainable | stored "
+            f"| best epoch | {PAPER_SCALE}; here {study.model}, {study.image_size} px, {fr[0]['train_images']} "
+            f"images, at most {study.epochs} epochs |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for method in study.methods:
             mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
             if not mr:
@@ -366,7 +464,9 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
             auc = mean_ci([r["auc"] for r in mr], bounds=RATE)
             if nseeds < MIN_SEEDS:
                 ci = json.loads((Path(mr[0]["run"]) / "metrics.json").read_text())["test"].get("ci95", {}).get("auc")
-                auc_txt = f"{auc['mean']:.4f} (n too small; bootstrap [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else fmt_ci(auc)
+                auc_txt = (
+                    f"{auc['mean']:.4f} (n too small; bootstrap [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else fmt_ci(auc)
+                )
             else:
                 auc_txt = fmt_ci(auc)
             cmp_txt, dl_txt = "-", "-"
@@ -379,34 +479,56 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
             sens = np.nanmean([r["sensitivity"] for r in mr])
             spec = np.nanmean([r["specificity"] for r in mr])
             paper = SEED_AUC.get(round(frac, 6), {}).get(method)
-            best = "/".join(f"{r['best_epoch']}" + ("*" if r["best_epoch"] == r["epochs"] >= study.epochs else "")
-                            for r in mr)
-            lines.append(f"| {NAMES.get(method, method)} | {auc_txt} | {cmp_txt} | {dl_txt} | "
-                         f"{np.mean([r['tpr_at_fpr'] for r in mr]):.3f} | {sens:.3f} / {spec:.3f} | "
-                         f"{mr[0]['trainable_params']:,} | {_kb(mr[0]['stored_bytes'])} | {best} | {paper or '-'} |")
+            best = "/".join(
+                f"{r['best_epoch']}" + ("*" if r["best_epoch"] == r["epochs"] >= study.epochs else "") for r in mr
+            )
+            lines.append(
+                f"| {NAMES.get(method, method)} | {auc_txt} | {cmp_txt} | {dl_txt} | "
+                f"{np.mean([r['tpr_at_fpr'] for r in mr]):.3f} | {sens:.3f} / {spec:.3f} | "
+                f"{mr[0]['trainable_params']:,} | {_kb(mr[0]['stored_bytes'])} | {best} | {paper or '-'} |"
+            )
         lines += ["", "(best epoch per seed; * = at the cap, still improving)", ""]
     _plot(study, rows, out / "auc_vs_fraction.png")
-    lines += ["![AUC vs training fraction](auc_vs_fraction.png)", "", "## Verdict per fraction", "",
-              "Against full fine-tuning, by the paired bootstrap over test images (better / worse: the 95% interval "
-              "excludes 0):", ""]
+    lines += [
+        "![AUC vs training fraction](auc_vs_fraction.png)",
+        "",
+        "## Verdict per fraction",
+        "",
+        "Against full fine-tuning, by the paired bootstrap over test images (better / worse: the 95% interval "
+        "excludes 0):",
+        "",
+    ]
     for frac in study.fractions:
         bits = []
         for method in study.methods:
             b = summary.get((frac, method))
             if b:
                 word = "better than" if b["lo"] > 0 else "worse than" if b["hi"] < 0 else "not distinguishable from"
-                bits.append(f"{NAMES.get(method, method)} {word} full ({b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}])")
-        means = {m: np.mean([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == m]) for m in study.methods}
+                bits.append(
+                    f"{NAMES.get(method, method)} {word} full ({b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}])"
+                )
+        means = {
+            m: np.mean([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == m]) for m in study.methods
+        }
         top = max(means, key=means.get)
-        lines.append(f"- fraction {_frac_label(frac)}: highest mean AUC {NAMES.get(top, top)} ({means[top]:.4f}); "
-                     + "; ".join(bits) + ".")
-    lines += ["", "Per run: `runs/f*/METHOD/sSEED/` holds report.md (operating point, calibration), train.log, loss "
-              "curves, ROC and reliability plots, the adapter, and for SVD methods `sigma_hist.png` / "
-              "`svd_diagnostics.json`.", ""]
+        lines.append(
+            f"- fraction {_frac_label(frac)}: highest mean AUC {NAMES.get(top, top)} ({means[top]:.4f}); "
+            + "; ".join(bits)
+            + "."
+        )
+    lines += [
+        "",
+        "Per run: `runs/f*/METHOD/sSEED/` holds report.md (operating point, calibration), train.log, loss "
+        "curves, ROC and reliability plots, the adapter, and for SVD methods `sigma_hist.png` / "
+        "`svd_diagnostics.json`.",
+        "",
+    ]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
-    atomic_write_text(out / "study.json", json.dumps({k: (list(v) if isinstance(v, tuple) else v)
-                                                      for k, v in study.__dict__.items()}, indent=2))
+    atomic_write_text(
+        out / "study.json",
+        json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in study.__dict__.items()}, indent=2),
+    )
     return report
 
 
@@ -434,9 +556,15 @@ def _plot(study: SVDStudy, rows, path: Path) -> None:
 
 
 register_study(
-    "svd", summary="seed 000: fine-tuning methods x training fractions x seeds, against full fine-tuning",
-    presets=PRESETS, run=run_svd_study, parallel=True,
-    help={"data": "target data (default: the preset's; pneumoniamnist, covid-ieee8023 for 'covid')",
-          "weights": "pretrained source weights (default: pretrain on the preset's source first)",
-          "source_image_size": "image size of the source pretraining (default: --image-size)",
-          "methods": "registered methods (smallmed.methods), 'full' among them"})
+    "svd",
+    summary="seed 000: fine-tuning methods x training fractions x seeds, against full fine-tuning",
+    presets=PRESETS,
+    run=run_svd_study,
+    parallel=True,
+    help={
+        "data": "target data (default: the preset's; pneumoniamnist, covid-ieee8023 for 'covid')",
+        "weights": "pretrained source weights (default: pretrain on the preset's source first)",
+        "source_image_size": "image size of the source pretraining (default: --image-size)",
+        "methods": "registered methods (smallmed.methods), 'full' among them",
+    },
+)

@@ -8,5 +8,14 @@ from .recipe import build_model
 from .setup import prepare
 from .tasks import ClassificationTask, RegressionTask, SegmentationTask, Task
 
-__all__ = ["ClassificationTask", "RegressionTask", "SegmentationTask", "Task", "build_model", "evaluate", "fit",
-           "prepare", "resume"]
+__all__ = [
+    "ClassificationTask",
+    "RegressionTask",
+    "SegmentationTask",
+    "Task",
+    "build_model",
+    "evaluate",
+    "fit",
+    "prepare",
+    "resume",
+]

@@ -48,7 +48,7 @@ class Ensemble:
     tta: str = "none"
 
     @classmethod
-    def load(cls, run_dirs, *, tta: str = "none", device: str = "auto") -> "Ensemble":
+    def load(cls, run_dirs, *, tta: str = "none", device: str = "auto") -> Ensemble:
         from ..registry import check_choice
 
         check_choice("tta", tta, TTA)
@@ -60,12 +60,16 @@ class Ensemble:
         for d, r in zip(dirs[1:], runs[1:]):
             info = r.task.info()
             if info.get("kind") != first.get("kind") or info.get("class_names") != first.get("class_names"):
-                raise SmallmedError(f"{d}: a {info.get('kind')} run with classes {info.get('class_names')}, but {dirs[0]} "
-                                    f"is a {first.get('kind')} run with classes {first.get('class_names')}; an ensemble "
-                                    "needs runs of one task with the same classes.")
+                raise SmallmedError(
+                    f"{d}: a {info.get('kind')} run with classes {info.get('class_names')}, but {dirs[0]} "
+                    f"is a {first.get('kind')} run with classes {first.get('class_names')}; an ensemble "
+                    "needs runs of one task with the same classes."
+                )
         if runs[0].task.kind in ("segmentation", "keypoints") and tta == "flip":
-            raise SmallmedError(f"tta='flip' mirrors the image, which would swap left and right {runs[0].task.kind}; "
-                                "use tta='none' for this run.")
+            raise SmallmedError(
+                f"tta='flip' mirrors the image, which would swap left and right {runs[0].task.kind}; "
+                "use tta='none' for this run."
+            )
         return cls(runs, dirs, tta)
 
     @property
@@ -81,7 +85,9 @@ class Ensemble:
 
         outs, targets = [], None
         for run in self.runs:
-            loader = DataLoader(run.task.torch_dataset(split_for(run), run.transform()), batch_size=run.config.eval_batch_size)
+            loader = DataLoader(
+                run.task.torch_dataset(split_for(run), run.transform()), batch_size=run.config.eval_batch_size
+            )
             for view in self._views(run.model):
                 res = run_loader(view, loader, _Predict(run.task), device=next(run.model.parameters()).device)
                 outs.append(res["kept"])
@@ -126,6 +132,8 @@ def predict_images(run_dirs, images: list[str | Path], device: str = "auto", tta
     dirs = [run_dirs] if isinstance(run_dirs, (str, Path)) else list(run_dirs)
     ens = Ensemble.load(dirs, tta=tta, device=device)
     if ens.task.kind == "segmentation":
-        raise SmallmedError(f"{dirs[0]}: a segmentation run; predict writes class or score tables (masks: "
-                            "smallmed.load_run(run_dir).model).")
+        raise SmallmedError(
+            f"{dirs[0]}: a segmentation run; predict writes class or score tables (masks: "
+            "smallmed.load_run(run_dir).model)."
+        )
     return ens.predict(images)

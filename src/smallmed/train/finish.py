@@ -28,8 +28,10 @@ def finish_run(model: nn.Module, *, cfg, built, run_dir: Path, example: torch.Te
         out = dict(method.report(model, built=built, run_dir=run_dir, example=example))
         merged = method.merge(model)
         if merged is not None:
-            atomic_save({"model": merged.state_dict(), "config": cfg.to_dict(), "folded_from": cfg.method},
-                        run_dir / "folded.pt")
+            atomic_save(
+                {"model": merged.state_dict(), "config": cfg.to_dict(), "folded_from": cfg.method},
+                run_dir / "folded.pt",
+            )
         out["stored_bytes"] = _stored_bytes(model, cfg, built, run_dir)
     finally:
         model.to(device)

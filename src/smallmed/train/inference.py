@@ -43,8 +43,15 @@ class LoadedRun:
 
     def transform(self):
         m = self.meta
-        return build_transform(train=False, image_size=m["image_size"], channels=self.in_chans,
-                               normalize=m["normalize"], mean=m["mean"], std=m["std"], fit=m.get("fit", "resize"))
+        return build_transform(
+            train=False,
+            image_size=m["image_size"],
+            channels=self.in_chans,
+            normalize=m["normalize"],
+            mean=m["mean"],
+            std=m["std"],
+            fit=m.get("fit", "resize"),
+        )
 
 
 def _legacy_meta(ckpt: dict, where: Path) -> dict:
@@ -52,9 +59,12 @@ def _legacy_meta(ckpt: dict, where: Path) -> dict:
     if ckpt.get("task") == "segmentation" or "model_kwargs" not in ckpt:
         raise SmallmedError(f"{where}: written by an older smallmed without a model recipe; retrain the run.")
     kw = ckpt["model_kwargs"]
-    return {**ckpt, "recipe": {k: kw.get(k) for k in ("num_classes", "in_chans", "input_size", "stem")} |
-            ({"custom": kw["custom"]} if "custom" in kw else {}),
-            "task_info": {"kind": ckpt["task"], "class_names": ckpt["class_names"]}}
+    return {
+        **ckpt,
+        "recipe": {k: kw.get(k) for k in ("num_classes", "in_chans", "input_size", "stem")}
+        | ({"custom": kw["custom"]} if "custom" in kw else {}),
+        "task_info": {"kind": ckpt["task"], "class_names": ckpt["class_names"]},
+    }
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
@@ -79,8 +89,9 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     return LoadedRun(model, cfg, ckpt, task_from_info(ckpt["task_info"]))
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, split: str = "test", data_dir: str | None = None,
-                 device: str = "auto") -> dict:
+def evaluate_run(
+    run_dir: str | Path, data: str | None = None, split: str = "test", data_dir: str | None = None, device: str = "auto"
+) -> dict:
     """Metrics of a run's best model on a split of its own data or of another dataset with the same classes."""
     run = load_run(run_dir, device)
     cfg = run.config
@@ -109,10 +120,14 @@ def dataset_for_run(run: LoadedRun, run_dir, data: str | None = None, data_dir: 
         ds = as_regression(ds)
     if run.task.kind in ("binary", "multiclass", "multilabel", "ordinal"):
         if list(ds.class_names) != run.class_names:
-            raise SmallmedError(f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "
-                                f"({', '.join(run.class_names)}) in number or order; evaluate on data with the same classes.")
+            raise SmallmedError(
+                f"{data or cfg.data}: classes ({', '.join(ds.class_names)}) differ from the run's "
+                f"({', '.join(run.class_names)}) in number or order; evaluate on data with the same classes."
+            )
     elif getattr(ds, "task", run.task.kind) != run.task.kind:
-        raise SmallmedError(f"{data or cfg.data}: a {getattr(ds, 'task', '?')} dataset, but the run is a {run.task.kind} run.")
+        raise SmallmedError(
+            f"{data or cfg.data}: a {getattr(ds, 'task', '?')} dataset, but the run is a {run.task.kind} run."
+        )
     return ds
 
 
@@ -133,13 +148,19 @@ def _at_run_threshold(run_dir: Path, y, probs) -> dict:
     out = calibration(y, probs, int(t.get("ece_bins", 10)))
     if t.get("operating_point"):
         op = t["operating_point"]
-        out["operating_point"] = {"rule": op["rule"], "threshold": op["threshold"], "fixed_on": "the run's validation split",
-                                  **rates_at(y, probs[:, 1], op["threshold"])}
+        out["operating_point"] = {
+            "rule": op["rule"],
+            "threshold": op["threshold"],
+            "fixed_on": "the run's validation split",
+            **rates_at(y, probs[:, 1], op["threshold"]),
+        }
     elif t.get("operating_point_per_class"):
         out["operating_point_per_class"] = [
-            None if op is None else {"rule": op["rule"], "threshold": op["threshold"],
-                                     **rates_at(y == k, probs[:, k], op["threshold"])}
-            for k, op in enumerate(t["operating_point_per_class"])]
+            None
+            if op is None
+            else {"rule": op["rule"], "threshold": op["threshold"], **rates_at(y == k, probs[:, k], op["threshold"])}
+            for k, op in enumerate(t["operating_point_per_class"])
+        ]
     return out
 
 
@@ -158,8 +179,10 @@ def read_for_prediction(run: LoadedRun, images) -> tuple:
         # fit="pad": the run's transform pads the image as it is; otherwise it is read at the input side
         arrays.append(full if run.meta.get("fit") == "pad" else read_image(p, channels=chans, size=run.image_size))
     if len({a.shape for a in arrays}) > 1:
-        raise SmallmedError(f"the images have different sizes ({', '.join(sorted({str(a.shape[:2]) for a in arrays}))}); "
-                            "a padding run (fit='pad') predicts one size at a time.")
+        raise SmallmedError(
+            f"the images have different sizes ({', '.join(sorted({str(a.shape[:2]) for a in arrays}))}); "
+            "a padding run (fit='pad') predicts one size at a time."
+        )
     if run.task.kind == "keypoints":
         from ..data.keypoints import KeypointSplit
 

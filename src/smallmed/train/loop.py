@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..config import TrainConfig, dump_yaml, load_yaml
 from ..errors import NonFiniteLossError, SmallmedError
+from ..io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
 from ..metrics import loss_variance
 from ..report import plot_history, write_model_card, write_run_report
 from ..roles import head_name, unwrap
 from ..schedules import Callback, TwoStage
-from ..io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
 from .optim import build_optimizer, build_scheduler
 from .setup import Setup, prepare
 from .tasks import ClassificationTask, Task
@@ -66,8 +66,9 @@ def _cat(parts: list):
 
 
 @torch.no_grad()
-def run_loader(model: nn.Module, loader: DataLoader, task: Task, device: torch.device | None = None,
-               keep_inputs: int = 0) -> dict:
+def run_loader(
+    model: nn.Module, loader: DataLoader, task: Task, device: torch.device | None = None, keep_inputs: int = 0
+) -> dict:
     """Mean loss, what the task keeps of every batch, the targets (and the first inputs) in eval mode.
 
     Evaluation always runs in float32, also for runs trained under bf16 autocast: metrics such as
@@ -92,8 +93,14 @@ def run_loader(model: nn.Module, loader: DataLoader, task: Task, device: torch.d
     return res
 
 
-def evaluate(model: nn.Module, loader: DataLoader, task: Task | str, device: torch.device | str | None = None,
-             fprs: tuple[float, ...] = (1e-3, 1e-2), class_names: list[str] | None = None) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    task: Task | str,
+    device: torch.device | str | None = None,
+    fprs: tuple[float, ...] = (1e-3, 1e-2),
+    class_names: list[str] | None = None,
+) -> dict:
     """Loss and every metric of ``task`` for ``model`` on ``loader`` (device: the model's own by default).
 
     ``task`` is a :class:`~smallmed.train.tasks.Task` or a classification kind (``"binary"``,
@@ -115,10 +122,18 @@ def _distributed() -> tuple[bool, int, int]:
 
 
 def _prepare_run_dir(cfg: TrainConfig, resume: bool) -> Path:
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.model}-{Path(str(cfg.data)).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not resume and out.exists() and any(p.name != "train.log" for p in out.iterdir()):  # a study's log may come first
-        raise SmallmedError(f"{out}: run folder already exists and is not empty; pass --resume {out} to continue it "
-                            "or choose another --out.")
+    out = (
+        Path(cfg.out)
+        if cfg.out
+        else Path("runs") / f"{cfg.model}-{Path(str(cfg.data)).stem}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    if (
+        not resume and out.exists() and any(p.name != "train.log" for p in out.iterdir())
+    ):  # a study's log may come first
+        raise SmallmedError(
+            f"{out}: run folder already exists and is not empty; pass --resume {out} to continue it "
+            "or choose another --out."
+        )
     return out
 
 
@@ -147,8 +162,9 @@ def fit(
     return _run(copy.deepcopy(cfg), resuming=False, model=model, dataset=dataset, callbacks=callbacks)
 
 
-def resume(run_dir: str | Path, *, epochs: int | None = None,
-           callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict:
+def resume(
+    run_dir: str | Path, *, epochs: int | None = None, callbacks: list[Callback] | tuple[Callback, ...] = ()
+) -> dict:
     """Continue a run from its ``last.pt`` with the config it was started with.
 
     A finished run is left as it is (its metrics are returned) unless ``epochs`` asks for more than
@@ -171,11 +187,15 @@ def resume(run_dir: str | Path, *, epochs: int | None = None,
     finished = run_dir / "metrics.json"
     if epochs is not None and epochs != cfg.epochs:
         if epochs < cfg.epochs:
-            raise SmallmedError(f"--epochs {epochs}: the run was set up for {cfg.epochs}; a resumed run can only be "
-                                "extended, not shortened.")
+            raise SmallmedError(
+                f"--epochs {epochs}: the run was set up for {cfg.epochs}; a resumed run can only be "
+                "extended, not shortened."
+            )
         if cfg.scheduler in ("cosine", "step") and not (cfg.scheduler == "step" and cfg.step_size):
-            raise SmallmedError(f"--epochs {epochs}: the run's {cfg.scheduler} schedule depends on the total number of "
-                                "epochs, so extending it would not continue the same run; start a new run instead.")
+            raise SmallmedError(
+                f"--epochs {epochs}: the run's {cfg.scheduler} schedule depends on the total number of "
+                "epochs, so extending it would not continue the same run; start a new run instead."
+            )
         cfg.epochs = epochs
         if finished.exists():
             finished.unlink()  # it is no longer the final result; the extended run writes it again
@@ -286,12 +306,14 @@ def _batch_mix(cfg: TrainConfig, task):
     from torchvision.transforms import v2
 
     k = len(task.class_names)
-    ops = ([v2.MixUp(alpha=cfg.mixup, num_classes=k)] if cfg.mixup else []) + \
-          ([v2.CutMix(alpha=cfg.cutmix, num_classes=k)] if cfg.cutmix else [])
+    ops = ([v2.MixUp(alpha=cfg.mixup, num_classes=k)] if cfg.mixup else []) + (
+        [v2.CutMix(alpha=cfg.cutmix, num_classes=k)] if cfg.cutmix else []
+    )
     choose = ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
 
     def mix(x, y):
         return choose(x, y)
+
     return mix
 
 
@@ -306,11 +328,22 @@ def _ema(model: nn.Module, cfg: TrainConfig):
         # is not scored on weights from its first steps
         d = min(cfg.ema, (1 + int(n)) / (10 + int(n)))
         return averaged * d + current * (1 - d)
+
     return AveragedModel(model, avg_fn=avg, use_buffers=True)
 
 
-def _check_finite(value: float, what: str, epoch: int, step: int | None, history: list, resuming: bool,
-                  run_dir: Path, main: bool, device, distributed: bool) -> None:
+def _check_finite(
+    value: float,
+    what: str,
+    epoch: int,
+    step: int | None,
+    history: list,
+    resuming: bool,
+    run_dir: Path,
+    main: bool,
+    device,
+    distributed: bool,
+) -> None:
     """Stop every rank together with one sentence when a loss is not finite."""
     bad = not math.isfinite(value)
     if distributed:
@@ -323,8 +356,10 @@ def _check_finite(value: float, what: str, epoch: int, step: int | None, history
         shutil.rmtree(run_dir, ignore_errors=True)  # nothing good to keep: leave no half run
     kept = f"{run_dir / 'last.pt'} (after epoch {len(history)})" if history else "none (the run folder was removed)"
     where = f"epoch {epoch + 1}" + (f", step {step + 1}" if step is not None else "")
-    raise NonFiniteLossError(f"{what} became {value} at {where}; training stopped, last good checkpoint: {kept}. "
-                             "Lower --lr (or the regulariser's weight) or check the data.")
+    raise NonFiniteLossError(
+        f"{what} became {value} at {where}; training stopped, last good checkpoint: {kept}. "
+        "Lower --lr (or the regulariser's weight) or check the data."
+    )
 
 
 def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, rank, world, main) -> dict:
@@ -359,15 +394,22 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg.to_dict()))
     train_model: nn.Module = model
     if distributed:
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=cfg.head_epochs > 0)
+        train_model = DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.head_epochs > 0,
+        )
     val_loader = setup.loader("val", train=False)
     amp = cfg.amp and device.type == "cuda"
     check = dict(history=history, resuming=resuming, run_dir=run_dir, main=main, device=device, distributed=distributed)
     for epoch in range(start, cfg.epochs):
         if cfg.early_stop and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop:  # also on resume
-            log.info("early stop after epoch %d: %d epochs without validation-loss improvement (best epoch %d)",
-                     epoch, cfg.early_stop, best_epoch + 1)
+            log.info(
+                "early stop after epoch %d: %d epochs without validation-loss improvement (best epoch %d)",
+                epoch,
+                cfg.early_stop,
+                best_epoch + 1,
+            )
             break
         es = _epoch_seed(cfg.seed, epoch)
         seed_everything(es)
@@ -375,8 +417,9 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         train_ds = _balance(setup, setup.dataset_for("train", train=True), es)
         sampler = None
         if distributed:
-            sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed,
-                                         drop_last=True)
+            sampler = DistributedSampler(
+                train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
+            )
             sampler.set_epoch(epoch)
         train_loader = setup.loader("train", train=True, sampler=sampler, generator=gen, dataset=train_ds)
         train_model.train()
@@ -424,9 +467,15 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         lr = optimizer.param_groups[0]["lr"]
         if scheduler is not None:
             scheduler.step(val["loss"]) if on_val else scheduler.step()
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": total / max(seen, 1), "val_loss": val["loss"],
-               **{f"val_{k}": val[k] for k in task.columns}, "trainable_params": trainable,
-               "seconds": round(time.time() - t0, 3)}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": total / max(seen, 1),
+            "val_loss": val["loss"],
+            **{f"val_{k}": val[k] for k in task.columns},
+            "trainable_params": trainable,
+            "seconds": round(time.time() - t0, 3),
+        }
         if ema is not None:  # the raw weights' validation loss beside the average's
             row["val_loss_raw"] = evaluate(model, val_loader, task)["loss"]
         if cfg.kl_weight or cfg.fd_weight:
@@ -436,19 +485,42 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         improved = val["loss"] < best_loss or cfg.select_epoch == "last"
         if improved:
             best_loss, best_epoch = val["loss"], epoch
-        log.info("epoch %d/%d  train loss %.4f  val loss %.4f  val %s %.4f  %.1fs%s", epoch + 1, cfg.epochs,
-                 row["train_loss"], val["loss"], task.headline, val.get(task.headline, float("nan")), row["seconds"],
-                 "  *best" if improved else "")
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %.4f  val %s %.4f  %.1fs%s",
+            epoch + 1,
+            cfg.epochs,
+            row["train_loss"],
+            val["loss"],
+            task.headline,
+            val.get(task.headline, float("nan")),
+            row["seconds"],
+            "  *best" if improved else "",
+        )
         if main:
             if improved:
-                atomic_save({"model": evaluated.state_dict(), "epoch": epoch, "val_loss": best_loss,
-                             "weights": "ema" if ema is not None else "raw", **setup.checkpoint_meta()}, best_path)
-            atomic_save({
-                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "epoch": epoch, "history": history, "best_val_loss": best_loss, "best_epoch": best_epoch,
-            }, last_path)
+                atomic_save(
+                    {
+                        "model": evaluated.state_dict(),
+                        "epoch": epoch,
+                        "val_loss": best_loss,
+                        "weights": "ema" if ema is not None else "raw",
+                        **setup.checkpoint_meta(),
+                    },
+                    best_path,
+                )
+            atomic_save(
+                {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                    "epoch": epoch,
+                    "history": history,
+                    "best_val_loss": best_loss,
+                    "best_epoch": best_epoch,
+                },
+                last_path,
+            )
             atomic_write_csv(run_dir / "history.csv", history)
         for cb in callbacks:  # optional hook: callbacks written before it existed have none
             if hasattr(cb, "on_epoch_end"):
@@ -472,8 +544,11 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
     if getattr(task, "wants_val", False):  # operating threshold and calibration are fitted on validation only
         v = run_loader(model, setup.loader("val", train=False), task, setup.device)
         val = (v["kept"], v["targets"])
-    test.update(task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val,
-                            figures=cfg.figures))
+    test.update(
+        task.finish(
+            run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val, figures=cfg.figures
+        )
+    )
     best = history[best_epoch]
     metrics = {
         "task": task.kind,
@@ -488,9 +563,16 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
         "train_images": int(len(setup.train_idx)),
         "wall_seconds": round(sum(r["seconds"] for r in history), 2),
         "device": str(setup.device),
-        "data": {"name": ds.name, "source": ds.source, "task": task.kind,
-                 "classes": list(getattr(ds, "class_names", [])), "image_size": setup.image_size,
-                 "normalize": setup.normalize, "split": ds.info.get("split"), "counts": _split_counts(setup)},
+        "data": {
+            "name": ds.name,
+            "source": ds.source,
+            "task": task.kind,
+            "classes": list(getattr(ds, "class_names", [])),
+            "image_size": setup.image_size,
+            "normalize": setup.normalize,
+            "split": ds.info.get("split"),
+            "counts": _split_counts(setup),
+        },
         "versions": {"torch": torch.__version__},
         "method": cfg.method,
     }
@@ -499,8 +581,12 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
     example = next(iter(test_loader))[0]
     metrics.update(finish_run(model, cfg=cfg, built=setup.built, run_dir=run_dir, example=example))
     if cfg.figures:
-        plot_history(history, run_dir / "loss_curves.png", best_epoch=best_epoch + 1,
-                     title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)")
+        plot_history(
+            history,
+            run_dir / "loss_curves.png",
+            best_epoch=best_epoch + 1,
+            title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)",
+        )
     atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
     write_run_report(run_dir)
     write_model_card(run_dir)

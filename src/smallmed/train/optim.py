@@ -28,14 +28,16 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
     groups: dict[str, list] = {}
     for name, p in model.named_parameters():
         groups.setdefault(roles.get(name, "weight"), []).append(p)
-    return [{"name": k, "params": v, "weight_decay": 0.0 if k in NO_DECAY else weight_decay}
-            for k, v in groups.items()]
+    return [{"name": k, "params": v, "weight_decay": 0.0 if k in NO_DECAY else weight_decay} for k, v in groups.items()]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
-    sizes = ", ".join(f"{g['name']} {sum(p.numel() for p in g['params'] if p.requires_grad):,}"
-                      f"/{sum(p.numel() for p in g['params']):,}" for g in groups)
+    sizes = ", ".join(
+        f"{g['name']} {sum(p.numel() for p in g['params'] if p.requires_grad):,}"
+        f"/{sum(p.numel() for p in g['params']):,}"
+        for g in groups
+    )
     log.info("optimizer %s lr %g, groups (trainable/all): %s", cfg.optimizer, cfg.lr, sizes)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -46,7 +48,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):
     """Returns a scheduler and whether it steps on the validation loss."""
     if cfg.scheduler == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.factor, patience=cfg.patience), True
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.factor, patience=cfg.patience
+        ), True
     if cfg.scheduler == "step":
         step = cfg.step_size or max(1, cfg.epochs // 2)
         return torch.optim.lr_scheduler.StepLR(opt, step_size=step, gamma=cfg.factor), False

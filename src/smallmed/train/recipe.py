@@ -33,8 +33,17 @@ class Built:
     base_hash: str | None = None  # fingerprint of the weights the method starts from (smallmed.adapters)
 
 
-def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size: int | None, stem: str | None = None,
-                pretrained: bool = True, model: nn.Module | None = None, custom: str | None = None) -> Built:
+def build_model(
+    cfg: TrainConfig,
+    *,
+    num_classes: int,
+    in_chans: int,
+    input_size: int | None,
+    stem: str | None = None,
+    pretrained: bool = True,
+    model: nn.Module | None = None,
+    custom: str | None = None,
+) -> Built:
     """Create (or take) the model, factorize its convs, apply the fine-tuning method.
 
     Args:
@@ -54,15 +63,31 @@ def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size
         entry = model_entry(cfg.model)
         named = pretrained and bool(cfg.weights) and cfg.weights in (entry.pretrained or {})
         torch.manual_seed(cfg.seed)  # the initial weights depend on the seed only
-        model = create_model(cfg.model, num_classes, in_chans=in_chans, norm=cfg.norm, input_size=input_size,
-                             stem=stem or cfg.stem, weights=cfg.weights if pretrained else None)
-        recipe = {"num_classes": num_classes, "in_chans": in_chans, "input_size": input_size,
-                  "stem": model.smallmed_stem}  # resolved from "auto": a reload builds the same layers
+        model = create_model(
+            cfg.model,
+            num_classes,
+            in_chans=in_chans,
+            norm=cfg.norm,
+            input_size=input_size,
+            stem=stem or cfg.stem,
+            weights=cfg.weights if pretrained else None,
+        )
+        recipe = {
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "input_size": input_size,
+            "stem": model.smallmed_stem,
+        }  # resolved from "auto": a reload builds the same layers
         if model.smallmed_load_report is not None:
             log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
     else:
-        recipe = {"num_classes": num_classes, "in_chans": in_chans, "input_size": input_size, "stem": None,
-                  "custom": custom or type(model).__name__}
+        recipe = {
+            "num_classes": num_classes,
+            "in_chans": in_chans,
+            "input_size": input_size,
+            "stem": None,
+            "custom": custom or type(model).__name__,
+        }
     fcfg = cfg.factorize
     if fcfg is not None:
         from ..reparam.factorized import factorize
@@ -86,10 +111,17 @@ def build_model(cfg: TrainConfig, *, num_classes: int, in_chans: int, input_size
 def rebuild(cfg: TrainConfig, recipe: dict, state: dict, *, where: str = "checkpoint") -> nn.Module:
     """A run's model from its recipe and state dict (strict key and shape check)."""
     if recipe.get("custom"):
-        raise SmallmedError(f"{where}: trained with a custom model ({recipe['custom']}); rebuild it and load the "
-                            "state dict yourself.")
-    built = build_model(cfg, num_classes=recipe["num_classes"], in_chans=recipe["in_chans"],
-                        input_size=recipe["input_size"], stem=recipe.get("stem"), pretrained=False)
+        raise SmallmedError(
+            f"{where}: trained with a custom model ({recipe['custom']}); rebuild it and load the state dict yourself."
+        )
+    built = build_model(
+        cfg,
+        num_classes=recipe["num_classes"],
+        in_chans=recipe["in_chans"],
+        input_size=recipe["input_size"],
+        stem=recipe.get("stem"),
+        pretrained=False,
+    )
     try:
         built.model.load_state_dict(state)
     except RuntimeError as e:

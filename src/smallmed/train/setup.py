@@ -42,9 +42,16 @@ class Setup:
         return self.built.model
 
     def transform(self, train: bool):
-        return build_transform(train=train, image_size=self.image_size, channels=self.in_chans,
-                               augment=self.cfg.augment, normalize=self.normalize, mean=self.mean, std=self.std,
-                               fit=self.cfg.fit)
+        return build_transform(
+            train=train,
+            image_size=self.image_size,
+            channels=self.in_chans,
+            augment=self.cfg.augment,
+            normalize=self.normalize,
+            mean=self.mean,
+            std=self.std,
+            fit=self.cfg.fit,
+        )
 
     @functools.cached_property
     def train_split(self):
@@ -71,10 +78,17 @@ class Setup:
 
     def checkpoint_meta(self) -> dict:
         """What ``best.pt`` records beside the weights so that any command can rebuild and use the model."""
-        return {"config": self.cfg.to_dict(), "recipe": self.built.recipe, "task_info": self.task.info(),
-                "image_size": self.image_size, "normalize": self.normalize, "fit": self.cfg.fit,
-                "mean": list(self.mean) if self.mean else None, "std": list(self.std) if self.std else None,
-                "base_hash": self.built.base_hash}
+        return {
+            "config": self.cfg.to_dict(),
+            "recipe": self.built.recipe,
+            "task_info": self.task.info(),
+            "image_size": self.image_size,
+            "normalize": self.normalize,
+            "fit": self.cfg.fit,
+            "mean": list(self.mean) if self.mean else None,
+            "std": list(self.std) if self.std else None,
+            "base_hash": self.built.base_hash,
+        }
 
 
 def _labels(split) -> np.ndarray:
@@ -124,30 +138,47 @@ def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
     """Refuse, in one sentence, an option that does not apply to this task (never drop it silently)."""
     kind = task.kind
     if model_task == "segmentation" and kind not in ("segmentation", "keypoints"):
-        raise SmallmedError(f"model={cfg.model!r} is a segmentation model but data={cfg.data!r} holds labelled images; "
-                            "give image + mask data, or a classification model.")
+        raise SmallmedError(
+            f"model={cfg.model!r} is a segmentation model but data={cfg.data!r} holds labelled images; "
+            "give image + mask data, or a classification model."
+        )
     if model_task not in (None, "segmentation") and kind in ("segmentation", "keypoints"):
-        raise SmallmedError(f"data={cfg.data!r} holds image + mask pairs but model={cfg.model!r} is a classifier; "
-                            "use --model unet.")
+        raise SmallmedError(
+            f"data={cfg.data!r} holds image + mask pairs but model={cfg.model!r} is a classifier; use --model unet."
+        )
     if kind in ("segmentation", "keypoints") and (cfg.rff_epochs or cfg.rff_alternate):
-        raise SmallmedError("rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
-                            "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options.")
+        raise SmallmedError(
+            "rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
+            "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options."
+        )
     if cfg.loss != "auto" and kind != "regression":
-        raise SmallmedError(f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed.")
+        raise SmallmedError(
+            f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed."
+        )
     if cfg.balance != "none" and kind in ("segmentation", "keypoints"):
         raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
     from ..config import RECIPES
 
     for name in ("label_smoothing", "mixup", "cutmix"):
         # the recipe's own value is for classification and simply not used by other tasks; a user's is refused
-        if getattr(cfg, name) and kind not in ("binary", "multiclass") and getattr(cfg, name) != RECIPES[cfg.recipe][name]:
-            raise SmallmedError(f"{name}={getattr(cfg, name)} mixes or softens class labels of single-label classification; "
-                                f"this is a {kind} task: set it to 0 (recipe='strong' sets it for classification only).")
+        if (
+            getattr(cfg, name)
+            and kind not in ("binary", "multiclass")
+            and getattr(cfg, name) != RECIPES[cfg.recipe][name]
+        ):
+            raise SmallmedError(
+                f"{name}={getattr(cfg, name)} mixes or softens class labels of single-label classification; "
+                f"this is a {kind} task: set it to 0 (recipe='strong' sets it for classification only)."
+            )
     if kind in ("segmentation", "keypoints") and parse_augment(cfg.augment).trivial:
-        raise SmallmedError(f"augment={cfg.augment!r}: TrivialAugmentWide is for labelled images, not masks or keypoints; "
-                            "use --augment flip or terms such as scale=0.9-1.1,rotate=10.")
+        raise SmallmedError(
+            f"augment={cfg.augment!r}: TrivialAugmentWide is for labelled images, not masks or keypoints; "
+            "use --augment flip or terms such as scale=0.9-1.1,rotate=10."
+        )
     if kind == "keypoints" and cfg.fit == "pad":
-        raise SmallmedError("fit='pad' is for labelled images; keypoint runs squash images to the input side (fit='resize').")
+        raise SmallmedError(
+            "fit='pad' is for labelled images; keypoint runs squash images to the input side (fit='resize')."
+        )
     if kind not in ("binary", "multiclass") and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
         raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
 
@@ -194,8 +225,10 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
         from ..data.dataset import as_regression
 
         if not hasattr(ds, "task") or ds.task not in ("binary", "multiclass", "regression"):
-            raise SmallmedError(f"task='regression' needs one integer label or score per image; {cfg.data} has "
-                                f"{getattr(ds, 'task', 'masks or keypoints')}.")
+            raise SmallmedError(
+                f"task='regression' needs one integer label or score per image; {cfg.data} has "
+                f"{getattr(ds, 'task', 'masks or keypoints')}."
+            )
         ds = as_regression(ds)
     ds = resplit(ds, cfg)
     task = task_for(ds, cfg)
@@ -208,8 +241,10 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     if task.kind in ("binary", "multiclass"):
         present = np.unique(np.asarray(train.labels)[train_idx])
         if len(present) < 2:
-            raise SmallmedError(f"{getattr(ds, 'source', '') or cfg.data}: the training split (fraction {cfg.fraction}) "
-                                f"holds one class only ({task.class_names[int(present[0])]}); a classifier needs at least two.")
+            raise SmallmedError(
+                f"{getattr(ds, 'source', '') or cfg.data}: the training split (fraction {cfg.fraction}) "
+                f"holds one class only ({task.class_names[int(present[0])]}); a classifier needs at least two."
+            )
     image_size = cfg.image_size or ds.image_size
     in_chans = ds.in_chans
     built = build_model(cfg, num_classes=task.outputs(ds), in_chans=in_chans, input_size=image_size, model=model)

@@ -30,8 +30,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from ..errors import SmallmedError
-from ..metrics import bootstrap_ci, classification_metrics
 from ..io import atomic_write_text
+from ..metrics import bootstrap_ci, classification_metrics
 
 
 class Task:
@@ -71,8 +71,10 @@ class Task:
     def prediction(self, kept: np.ndarray, size: tuple[int, int]) -> dict:
         """One image's row of ``smallmed predict`` from what :meth:`collect` kept of it (``size``: the
         image's own width and height)."""
-        raise SmallmedError(f"a {self.kind} run: predict writes one table row per image, which this task has no "
-                            "form for; use smallmed.load_run(run_dir).model.")
+        raise SmallmedError(
+            f"a {self.kind} run: predict writes one table row per image, which this task has no "
+            "form for; use smallmed.load_run(run_dir).model."
+        )
 
 
 # --------------------------------------------------------------------------------------------- classification
@@ -122,7 +124,9 @@ class ClassificationTask(Task):
         ci = bootstrap_ci(self.kind, targets, kept, n=1000, seed=seed, fpr=self.fprs[0])
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["index", "label", "pred", *[f"p_{c}" for c in self.class_names], *(["score"] if self.graded else [])])
+        w.writerow(
+            ["index", "label", "pred", *[f"p_{c}" for c in self.class_names], *(["score"] if self.graded else [])]
+        )
         for i, (yi, pi) in enumerate(zip(targets, kept)):
             label = yi.tolist() if np.ndim(yi) else int(yi)
             score = [f"{float(pi @ np.arange(len(pi))):.6f}"] if self.graded else []  # the expected grade
@@ -130,8 +134,9 @@ class ClassificationTask(Task):
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
         auc = classification_metrics(self.kind, targets, kept, fprs=self.fprs)["auc"]
         if kw.get("figures", True):
-            plot_roc(self.kind, targets, kept, self.class_names, run_dir / "roc_test.png",
-                     title=f"test ROC, AUC {auc:.4f}")
+            plot_roc(
+                self.kind, targets, kept, self.class_names, run_dir / "roc_test.png", title=f"test ROC, AUC {auc:.4f}"
+            )
         out = {"ci95": ci}
         if self.graded:
             out["ci95"].update(_graded_ci(targets, kept @ np.arange(kept.shape[1]), kept.argmax(1), seed))
@@ -140,19 +145,34 @@ class ClassificationTask(Task):
             from ..metrics.clinical import clinical_summary
             from ..report import plot_reliability
 
-            out.update(clinical_summary(self.kind, val[1], val[0], targets, kept, rule=self.rule,
-                                        calibrate=self.calibrate, seed=seed))
+            out.update(
+                clinical_summary(
+                    self.kind, val[1], val[0], targets, kept, rule=self.rule, calibrate=self.calibrate, seed=seed
+                )
+            )
             if out.get("reliability") and kw.get("figures", True):
-                plot_reliability(out["reliability"], run_dir / "reliability_test.png",
-                                 title=f"test reliability, ECE {out['ece']:.3f} ({out['ece_bins']} equal-mass bins)")
+                plot_reliability(
+                    out["reliability"],
+                    run_dir / "reliability_test.png",
+                    title=f"test reliability, ECE {out['ece']:.3f} ({out['ece_bins']} equal-mass bins)",
+                )
         return out
 
     def info(self):
-        return {"kind": self.kind, "class_names": list(self.class_names), "fprs": list(self.fprs), "rule": self.rule,
-                "calibrate": self.calibrate, "graded": self.graded}
+        return {
+            "kind": self.kind,
+            "class_names": list(self.class_names),
+            "fprs": list(self.fprs),
+            "rule": self.rule,
+            "calibrate": self.calibrate,
+            "graded": self.graded,
+        }
 
     def prediction(self, kept, size):
-        row = {"pred": self.class_names[int(kept.argmax())], **{f"p_{c}": float(v) for c, v in zip(self.class_names, kept)}}
+        row = {
+            "pred": self.class_names[int(kept.argmax())],
+            **{f"p_{c}": float(v) for c, v in zip(self.class_names, kept)},
+        }
         if self.graded:
             row["score"] = float(kept @ np.arange(len(kept)))  # the expected grade
         return row
@@ -239,8 +259,13 @@ class SegmentationTask(Task):
         rng = np.random.default_rng(seed)
         boots = [dice[rng.integers(0, len(dice), len(dice))].mean() for _ in range(1000)]
         if inputs is not None:
-            save_overlays(inputs[: self.overlays], targets[: self.overlays], kept[: self.overlays],
-                          dice[: self.overlays], run_dir / "overlays")
+            save_overlays(
+                inputs[: self.overlays],
+                targets[: self.overlays],
+                kept[: self.overlays],
+                dice[: self.overlays],
+                run_dir / "overlays",
+            )
         buf = io.StringIO()
         buf.write("index,dice\n" + "".join(f"{i},{d:.6f}\n" for i, d in enumerate(dice)))
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
@@ -351,7 +376,9 @@ class RegressionTask(Task):
         buf = io.StringIO()
         buf.write("index,label,pred\n" + "".join(f"{i},{t:g},{p:.6f}\n" for i, (t, p) in enumerate(zip(targets, kept))))
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
-        return {"ci95": {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}}
+        return {
+            "ci95": {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}
+        }
 
     def info(self):
         return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
@@ -376,7 +403,9 @@ class OrdinalTask(Task):
 
     def __post_init__(self) -> None:
         if len(self.class_names) < 3:
-            raise SmallmedError(f"an ordinal head needs at least 3 grades; this data has {len(self.class_names)} classes.")
+            raise SmallmedError(
+                f"an ordinal head needs at least 3 grades; this data has {len(self.class_names)} classes."
+            )
         _coral()  # a missing package is said before any training
 
     def outputs(self, ds) -> int:
@@ -415,14 +444,17 @@ class OrdinalTask(Task):
 
     def prediction(self, kept, size):
         score, grade = self.grades(np.asarray(kept)[None])
-        return {"grade": self.class_names[int(grade[0])], "score": float(score[0]),
-                **{f"p_gt_{c}": float(v) for c, v in zip(self.class_names, kept)}}
+        return {
+            "grade": self.class_names[int(grade[0])],
+            "score": float(score[0]),
+            **{f"p_gt_{c}": float(v) for c, v in zip(self.class_names, kept)},
+        }
 
 
 def _coral():
     try:
-        import coral_pytorch.dataset  # noqa: F401
-        import coral_pytorch.losses  # noqa: F401
+        import coral_pytorch.dataset
+        import coral_pytorch.losses
     except ImportError:
         raise SmallmedError("the ordinal head needs coral-pytorch: pip install 'smallmed[ordinal]'.") from None
     import coral_pytorch
@@ -537,15 +569,24 @@ def task_for(ds, cfg) -> Task:
         loss = cfg.loss if cfg.loss != "auto" else "mae"
         return RegressionTask(low=float(lo), high=float(hi), loss_name=loss)
     if cfg.task in ("ordinal", "classification") and ds.task not in ("binary", "multiclass"):
-        raise SmallmedError(f"task={cfg.task!r} is a head for graded labels (one integer grade per image); "
-                            f"{cfg.data} holds {ds.task} labels.")
+        raise SmallmedError(
+            f"task={cfg.task!r} is a head for graded labels (one integer grade per image); "
+            f"{cfg.data} holds {ds.task} labels."
+        )
     if cfg.task == "ordinal":
         return OrdinalTask(class_names=list(ds.class_names))
-    return ClassificationTask(kind=ds.task, class_names=list(ds.class_names), fprs=tuple(cfg.fprs),
-                              rule=cfg.operating_point, calibrate=cfg.calibrate, graded=cfg.task == "classification",
-                              columns=("acc", "balanced_acc", "auc", "mae", "qwk") if cfg.task == "classification"
-                              else ClassificationTask.columns,
-                              label_smoothing=cfg.label_smoothing if ds.task in ("binary", "multiclass") else 0.0)
+    return ClassificationTask(
+        kind=ds.task,
+        class_names=list(ds.class_names),
+        fprs=tuple(cfg.fprs),
+        rule=cfg.operating_point,
+        calibrate=cfg.calibrate,
+        graded=cfg.task == "classification",
+        columns=("acc", "balanced_acc", "auc", "mae", "qwk")
+        if cfg.task == "classification"
+        else ClassificationTask.columns,
+        label_smoothing=cfg.label_smoothing if ds.task in ("binary", "multiclass") else 0.0,
+    )
 
 
 def task_from_info(info: dict) -> Task:
@@ -559,6 +600,11 @@ def task_from_info(info: dict) -> Task:
         return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
     if kind == "ordinal":
         return OrdinalTask(class_names=list(info["class_names"]))
-    return ClassificationTask(kind=kind, class_names=list(info["class_names"]), fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
-                              rule=info.get("rule", "youden"), calibrate=info.get("calibrate", "none"),
-                              graded=bool(info.get("graded", False)))
+    return ClassificationTask(
+        kind=kind,
+        class_names=list(info["class_names"]),
+        fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
+        rule=info.get("rule", "youden"),
+        calibrate=info.get("calibrate", "none"),
+        graded=bool(info.get("graded", False)),
+    )
