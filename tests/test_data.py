@@ -43,8 +43,8 @@ def _save(path, **arrays):
         (lambda a: a.pop("val_labels"), "missing key.*val_labels"),
         (
             lambda a: a.update(train_labels=np.full((64, 1), 7, np.uint8), val_labels=np.zeros((24, 1), np.uint8)),
-            None,
-        ),  # 7 becomes a class of an unknown file: allowed
+            "labels are coded 0, 1, 7",
+        ),  # not eight classes with five empty: a coding to fix
         (lambda a: a.update(test_labels=np.zeros((24, 2, 2), np.uint8)), "labels have shape"),
         (
             lambda a: a.update(val_images=np.zeros((0, 16, 16), np.uint8), val_labels=np.zeros((0, 1), np.uint8)),
@@ -156,3 +156,71 @@ def test_shared_covid_patient_level(shared_data):
     sets = [set(ds.splits[s].patient_ids) for s in ("train", "val", "test")]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert sum(len(ds.splits[s]) for s in ds.splits) == 575
+
+
+def _bad_labels(tmp_path, name, **arrays):
+    from conftest import make_medmnist
+
+    d = dict(np.load(make_medmnist(tmp_path / "ok.npz")))
+    d.update(arrays)
+    np.savez(tmp_path / name, **d)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("coded", "labels are coded 0, 255, so 256 classes would follow"),
+        ("unseen", "class 2 appears in val/test but never in 'train_labels'"),
+        ("nan", "'train_labels' holds a non-finite value (image 0)"),
+        ("half", "'train_labels' holds 0.5; expected whole class indices"),
+        ("objects", "'train_labels' holds Python objects"),
+    ],
+)
+def test_labels_that_cannot_be_learnt_are_refused_naming_the_key(tmp_path, case, needle):
+    from smallmed.data import load_dataset
+
+    n = 64
+    base = np.asarray(np.arange(n) % 2, dtype=np.float64)[:, None]
+    arrays = {
+        "coded": {
+            k: np.where(np.asarray(np.arange(c) % 2)[:, None] == 1, 255, 0).astype(np.uint8)
+            for k, c in (("train_labels", 64), ("val_labels", 24), ("test_labels", 24))
+        },  # fmt: skip
+        "unseen": {"test_labels": np.asarray(np.arange(24) % 3, dtype=np.uint8)[:, None]},
+        "nan": {"train_labels": np.where(np.arange(n)[:, None] == 0, np.nan, base)},
+        "half": {"train_labels": np.where(np.arange(n)[:, None] == 0, 0.5, base)},
+        "objects": {"train_labels": np.array([["a"]] * n, dtype=object)},
+    }[case]
+    path = _bad_labels(tmp_path, f"{case}.npz", **arrays)
+    with pytest.raises(SmallmedError) as e:
+        load_dataset(str(path))
+    assert needle in str(e.value)
+
+
+def test_a_forged_array_header_is_refused_before_anything_is_allocated(tmp_path):
+    import zipfile
+
+    from smallmed.data import load_dataset
+
+    src = _bad_labels(tmp_path, "src.npz")
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(tmp_path / "forged.npz", "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "train_images.npy":
+                header = "{'descr': '|u1', 'fortran_order': False, 'shape': (10000000000000000,), }"
+                header = header + " " * (117 - len(header)) + "\n"
+                data = b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(64)
+            zout.writestr(item, data)
+    with pytest.raises(SmallmedError, match=r"claims shape \(10000000000000000,\) .* but holds \d+ bytes"):
+        load_dataset(str(tmp_path / "forged.npz"))
+
+
+def test_constant_training_images_are_refused(tiny_cfg, tmp_path):
+    from smallmed import fit
+
+    d = dict(np.load(_bad_labels(tmp_path, "x.npz")))
+    d["train_images"] = np.full_like(d["train_images"], 7)
+    np.savez(tmp_path / "const.npz", **d)
+    with pytest.raises(SmallmedError, match="every training image is a single constant value"):
+        fit(tiny_cfg(data=str(tmp_path / "const.npz")))

@@ -13,17 +13,89 @@ from .dataset import SPLITS, ImageDataset, Split
 from .splits import patient_split
 
 
-def open_npz(path: Path, required: tuple[str, ...] = ()) -> np.lib.npyio.NpzFile:
-    """``np.load`` without pickles, with one-sentence errors for unreadable files and missing keys."""
+class CheckedNpz:
+    """An open ``.npz`` whose arrays are checked before they are read: no object arrays (never unpickled) and no
+    header that claims more data than its file member holds (a forged shape would allocate petabytes)."""
+
+    def __init__(self, npz: np.lib.npyio.NpzFile, path: Path) -> None:
+        self._npz, self.path, self.files = npz, path, npz.files
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self.files:
+            raise KeyError(key)
+        member = self._npz.zip.getinfo(f"{key}.npy")
+        with self._npz.zip.open(member) as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))  # fmt: skip
+            except ValueError as e:
+                raise SmallmedError(f"{self.path}: '{key}' is not a readable array ({e}).") from None
+        if dtype.hasobject:
+            raise SmallmedError(f"{self.path}: '{key}' holds Python objects; smallmed reads numeric arrays only "
+                                "(it never unpickles).")  # fmt: skip
+        need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+        if need > member.file_size:
+            raise SmallmedError(f"{self.path}: '{key}' claims shape {shape} ({need:,} bytes) but holds "
+                                f"{member.file_size:,} bytes; the file is damaged or forged.")  # fmt: skip
+        return self._npz[key]
+
+    def close(self) -> None:
+        self._npz.close()
+
+
+def open_npz(path: Path, required: tuple[str, ...] = ()) -> CheckedNpz:
+    """``np.load`` without pickles, with one-sentence errors for unreadable files, missing keys and arrays whose
+    header does not fit their data (:class:`CheckedNpz`)."""
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         reason = "empty file" if isinstance(e, EOFError) or (path.exists() and path.stat().st_size == 0) else str(e)
         raise SmallmedError(f"{path}: not a readable .npz file ({reason}).") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise SmallmedError(f"{path}: a single .npy array, not an .npz file of named arrays.")
     missing = [k for k in required if k not in npz.files]
     if missing:
         raise SmallmedError(f"{path}: missing key(s) {', '.join(missing)}; found {', '.join(npz.files) or 'none'}.")
-    return npz
+    return CheckedNpz(npz, path)
+
+
+def _check_labels(splits: dict, path: Path, known_classes: int | None) -> None:
+    """Class labels that can be learnt: finite whole numbers from 0, every class id present somewhere (labels such as
+    0/255 are a coding to fix, not 256 classes), and none in val/test that training never has."""
+    single = {}
+    for s, sp in splits.items():
+        y = np.asarray(sp.labels)
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+            continue  # named in the dataset check
+        y = y.astype(np.float64)
+        if not np.isfinite(y).all():
+            i = int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(axis=1))[0])
+            raise SmallmedError(f"{path}: '{s}_labels' holds a non-finite value (image {i}); expected class indices.")
+        if (y < 0).any() or (np.mod(y, 1) != 0).any():
+            bad = y[(y < 0) | (np.mod(y, 1) != 0)][0]
+            raise SmallmedError(f"{path}: '{s}_labels' holds {bad:g}; expected whole class indices from 0.")
+        if y.ndim == 1 or y.shape[1] == 1:
+            single[s] = np.unique(y.astype(np.int64))
+    if len(single) != len(splits):
+        return
+    present = np.unique(np.concatenate(list(single.values())))
+    if known_classes is not None and present.max() >= known_classes:
+        return  # the dataset check names the label outside the known classes
+    n = known_classes or int(present.max()) + 1
+    missing = sorted(set(range(n)) - set(present.tolist()))
+    if known_classes is None and missing:
+        codes = ", ".join(map(str, present[:6])) + (" ..." if len(present) > 6 else "")
+        raise SmallmedError(f"{path}: labels are coded {codes}, so {n} classes would follow with "
+                            f"{len(missing)} of them empty; recode the labels as 0..{len(present) - 1}.")  # fmt: skip
+    unseen = sorted(set(np.concatenate([single[s] for s in single if s != "train"]).tolist())
+                    - set(single["train"].tolist()))  # fmt: skip
+    if unseen:
+        raise SmallmedError(f"{path}: class {unseen[0]} appears in val/test but never in 'train_labels'; a model "
+                            "cannot learn a class it never sees (move some of its images to training).")  # fmt: skip
 
 
 def _as_2d(labels: np.ndarray, path: Path, split: str) -> np.ndarray:
@@ -83,6 +155,7 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         if empty:
             raise SmallmedError(f"{path}: split '{empty[0]}' is empty; every split needs at least one image.")
         all_labels = np.concatenate([_as_2d(sp.labels, path, s) for s, sp in splits.items()])
+        _check_labels(splits, path, len(info.labels) if info is not None else None)
     elif {"images", "labels"} <= keys:
         images, labels = npz["images"], npz["labels"]
         pids = npz["patient_id"] if "patient_id" in keys else None
@@ -95,6 +168,7 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         )
         splits = {s: Split(images[i], labels[i], None if pids is None else pids[i]) for s, i in idx.items()}
         all_labels = _as_2d(labels, path, "all")
+        _check_labels(splits, path, len(info.labels) if info is not None else None)
     else:
         raise SmallmedError(
             f"{path}: expected keys train_images/train_labels/val_images/val_labels/test_images/test_labels "

@@ -236,6 +236,10 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     train = ds.splits["train"]
     groups = getattr(train, "patient_ids", None)
     train_idx = nested_fraction(_labels(train), cfg.fraction, seed=cfg.seed, groups=groups)
+    flat = np.asarray(train.images)[train_idx].reshape(len(train_idx), -1)
+    if len(train_idx) and (flat.max(axis=1) == flat.min(axis=1)).all():
+        raise SmallmedError(f"{getattr(ds, 'source', '') or cfg.data}: every training image is a single constant "
+                            "value; there is nothing to learn (check how the images were exported).")  # fmt: skip
     if len(train_idx) < 2:
         raise SmallmedError(f"fraction={cfg.fraction} leaves {len(train_idx)} training image(s); need at least 2.")
     if task.kind in ("binary", "multiclass"):
