@@ -84,7 +84,10 @@ def _cases(d: Path):
         (["explain", str(d / "nope"), "--n", "0"], "--n 0"),
         (["explain", str(d / "nope"), "--patch", "0"], "--patch 0"),
         (train + ["--epochs", "3", "--rff-epochs", "5", "--out", str(d / "r")], "rff_epochs=[5]"),
-        (["train", "--data", str(d / "oneclass.npz"), "--model", "small_cnn", "--out", str(d / "r")], "never in 'train_labels'"),
+        (
+            ["train", "--data", str(d / "oneclass.npz"), "--model", "small_cnn", "--out", str(d / "r")],
+            "never in 'train_labels'",
+        ),
         (["train", "--data", str(d / "m.csv"), "--out", str(d / "r")], "row 3: empty label"),
         (["evaluate", str(d / "fake")], "safe load refuses"),
         (["study", "sfconv", "--out", f], "exists and is a file"),
