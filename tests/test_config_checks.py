@@ -62,3 +62,34 @@ def test_the_cli_refuses_an_ignored_flag_in_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "momentum=0.5 has no effect" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "--model", "vgg16", "--image-size", "8"], "vgg16 cannot take 8 px images"),
+        (["cost", "vgg16", "--input", "8"], "vgg16 cannot take 8 px images"),
+        (["cost", "resnet18", "--input", "32", "--batch", "0"], "batch=0"),
+        (["train", "--model", "small_cnn", "--lr", "1e10"], "validation loss became nan at epoch 1"),
+    ],
+)
+def test_inputs_torch_would_choke_on_get_one_sentence(tiny_npz, tmp_path, capsys, args, needle):
+    from smallmed.cli import main
+
+    if args[0] == "train":
+        args = [*args, "--data", str(tiny_npz), "--epochs", "1", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_tuple_field_parses_the_same_from_flags_and_set(tiny_npz, tmp_path):
+    import yaml
+
+    from smallmed.cli import main
+
+    common = ["train", "--data", str(tiny_npz), "--model", "small_cnn", "--epochs", "1", "--no-progress"]
+    assert main([*common, "--betas", "0.5", "0.9", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--set", "betas=[0.5, 0.9]", "--out", str(tmp_path / "b")]) == 0
+    a, b = (yaml.safe_load((tmp_path / r / "config.yaml").read_text())["betas"] for r in "ab")
+    assert a == b == [0.5, 0.9]

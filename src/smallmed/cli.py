@@ -90,6 +90,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         hint = hints[f.name]
         args = typing.get_args(hint)
+        if type(None) in args and len(args) == 2:  # Optional[X]: the flag reads X (betas: two floats)
+            hint = next(a for a in args if a is not type(None))
+            args = typing.get_args(hint)
         if hint is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         elif typing.get_origin(hint) is tuple:

@@ -67,6 +67,12 @@ def cost(
     """
     if len(input_size) != 3:
         raise SmallmedError(f"input_size={input_size}: expected (channels, height, width).")
+    if batch < 1 or warmup < 0 or repeats < 1:
+        raise SmallmedError(f"batch={batch}, warmup={warmup}, repeats={repeats}: expected batch and repeats of at "
+                            "least 1 and warmup of at least 0.")  # fmt: skip
+    from ..models._adapt import check_input_size
+
+    check_input_size(model, input_size[0], input_size[1], type(model).__name__)
     dev = next(model.parameters()).device
     x = torch.randn(batch, *input_size, device=dev)
     models = {"model": model.eval()}

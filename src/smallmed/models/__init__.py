@@ -18,7 +18,15 @@ from torch import nn
 
 from ..errors import SmallmedError
 from ..registry import check_choice
-from ._adapt import LoadReport, checkpoint_norm, head_name, load_weights, read_state_dict, reset_classifier
+from ._adapt import (
+    LoadReport,
+    check_input_size,
+    checkpoint_norm,
+    head_name,
+    load_weights,
+    read_state_dict,
+    reset_classifier,
+)
 from .registry import MODELS, ModelEntry
 
 __all__ = [
@@ -182,6 +190,8 @@ def create_model(
     model = entry.build(
         num_classes=num_classes, in_chans=in_chans, norm=norm, small_input=stem == "small", input_size=input_size
     )
+    if input_size is not None and input_size < 64:  # every registered family takes 64 px; below, one blank pass
+        check_input_size(model, in_chans, input_size, name)
     if entry.head:
         model.smallmed_head = entry.head
     model.smallmed_stem = stem

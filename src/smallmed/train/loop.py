@@ -113,6 +113,9 @@ def evaluate(
     if isinstance(task, str):
         task = ClassificationTask(kind=task, class_names=class_names or [], fprs=tuple(fprs))
     res = run_loader(model, loader, task, torch.device(device) if device is not None else None)
+    kept = np.asarray(res["kept"], dtype=np.float64)
+    if not math.isfinite(res["loss"]) or not np.isfinite(kept).all():
+        return {"loss": float("nan")}  # no metric of non-finite outputs: the caller's non-finite stop says why
     return {"loss": res["loss"], **task.metrics(res["kept"], res["targets"])}
 
 
