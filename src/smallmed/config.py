@@ -37,6 +37,8 @@ class TrainConfig:
     cv_fold: int = 0
     holdout: str = "test"  # the split the final metrics read: test, or val (a search trial never reads test)
     figures: bool = True  # the run's figures (curves, ROC, reliability, overlays); search trials skip them
+    log: tuple[str, ...] = ()  # mirror the run to tensorboard and/or mlflow (the run folder stays the record)
+    mlflow_uri: str | None = None  # MLflow tracking server (default: MLFLOW_TRACKING_URI, else RUN/mlflow.db)
     image_size: int | None = None  # model input side; None = the data's own size
     augment: str | None = None  # preset or terms, see smallmed.data.transforms (None: the recipe's)
     fit: str | None = None  # resize | pad: how images meet image_size (None: the recipe's, resize for both)
@@ -116,6 +118,7 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
         self.fprs = tuple(float(f) for f in self.fprs)
         self.svd_train = tuple(str(t) for t in self.svd_train)
+        self.log = (self.log,) if isinstance(self.log, str) else tuple(str(t) for t in self.log)
         for t in self.svd_train:
             check_choice("svd_train", t, ("sigma", "head", "bn", "bias"))
         if self.prune is not None and not 0 <= self.prune < 1:
@@ -186,6 +189,10 @@ class TrainConfig:
             )
         check_choice("select_epoch", self.select_epoch, ("val_loss", "last"))
         check_choice("holdout", self.holdout, ("test", "val"))
+        for name in self.log:
+            check_choice("log", name, ("tensorboard", "mlflow"))
+        if self.mlflow_uri and "mlflow" not in self.log:
+            raise SmallmedError(f"mlflow_uri={self.mlflow_uri!r} has no effect without log mlflow (--log mlflow).")
         if self.cv_folds == 1 or not 0 <= self.cv_folds <= 100:
             raise SmallmedError(f"cv_folds={self.cv_folds}: expected 0 (the split as given) or 2..100 folds.")
         if self.cv_fold and not self.cv_folds:
@@ -262,6 +269,7 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"], d["fprs"], d["svd_train"] = list(self.betas), list(self.fprs), list(self.svd_train)
+        d["log"] = list(self.log)
         return d
 
     @classmethod

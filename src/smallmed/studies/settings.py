@@ -23,7 +23,7 @@ from ..errors import SmallmedError
 # fields that choose which cells exist, not how a cell is trained
 GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits"}
 # TrainConfig fields that do not change a cell's result
-NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "extra", "figures"}
+NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "extra", "figures", "log", "mlflow_uri"}
 
 
 def _plain(obj) -> dict:

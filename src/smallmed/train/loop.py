@@ -371,6 +371,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
     names = setup.built.trainable_names
     schedule = TwoStage(head_name(model), cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
     callbacks = [schedule, *_rff_callbacks(setup, model), *callbacks]
+    if main and cfg.log:  # TensorBoard / MLflow mirror the run folder (train.tracking)
+        from .tracking import loggers_for
+
+        callbacks += loggers_for(cfg, run_dir)
     _loss_weights(setup)
     if not resuming:
         task.init_head(model, getattr(setup.train_split, "labels", None))
@@ -534,7 +538,11 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
         return {}
     if best_epoch < 0:
         raise SmallmedError(f"{run_dir}: no epoch finished; nothing to evaluate.")
-    return _finish(setup, run_dir, model, history, best_epoch)
+    metrics = _finish(setup, run_dir, model, history, best_epoch)
+    for cb in callbacks:
+        if hasattr(cb, "on_run_end"):
+            cb.on_run_end(metrics, run_dir)
+    return metrics
 
 
 def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], best_epoch: int) -> dict:
