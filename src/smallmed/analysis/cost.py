@@ -70,8 +70,6 @@ def cost(
     if batch < 1 or warmup < 0 or repeats < 1:
         raise SmallmedError(f"batch={batch}, warmup={warmup}, repeats={repeats}: expected batch and repeats of at "
                             "least 1 and warmup of at least 0.")  # fmt: skip
-    from ..models._adapt import check_input_size
-
     check_input_size(model, input_size[0], input_size[1], type(model).__name__)
     dev = next(model.parameters()).device
     x = torch.randn(batch, *input_size, device=dev)
@@ -104,3 +102,31 @@ def cost(
         res["speed_ratio"] = res["images_per_s"] / b["images_per_s"]
         res["param_ratio"] = res["params"] / b["params"]
     return res
+
+
+def check_input_size(model: nn.Module, in_chans: int, size: int, name: str) -> None:
+    """One forward pass of a blank ``size`` px image: a model whose layers shrink it to nothing is refused in one
+    sentence naming the smallest side that works (found by doubling), instead of a shape error inside torch."""
+
+    def fits(side: int) -> bool:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, in_chans, side, side))
+            return True
+        except RuntimeError as e:
+            if "size" in str(e).lower() or "kernel" in str(e).lower():
+                return False
+            raise
+
+    was = model.training
+    model.eval()
+    try:
+        if fits(size):
+            return
+        side = size
+        while side < 1024 and not fits(side):
+            side *= 2
+        raise SmallmedError(f"{name} cannot take {size} px images: its layers shrink them to nothing; "
+                            f"use at least {side} px (--image-size, or --input for cost).")  # fmt: skip
+    finally:
+        model.train(was)

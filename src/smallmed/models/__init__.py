@@ -16,11 +16,11 @@ from pathlib import Path
 
 from torch import nn
 
+from ..analysis.cost import check_input_size
 from ..errors import SmallmedError
 from ..registry import check_choice
 from ._adapt import (
     LoadReport,
-    check_input_size,
     checkpoint_norm,
     head_name,
     load_weights,

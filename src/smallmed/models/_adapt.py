@@ -215,31 +215,3 @@ def load_weights(
     model.load_state_dict(merged, strict=False)
     log.info("weights from %s: %s", source, report)
     return report
-
-
-def check_input_size(model: nn.Module, in_chans: int, size: int, name: str) -> None:
-    """One forward pass of a blank ``size`` px image: a model whose layers shrink it to nothing is refused in one
-    sentence naming the smallest side that works (found by doubling), instead of a shape error inside torch."""
-
-    def fits(side: int) -> bool:
-        try:
-            with torch.no_grad():
-                model(torch.zeros(1, in_chans, side, side))
-            return True
-        except RuntimeError as e:
-            if "size" in str(e).lower() or "kernel" in str(e).lower():
-                return False
-            raise
-
-    was = model.training
-    model.eval()
-    try:
-        if fits(size):
-            return
-        side = size
-        while side < 1024 and not fits(side):
-            side *= 2
-        raise SmallmedError(f"{name} cannot take {size} px images: its layers shrink them to nothing; "
-                            f"use at least {side} px (--image-size, or --input for cost).")  # fmt: skip
-    finally:
-        model.train(was)
