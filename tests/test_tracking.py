@@ -23,11 +23,16 @@ def test_tensorboard_gets_every_epoch_and_the_final_metrics(tiny_cfg, tmp_path):
     assert m["test"]["auc"] >= 0  # the run itself is unchanged
 
 
-def test_mlflow_gets_params_epochs_metrics_and_artifacts(tiny_cfg, tmp_path):
+def test_mlflow_gets_params_epochs_metrics_and_artifacts(tiny_cfg, tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
     m = fit(tiny_cfg(epochs=2, log=("mlflow",)))
+    assert not list(cwd.iterdir()), "nothing is written outside the run folder"
+    assert (tmp_path / "run" / "mlartifacts").is_dir()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'run' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("smallmed").experiment_id])
     assert run.data.params["lr"] == "0.003" and run.data.params["model"] == "small_cnn"  # tiny_cfg's settings

@@ -126,11 +126,16 @@ class MLflowLogger(_Mirror):
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store's set-up chatter is not the run's news
         local = f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"  # MLflow's local store (its file store is retired)
-        mlflow.set_tracking_uri(cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or local)
+        uri = cfg.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
+        mlflow.set_tracking_uri(uri)
+        # a local store keeps its artifacts in the run folder too (MLflow's default is ./mlruns of the cwd)
+        self.artifacts = (run_dir / "mlartifacts").resolve().as_uri() if uri == local else None
         self.run = None
         self._guard(self._start, cfg, run_dir)
 
     def _start(self, cfg, run_dir: Path) -> None:
+        if self.artifacts and self.mlflow.get_experiment_by_name("smallmed") is None:
+            self.mlflow.create_experiment("smallmed", artifact_location=self.artifacts)
         self.mlflow.set_experiment("smallmed")
         self.run = self.mlflow.start_run(run_name=run_dir.name, nested=self.mlflow.active_run() is not None)
         self.mlflow.log_params({k: str(v)[:500] for k, v in _params(cfg).items()})
