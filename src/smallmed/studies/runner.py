@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
-from ..train.cell import cell_log, run_cell  # noqa: F401  (re-exported for the studies)
+from ..train.cell import run_cell
 
 log = logging.getLogger(__name__)
 
