@@ -1,37 +1,49 @@
-"""Every range is declared once (config.RANGES) and every setting that only some other setting makes
-meaningful says which (config.APPLIES): a value that would change nothing is refused, never ignored."""
+"""Every field declares its range, choices and the setting it depends on beside it (smallmed.fields.setting); one
+check reads them: a value out of range is refused, and a value that would change nothing is refused, never ignored."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
 from smallmed import SmallmedError, TrainConfig
-from smallmed.config import RANGES, applies
+from smallmed.config import applies
+from smallmed.fields import spec_of
+
+BOUNDED = {f.name: spec_of(f) for f in dataclasses.fields(TrainConfig) if spec_of(f).bounded}
+INTS = {"patience", "early_stop", "step_size", "lora_rank", "epochs", "batch_size", "eval_batch_size", "image_size"}
 
 
-@pytest.mark.parametrize("name", sorted(RANGES))
+def _enabling(name: str) -> dict:
+    """Settings under which ``name`` applies (its declared condition's first value)."""
+    if name not in applies():
+        return {}
+    other, values = applies()[name]
+    return {other: values[0]}
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDED))
 def test_values_outside_each_declared_range_are_refused(name):
-    lo, hi, lo_open, hi_open = RANGES[name]
-    extra = {"scheduler": "step"} if name in ("step_size", "factor") else {}
-    extra |= {"optimizer": "sgd"} if name == "momentum" else {}
-    extra |= {"scheduler": "plateau"} if name == "patience" else {}
-    extra |= {"method": "lora"} if name == "lora_rank" else {}
-    for bad in (
-        math.nan,
-        math.inf,
-        lo - 1,
-        *([hi + 1] if math.isfinite(hi) else []),
-        *([lo] if lo_open else []),
-        *([hi] if hi_open else []),
-    ):
+    s = BOUNDED[name]
+    lo = s.ge if s.ge is not None else s.gt
+    hi = s.le if s.le is not None else s.lt
+    outside = [math.nan, math.inf, -math.inf]
+    outside += [lo - 1] if lo is not None else []
+    outside += [hi + 1] if hi is not None else []
+    outside += [s.gt] if s.gt is not None else []
+    outside += [s.lt] if s.lt is not None else []
+    extra = {"epochs": 1000, **_enabling(name)} if name != "epochs" else _enabling(name)
+    tuple_field = isinstance(dataclasses.asdict(TrainConfig())[name], (list, tuple)) or name == "betas"
+    for bad in outside:
+        value = [bad, bad] if tuple_field else bad
         with pytest.raises(SmallmedError, match=name):
-            TrainConfig(epochs=4, **extra, **{name: bad})
-    mid = (lo + hi) / 2 if math.isfinite(hi) else lo + 1e-3
-    TrainConfig(
-        epochs=4, **extra, **{name: int(mid) if name in ("patience", "early_stop", "step_size", "lora_rank") else mid}
-    )
+            TrainConfig(**extra, **{name: value})
+    inside = lo if s.ge is not None else lo + (min(1e-3, (hi - lo) / 2) if hi is not None else 1e-3)
+    if name in INTS:
+        inside = math.ceil(inside)
+    TrainConfig(**extra, **{name: [inside, inside] if tuple_field else inside})
 
 
 @pytest.mark.parametrize("name", sorted(applies()))
@@ -46,6 +58,8 @@ def test_a_setting_without_effect_is_refused_naming_what_would_apply_it(name):
         "prune": 0.5,
         "svd_linear": True,
         "rank_ratio": 0.5,
+        "kl_weight": 0.5,
+        "fd_weight": 0.5,
         "lora_rank": 8,
         "svd_train": ("sigma", "head", "bn"),
     }[name]

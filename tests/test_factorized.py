@@ -133,7 +133,9 @@ def test_trainer_factorizes_logs_the_regulariser_and_reloads(tiny_cfg, tmp_path,
 
 
 def test_config_rejects_a_kl_weight_without_sfconv(tiny_cfg):
-    with pytest.raises(SmallmedError, match="needs conv='sfconv'"):
+    with pytest.raises(
+        SmallmedError, match="kl_weight=0.1 has no effect with conv='conv'; it applies with conv 'sfconv'"
+    ):
         tiny_cfg(kl_weight=0.1)
 
 

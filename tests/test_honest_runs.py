@@ -102,7 +102,7 @@ def test_resume_without_last_checkpoint_says_it_starts_over(tiny_cfg, caplog):
 def test_rff_study_bad_splits_leaves_nothing(tmp_path, capsys):
     out = tmp_path / "rff"
     assert main(["study", "rff", "--splits", "0", "--out", str(out)]) == 2
-    assert "splits=0: expected at least 1" in capsys.readouterr().err
+    assert "splits=0: expected a finite value in [1, 1000]" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "smallmed"
 
 # lowest first; a module may import its own layer or a lower one
 LAYERS = [
-    {"errors", "registry", "io", "hub", "roles"},
+    {"errors", "registry", "io", "hub", "roles", "fields"},
     {"metrics", "data", "analysis", "report"},
     {"models"},
     {"reparam"},

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from smallmed import SmallmedError
+from smallmed.fields import Checked, setting
 from smallmed.studies import base, configure, get_study, register_study, run_study, study_names
 
 
@@ -33,12 +34,14 @@ def test_every_registered_study_is_a_cli_subcommand_with_its_presets():
         preset = next(a for a in subs[name]._actions if "--preset" in a.option_strings)
         assert tuple(preset.choices) == tuple(entry.presets)
         flags = {o for a in subs[name]._actions for o in a.option_strings}
-        assert {"--" + f.name.replace("_", "-") for f in dataclasses.fields(entry.settings)} <= flags
+        assert {
+            "--" + f.name.replace("_", "-") for f in dataclasses.fields(entry.settings) if f.name != "extra"
+        } <= flags
 
 
 @dataclasses.dataclass
-class _Toy:
-    epochs: int = 2
+class _Toy(Checked):
+    epochs: int = setting(2, ge=1)
     seeds: tuple[int, ...] = (0,)
     label: str = "x"
 
@@ -61,8 +64,8 @@ def test_a_new_study_needs_no_cli_edit(tmp_path, monkeypatch, capsys):
     )
     assert seen["study"] == _Toy(epochs=9, seeds=(1, 2), label="y")
     assert main(["study", "toy", "--epochs", "0", "--out", str(tmp_path / "t")]) == 2
-    assert "epochs=0: expected at least 1" in capsys.readouterr().err
-    with pytest.raises(SmallmedError, match="epochs=0: expected at least 1"):  # the same check from Python
+    assert "epochs=0: expected a finite value >= 1" in capsys.readouterr().err
+    with pytest.raises(SmallmedError, match="epochs=0: expected a finite value >= 1"):  # the same check from Python
         run_study("toy", out=tmp_path / "t", epochs=0)
     with pytest.raises(SmallmedError, match="workers and backend do not apply"):
         run_study("toy", out=tmp_path / "t", workers=2)

@@ -255,7 +255,7 @@ def test_svd_study_checks_its_grid_before_pretraining_the_source(tmp_path, tiny_
     from smallmed.studies import svd as study_mod
 
     base = dc.replace(study_mod.PRESETS["quick"], data=str(tiny_npz), model="small_cnn", image_size=16)
-    with pytest.raises(SmallmedError, match="fraction=0.0"):
+    with pytest.raises(SmallmedError, match="fractions=0.0"):
         study_mod.run_svd_study(dc.replace(base, fractions=(0.0,)), tmp_path / "s")
     with pytest.raises(SmallmedError, match="Did you mean 'sp-svd'"):
         study_mod.run_svd_study(dc.replace(base, methods=("full", "sp-sv")), tmp_path / "s")

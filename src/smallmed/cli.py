@@ -9,10 +9,11 @@ import json
 import logging
 import os
 import sys
-import typing
+from typing import NoReturn
 
 from . import __version__
 from .errors import SmallmedError
+from .fields import add_flags, coerce
 
 log = logging.getLogger("smallmed")
 
@@ -23,6 +24,10 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """A usage error is one sentence too (``error: smallmed train: ...``, exit 2), with ``--help`` named."""
+        raise SmallmedError(f"{self.prog}: {message} (see {self.prog} --help).")
 
 
 def _add_study_parsers(sub) -> None:
@@ -43,21 +48,8 @@ def _add_study_parsers(sub) -> None:
         if entry.parallel:
             p.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
             p.add_argument("--backend", choices=("process", "ray"), default="process")
-        hints = typing.get_type_hints(entry.settings)
-        for f in dataclasses.fields(entry.settings):
-            hint, kw = hints[f.name], {"default": None, "help": entry.help.get(f.name)}
-            args = [a for a in typing.get_args(hint) if a is not type(None)]
-            if hint is bool:
-                kw["action"] = argparse.BooleanOptionalAction
-            elif typing.get_origin(hint) is tuple:
-                kw.update(
-                    nargs="+", metavar="X", type=next((a for a in typing.get_args(hint) if a in (int, float, str)), str)
-                )
-            else:
-                base = args[0] if args else hint
-                kw["type"] = base if base in (int, float) else str
-            p.add_argument("--" + f.name.replace("_", "-"), **kw)
-        p.set_defaults(func=cmd_study, fields=[f.name for f in dataclasses.fields(entry.settings)])
+        fields = add_flags(p, entry.settings, help=entry.help)
+        p.set_defaults(func=cmd_study, fields=fields)
 
 
 def cmd_study(a) -> int:
@@ -80,28 +72,10 @@ def _help(name: str) -> str | None:
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (``--batch-size``), typed from the dataclass."""
+    """One flag per TrainConfig field (``--batch-size``), generated from its declaration."""
     from .config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        if type(None) in args and len(args) == 2:  # Optional[X]: the flag reads X (betas: two floats)
-            hint = next(a for a in args if a is not type(None))
-            args = typing.get_args(hint)
-        if hint is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif typing.get_origin(hint) is tuple:
-            kind = str if str in args else float
-            p.add_argument(flag, type=kind, nargs="+", default=None, metavar="X")
-        else:
-            base = next((a for a in args if a is not type(None)), hint) if args else hint
-            names = [flag, "--head"] if f.name == "task" else [flag]  # the output head for graded labels
-            p.add_argument(*names, type=base if base in (int, float) else str, default=None, help=_help(f.name))
+    add_flags(p, TrainConfig, help={"method": _help("method")})
 
 
 def _train_config(a: argparse.Namespace):
@@ -154,7 +128,7 @@ def cmd_train(a) -> int:
                 f"--resume continues a run with its own settings; {', '.join('--' + n.replace('_', '-') for n in other)} "
                 "cannot change them (only --epochs can extend a run); start a new run with --out to change settings."
             )
-        metrics = resume(a.resume, epochs=a.epochs)
+        metrics = resume(a.resume, epochs=None if a.epochs is None else coerce("epochs", a.epochs, int))
     else:
         metrics = fit(_train_config(a))
     if metrics:
@@ -749,7 +723,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SmallmedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     quiet = args.quiet or os.environ.get("RANK", "0") != "0"  # one voice under torchrun
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")

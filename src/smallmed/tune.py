@@ -19,14 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from .config import TrainConfig, dump_yaml, load_yaml
 from .errors import SmallmedError
+from .fields import check_fields, setting
 from .io import atomic_write_csv, atomic_write_text, check_out_dir
 from .registry import check_choice
 from .schedules.freezing import Callback
@@ -58,21 +59,17 @@ class TuneConfig:
     base: dict
     space: dict = field(default_factory=lambda: dict(DEFAULT_SPACE))
     fixed: tuple[str, ...] = ()
-    trials: int = 0
-    budget_s: float = 0.0
-    seed: int = 0
+    trials: int = setting(0, ge=0, le=10**5, help="trials to run (0: until the budget)")
+    budget_s: float = setting(0.0, ge=0, le=10**7, help="seconds of search (0: until the trials)")
+    seed: int = setting(0, ge=0, lt=2**32)
     cv: str = "auto"
-    final_seeds: int = 3
-    pruner: str = "hyperband"
+    final_seeds: int = setting(3, ge=0, le=20, help="seeds of the winning recipe trained on train+val at the end")
+    pruner: Literal["hyperband", "halving", "none"] = "hyperband"
 
     def __post_init__(self) -> None:
-        if self.trials < 0 or self.budget_s < 0 or not math.isfinite(self.budget_s):
-            raise SmallmedError("trials and budget must not be negative.")
+        check_fields(self)
         if not self.trials and not self.budget_s:
             raise SmallmedError("tune needs a bound: --trials N or --budget 60m (or both).")
-        if not 0 <= self.final_seeds <= 20:
-            raise SmallmedError(f"final_seeds={self.final_seeds}: expected 0..20.")
-        check_choice("pruner", self.pruner, ("hyperband", "halving", "none"))
         if self.cv != "auto" and not (self.cv.isdigit() and (int(self.cv) == 0 or 2 <= int(self.cv) <= 20)):
             raise SmallmedError(f"cv={self.cv!r}: expected auto, 0 or a fold count 2..20.")
         missing = [k for k in self.fixed if k not in self.base]

@@ -153,4 +153,7 @@ def _build(source, files, raw_labels, pids, split_col, image_size, split_seed) -
         for s, i in idx.items()
     }
     task = "binary" if len(classes) == 2 else "multiclass"
-    return ImageDataset(name=Path(source).stem, task=task, class_names=classes, splits=splits, source=str(source))
+    info = {"official_split": True} if split_col is not None else {}
+    return ImageDataset(
+        name=Path(source).stem, task=task, class_names=classes, splits=splits, source=str(source), info=info
+    )

@@ -103,4 +103,4 @@ def load_keypoints(
         if len(idx[s]) == 0:
             raise SmallmedError(f"{path}: split '{s}' is empty.")
     splits = {s: KeypointSplit(images[i], kp[i]) for s, i in idx.items()}
-    return KeypointDataset(path.stem, names, splits, str(path), {"split": how})
+    return KeypointDataset(path.stem, names, splits, str(path), {"split": how, "official_split": "split" in npz.files})

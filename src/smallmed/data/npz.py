@@ -86,11 +86,11 @@ def _check_labels(splits: dict, path: Path, known_classes: int | None) -> None:
     if known_classes is not None and present.max() >= known_classes:
         return  # the dataset check names the label outside the known classes
     n = known_classes or int(present.max()) + 1
-    missing = sorted(set(range(n)) - set(present.tolist()))
+    missing = n - len(present)  # present: distinct ids in [0, n); counted, never listed (a label may be 2**40)
     if known_classes is None and missing:
         codes = ", ".join(map(str, present[:6])) + (" ..." if len(present) > 6 else "")
         raise SmallmedError(f"{path}: labels are coded {codes}, so {n} classes would follow with "
-                            f"{len(missing)} of them empty; recode the labels as 0..{len(present) - 1}.")  # fmt: skip
+                            f"{missing} of them empty; recode the labels as 0..{len(present) - 1}.")  # fmt: skip
     unseen = sorted(set(np.concatenate([single[s] for s in single if s != "train"]).tolist())
                     - set(single["train"].tolist()))  # fmt: skip
     if unseen:
@@ -180,7 +180,8 @@ def load_npz(path: str | Path, *, name: str | None = None, split_seed: int = 0) 
         task = _task_from_labels(all_labels)
         n = all_labels.shape[1] if task == "multilabel" else int(all_labels.max()) + 1
         classes = [str(i) for i in range(max(n, 2))]
-    return ImageDataset(name=name, task=task, class_names=classes, splits=splits, source=str(path))
+    official = {"official_split": True} if {f"{s}_images" for s in SPLITS} <= keys else {}
+    return ImageDataset(name=name, task=task, class_names=classes, splits=splits, source=str(path), info=official)
 
 
 def _regression(npz, path: Path, name: str) -> ImageDataset:
@@ -204,5 +205,10 @@ def _regression(npz, path: Path, name: str) -> ImageDataset:
         allv = np.concatenate([sp.labels for sp in splits.values()])
         low, high = float(np.floor(allv.min())), float(np.ceil(allv.max()))
     return ImageDataset(
-        name=name, task="regression", class_names=[], splits=splits, source=str(path), info={"range": (low, high)}
+        name=name,
+        task="regression",
+        class_names=[],
+        splits=splits,
+        source=str(path),
+        info={"range": (low, high), "official_split": True},
     )

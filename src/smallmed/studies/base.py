@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SmallmedError
+from ..fields import Checked, check_fields
 from ..registry import check_choice
 
 
@@ -50,23 +51,6 @@ class StudyEntry:
 
 _STUDIES: dict[str, StudyEntry] = {}
 
-# numeric fields a study may have, and their least value: one check for the CLI and for Python
-MINIMUM = {
-    "max_train": 0,
-    "epochs": 1,
-    "image_size": 4,
-    "batch_size": 1,
-    "splits": 1,
-    "knee_epochs": 1,
-    "knee_max_train": 0,
-    "localiser_epochs": 1,
-    "e2e_epochs": 1,
-    "folds": 2,
-    "source_epochs": 1,
-    "base_epochs": 1,
-    "transfer_epochs": 1,
-}
-
 
 def register_study(
     name: str,
@@ -97,22 +81,20 @@ def study_names() -> tuple[str, ...]:
 
 
 def configure(name: str, preset: str | None = None, **changes) -> Any:
-    """The preset's settings with ``changes`` applied (lists become tuples), checked: unknown fields, values
-    below their least, seeds outside [0, 2**32) are refused in one sentence naming the setting."""
+    """The preset's settings with ``changes`` applied, checked by the study's own declarations (each field's type,
+    range and choices, :mod:`smallmed.fields`): an unknown or out-of-range setting is refused in one sentence."""
     entry = get_study(name)
     preset = preset or entry.default
     check_choice(f"{name} study preset", preset, tuple(entry.presets))
     study = entry.presets[preset]
     names = {f.name for f in dataclasses.fields(study)}
-    for k, v in changes.items():
+    for k in changes:
         if k not in names:
             check_choice(f"{name} study setting", k, sorted(names))
-        if k in MINIMUM and v is not None and v < MINIMUM[k]:
-            raise SmallmedError(f"{k}={v}: expected at least {MINIMUM[k]}.")
-    for s in changes.get("seeds") or ():
-        if not 0 <= s < 2**32:
-            raise SmallmedError(f"seeds: {s} is outside [0, 2**32).")
-    return dataclasses.replace(study, **{k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()})
+    study = dataclasses.replace(study, **changes)
+    if not isinstance(study, Checked):  # a Checked study has checked itself in __post_init__
+        check_fields(study)
+    return study
 
 
 def run_study(

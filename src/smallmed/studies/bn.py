@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from .base import register_study
 from .runner import run_grid
@@ -32,16 +33,16 @@ SEED_GAIN = 0.10  # seed 002 (SPEC.md section 4): BN raised test accuracy by abo
 
 
 @dataclass
-class BNStudy:
-    data: tuple[str, ...] = ("retinamnist", "pneumoniamnist")
+class BNStudy(Checked):
+    data: tuple[str, ...] = setting(("retinamnist", "pneumoniamnist"), help="data sets, each its own table")
     model: str = "vgg16"
-    norms: tuple[str, ...] = NORMS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 1e-2
-    image_size: int | None = None  # the data's own size
-    max_train: int = 1200  # training images per data set (a nested stratified fraction); 0 = all
+    norms: tuple[str, ...] = setting(NORMS, choices=NORMS, help="the arms: no BatchNorm, before or after the ReLU")
+    seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, lt=2**32)
+    epochs: int = setting(8, ge=1, le=10**4)
+    batch_size: int = setting(32, ge=1, le=10**5)
+    lr: float = setting(1e-2, gt=0, le=100)
+    image_size: int | None = setting(None, ge=4, le=4096, help="default: the data's own size")
+    max_train: int = setting(1200, ge=0, help="training images per data set (a nested stratified fraction); 0: all")
     weights: str | None = None
     data_dir: str | None = None
 

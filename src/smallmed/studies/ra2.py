@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from ..fields import Checked, setting
 from ..io import _atomic, atomic_write_csv, atomic_write_text
 from .base import register_study
 from .ra2_scoring import RECIPES, _is_densenet, _seeds, _sizes, check_recipes, recipe_config, val_mae
@@ -38,38 +39,42 @@ CHEN_2019 = {"acc": 0.697, "mae": 0.344}
 
 
 @dataclass
-class RA2Study:
-    hands: str = "hand_xray_keypoints_100px.npz"
-    examples: str = "ra2_examples"
-    knee: str = "knee_oa_kl_96.npz"
+class RA2Study(Checked):
+    hands: str = setting("hand_xray_keypoints_100px.npz", help="hand keypoints for the localiser")
+    examples: str = setting("ra2_examples", help="the RA2 example patients (challenge table and landmarks)")
+    knee: str = setting("knee_oa_kl_96.npz", help="knee radiographs with KL grades (the scorer's grades)")
     data_dir: str | None = None
-    localiser_epochs: int = 12
-    localiser_size: int = 96
-    localiser_kinds: tuple[str, ...] = ("unet",)  # and/or keypoint-rcnn (torchvision's detector, 128 px)
-    adult_epochs: int = (
-        0  # fine-tune on the RA2 example landmarks (hands: leave one patient out, feet: one image); 0: skip
+    localiser_epochs: int = setting(12, ge=1, le=10**4)
+    localiser_size: int = setting(96, ge=16, le=1024)
+    localiser_kinds: tuple[str, ...] = setting(
+        ("unet",), choices=("unet", "keypoint-rcnn"), help="the U-Net and/or torchvision's Keypoint R-CNN (128 px)"
     )
-    knee_sizes: tuple[int, ...] = (32,)  # every recipe at each size, largest first
-    knee_max_train: int = 600  # 0: all 5,778 training knees
-    knee_max_val: int = 300  # validation knees (only for picking the best epoch; the test split stays whole)
-    knee_epochs: int = 3  # the most; with knee_early_stop the run stops earlier
-    knee_early_stop: int = 0  # stop after this many epochs without validation-loss improvement (0: never)
-    knee_scheduler: str = (
-        "none"  # the seed's constant learning rate, or plateau (x0.1 after 1 epoch without improvement)
+    adult_epochs: int = setting(
+        0, ge=0, le=10**4, help="fine-tune on the RA2 example landmarks (leave one patient out); 0: skip"
     )
-    densenet_epochs: int = 0  # cap for the DenseNet recipes (0: knee_epochs); they cost ~8x a ResNet-18 epoch
-    folds: int = 3
-    seeds: tuple[int, ...] = (0, 1, 2)
-    variants: tuple[str, ...] = ("base", "v1", "logcosh", "weights")  # the recipes (see ra2_scoring.RECIPES)
-    one_seed: tuple[str, ...] = ()  # recipes run with the first seed only (to fit the compute budget)
-    ensemble: str = "base"  # recipe of the CV fold ensemble; "best": lowest validation MAE at the largest size
-    ensemble_seeds: int = 0  # 0: every seed
-    tta: bool = False  # also score the ensemble with horizontal-flip test-time augmentation
-    boneage_size: int = 0  # bone age in months (RSNA hands) at this size; 0: not run
-    boneage_epochs: int = 12
-    boneage_seeds: tuple[int, ...] = (0, 1, 2)
-    e2e_epochs: int = 8
-    crop: int = 48
+    knee_sizes: tuple[int, ...] = setting((32,), ge=8, le=1024, help="every recipe at each size, largest first")
+    knee_max_train: int = setting(600, ge=0, help="0: all 5,778 training knees")
+    knee_max_val: int = setting(300, ge=0, help="validation knees (for picking the best epoch; test stays whole)")
+    knee_epochs: int = setting(3, ge=1, le=10**4, help="the most; with knee_early_stop the run stops earlier")
+    knee_early_stop: int = setting(0, ge=0, le=1000, help="epochs without validation improvement (0: never stop)")
+    knee_scheduler: str = setting(
+        "none", choices=("none", "plateau"), help="the seed's constant learning rate, or plateau (x0.1)"
+    )
+    densenet_epochs: int = setting(0, ge=0, le=10**4, help="cap for the DenseNet recipes (0: knee_epochs)")
+    folds: int = setting(3, ge=2, le=100)
+    seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, lt=2**32)
+    variants: tuple[str, ...] = setting(("base", "v1", "logcosh", "weights"), choices=tuple(RECIPES))
+    one_seed: tuple[str, ...] = setting((), choices=tuple(RECIPES), help="recipes run with the first seed only")
+    ensemble: str = setting(
+        "base", choices=("best", *RECIPES), help="recipe of the CV fold ensemble; best: lowest validation MAE"
+    )
+    ensemble_seeds: int = setting(0, ge=0, le=1000, help="0: every seed")
+    tta: bool = setting(False, help="also score the ensemble with horizontal-flip test-time augmentation")
+    boneage_size: int = setting(0, ge=0, le=1024, help="bone age in months (RSNA hands) at this size; 0: not run")
+    boneage_epochs: int = setting(12, ge=1, le=10**4)
+    boneage_seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, lt=2**32)
+    e2e_epochs: int = setting(8, ge=1, le=10**4)
+    crop: int = setting(48, ge=8, le=1024, help="joint crop side in pixels")
 
 
 PRESETS = {

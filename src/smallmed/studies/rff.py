@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..errors import SmallmedError
+from ..fields import Checked, setting
 from ..io import atomic_write_text
 from .base import register_study
 from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
@@ -38,18 +39,18 @@ SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
 
 
 @dataclass
-class RFFStudy:
-    data: str = "rsna-boneage"  # 12.6k real hand radiographs, 5 age groups (the shipped multi-class set)
+class RFFStudy(Checked):
+    data: str = setting("rsna-boneage", help="12.6k real hand radiographs in 5 age groups (the shipped default)")
     model: str = "small_cnn"
-    image_size: int = 32
-    transfer_classes: int = 2
-    splits: int = 5  # class splits (distinct transfer sets)
-    seeds: tuple[int, ...] = (0, 1)
-    base_epochs: int = 4  # n: base training, then the branch epoch n+1
-    transfer_epochs: int = 5
-    max_train: int = 3000  # base-class training images per cell (CPU budget); 0 = all
-    batch_size: int = 64
-    lr: float = 1e-3
+    image_size: int = setting(32, ge=4, le=4096)
+    transfer_classes: int = setting(2, ge=1, help="classes held out for the transfer task")
+    splits: int = setting(5, ge=1, le=1000, help="class splits (distinct transfer sets)")
+    seeds: tuple[int, ...] = setting((0, 1), ge=0, lt=2**32)
+    base_epochs: int = setting(4, ge=1, le=10**4, help="n: base training, then the branch epoch n+1")
+    transfer_epochs: int = setting(5, ge=1, le=10**4)
+    max_train: int = setting(3000, ge=0, help="base-class training images per cell; 0: all")
+    batch_size: int = setting(64, ge=1, le=10**5)
+    lr: float = setting(1e-3, gt=0, le=100)
     data_dir: str | None = None
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import APPLIES, TrainConfig
+from ..config import TrainConfig, applies
 from ..errors import SmallmedError
+from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from .base import register_study
 from .runner import run_grid
@@ -46,18 +47,18 @@ SEED_TABLE = {  # seed 004 table 1 (IDRiD, ResNet-type): params (M), FPS, FLOPs 
 
 
 @dataclass
-class SFConvStudy:
+class SFConvStudy(Checked):
     data: str = "retinamnist"
     model: str = "resnet18"
-    image_size: int | None = None
-    variants: tuple[str, ...] = tuple(VARIANTS)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 5
-    rank_ratio: float = 0.0625  # 3x3 C->C convs: 14x fewer parameters (the goal asks >= 10x)
-    kl_weight: float = 0.01
-    batch_size: int = 64
+    image_size: int | None = setting(None, ge=4, le=4096)
+    variants: tuple[str, ...] = setting(tuple(VARIANTS), choices=tuple(VARIANTS), help="the conv variants compared")
+    seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, lt=2**32)
+    epochs: int = setting(5, ge=1, le=10**4)
+    rank_ratio: float = setting(0.0625, gt=0, le=1, help="3x3 C->C convs: 14x fewer parameters at 0.0625")
+    kl_weight: float = setting(0.01, ge=0, le=1e6)
+    batch_size: int = setting(64, ge=1, le=10**5)
     data_dir: str | None = None
-    lr: float = 1e-3
+    lr: float = setting(1e-3, gt=0, le=100)
 
 
 PRESETS = {
@@ -78,7 +79,7 @@ def cells(study: SFConvStudy, out: Path) -> list[TrainConfig]:
 
             check_choice("variant", v, tuple(VARIANTS))
         over = dict(VARIANTS[v])
-        if over.get("conv", "conv") in APPLIES["rank_ratio"][1]:  # the rank only means something for low-rank convs
+        if over.get("conv", "conv") in applies()["rank_ratio"][1]:  # the rank only means something for low-rank convs
             over["rank_ratio"] = study.rank_ratio
         if "kl_weight" in over:
             over["kl_weight"] = study.kl_weight

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from ..methods import get_method
 from .base import register_study
@@ -52,8 +53,14 @@ NAMES = {
 PAPER_SCALE = "paper AUC: DenseNet-121 (CheXNet) at 224 px, CovidAID, 15 epochs"
 
 
+def _methods() -> tuple[str, ...]:
+    from ..methods import method_names
+
+    return tuple(method_names())
+
+
 @dataclass
-class SVDStudy:
+class SVDStudy(Checked):
     """A study grid. ``source_*`` describe the pretraining run made when ``weights`` is None.
 
     Every run trains until its validation loss has not improved for ``early_stop`` epochs, at most
@@ -63,24 +70,26 @@ class SVDStudy:
 
     data: str = "pneumoniamnist"
     model: str = "resnet18"
-    image_size: int | None = 64
-    methods: tuple[str, ...] = ("fc-train", "bitfit", "lora", "full", "full-out-svd", "full-svd", "sp-svd", "sp-svd-9")
-    fractions: tuple[float, ...] = (1 / 8, 1 / 32)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 15  # the most; early stopping ends most runs sooner
-    early_stop: int = 3
-    augment: str = "seed000"
-    lora_rank: int | None = None  # None: each LoRA-family method's own default
-    weights: str | None = None
-    source_data: str = (
-        "auto"  # auto: ChestMNIST (NIH ChestX-ray14) where present or downloadable, else RSNA bone-age hands
+    image_size: int | None = setting(64, ge=4, le=4096)
+    methods: tuple[str, ...] = setting(
+        ("fc-train", "bitfit", "lora", "full", "full-out-svd", "full-svd", "sp-svd", "sp-svd-9"), choices=_methods
     )
-    source_fraction: float = 1.0  # of the source's training split (auto sets it per source, see SOURCES)
-    source_epochs: int = 6  # the most; the source stops after source_early_stop epochs without improvement
-    source_early_stop: int = 2
-    source_image_size: int | None = None  # None: the study's image_size
+    fractions: tuple[float, ...] = setting((1 / 8, 1 / 32), gt=0, le=1, help="training fractions (nested subsets)")
+    seeds: tuple[int, ...] = setting((0, 1, 2), ge=0, lt=2**32)
+    epochs: int = setting(15, ge=1, le=10**4, help="the most; early stopping ends most runs sooner")
+    early_stop: int = setting(3, ge=0, le=1000)
+    augment: str = "seed000"
+    lora_rank: int | None = setting(None, ge=1, le=4096, help="default: each LoRA-family method's own")
+    weights: str | None = None
+    source_data: str = setting(
+        "auto", help="auto: ChestMNIST (NIH ChestX-ray14) where present or downloadable, else RSNA bone-age hands"
+    )
+    source_fraction: float = setting(1.0, gt=0, le=1, help="of the source's training split")
+    source_epochs: int = setting(6, ge=1, le=10**4, help="the most; the source stops early too")
+    source_early_stop: int = setting(2, ge=0, le=1000)
+    source_image_size: int | None = setting(None, ge=4, le=4096, help="default: the study's image_size")
     data_dir: str | None = None
-    bootstrap: int = 2000  # test-image resamples behind each paired comparison
+    bootstrap: int = setting(2000, ge=100, le=10**6, help="test-image resamples behind each paired comparison")
     extra: dict = field(default_factory=dict)
 
 

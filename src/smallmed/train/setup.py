@@ -127,11 +127,17 @@ def load_data(cfg: TrainConfig, task_hint: str | None = None):
     except SmallmedError:
         path = None
     if path is not None and is_keypoint_file(path):
-        return load_keypoints(path, split_seed=cfg.split_seed)
-    seg = task_hint == "segmentation" or (task_hint is None and model_entry(cfg.model).task == "segmentation")
-    if seg:
-        return load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
-    return load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+        ds = load_keypoints(path, split_seed=cfg.split_seed)
+    elif task_hint == "segmentation" or (task_hint is None and model_entry(cfg.model).task == "segmentation"):
+        ds = load_segmentation(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+    else:
+        ds = load_dataset(cfg.data, data_dir=cfg.data_dir, split_seed=cfg.split_seed)
+    if cfg.split_seed and not cfg.cv_folds and ds.info.get("official_split"):
+        raise SmallmedError(
+            f"split_seed={cfg.split_seed} has no effect: {cfg.data} comes with its own train/val/test split; it "
+            "applies to data without one, or to the folds of cv_folds 2 or more."
+        )
+    return ds
 
 
 def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
