@@ -127,9 +127,10 @@ def _run_cli(args, **kw):
 
 def test_internal_errors_get_one_sentence_and_exit_3(monkeypatch, tmp_path, capsys):
     from smallmed import cli
+    from smallmed.cli import tools
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(cli, "cmd_models", lambda a: 1 / 0)
+    monkeypatch.setattr(tools, "cmd_models", lambda a: 1 / 0)
     assert cli.main(["models"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "internal error in models: division by zero" in err and "Traceback" not in err

@@ -117,13 +117,14 @@ def test_metrics_json_is_strict_json(tmp_path):
 
 def test_ctrl_c_message_names_the_run_folder(tiny_npz, tmp_path, capsys, monkeypatch):
     from smallmed import cli
+    from smallmed.cli import run, studies
 
     def interrupted(a):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_train", interrupted)
+    monkeypatch.setattr(run, "cmd_train", interrupted)
     assert cli.main(["train", "--data", str(tiny_npz), "--out", str(tmp_path / "myrun")]) == 130
     assert f"smallmed train --resume {tmp_path / 'myrun'}" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "cmd_study", interrupted)
+    monkeypatch.setattr(studies, "cmd_study", interrupted)
     assert cli.main(["study", "bn", "--out", str(tmp_path / "s"), "--epochs", "2"]) == 130
     assert "study bn --out" in capsys.readouterr().err
