@@ -4,18 +4,16 @@ from __future__ import annotations
 
 from ..errors import SmallmedError
 
-HEADLINES = {
-    "regression": ("mae", "rmse", "acc", "qwk"),
-    "ordinal": ("mae_rounded", "acc", "qwk"),
-    "segmentation": ("dice", "iou"),
-    "keypoints": ("px_error", "frac_error", "pck_0.05"),
-}
-
 
 def summary_line(metrics: dict) -> str:
     """One line of a finished run's test metrics, whatever its task."""
     t = metrics["test"]
-    keys = HEADLINES.get(metrics.get("task"), ("auc", "acc", "tpr_at_fpr"))
+    from ..train.tasks import task_class
+
+    try:
+        keys = task_class(str(metrics.get("task"))).summary
+    except SmallmedError:  # a metrics file without a known task: the classification line
+        keys = task_class("binary").summary
     parts = []
     for k in keys:
         v = t.get(k)

@@ -288,17 +288,7 @@ def _loss_weights(setup: Setup):
     """``balance=weights``: inverse-frequency weights in the task's loss (training and validation alike)."""
     if setup.cfg.balance != "weights":
         return
-    from ..data.sampling import inverse_frequency
-
-    labels = setup.train_split.labels
-    task = setup.task
-    if task.kind == "regression":
-        w = inverse_frequency(labels, int(task.high) + 1)
-        task.weights = {k: float(v) for k, v in enumerate(w)}
-    elif task.kind in ("binary", "multiclass"):
-        task.weights = [float(v) for v in inverse_frequency(labels, len(task.class_names))]
-    else:
-        raise SmallmedError("balance='weights' is defined for binary, multiclass and regression tasks.")
+    setup.task.weights = setup.task.loss_weights(setup.train_split.labels)
 
 
 def _batch_mix(cfg: TrainConfig, task):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..config import TrainConfig
 from ..data import nested_fraction
-from ..data.transforms import build_transform, dataset_mean_std, parse_augment
+from ..data.transforms import build_transform, dataset_mean_std
 from ..errors import SmallmedError
 from ..models import model_entry
 from .recipe import Built, build_model
@@ -141,52 +141,17 @@ def load_data(cfg: TrainConfig, task_hint: str | None = None):
 
 
 def check_options(cfg: TrainConfig, task: Task, model_task: str | None) -> None:
-    """Refuse, in one sentence, an option that does not apply to this task (never drop it silently)."""
-    kind = task.kind
-    if model_task == "segmentation" and kind not in ("segmentation", "keypoints"):
+    """Refuse, in one sentence, a model that does not fit the data's task, or an option the task does not use."""
+    if model_task == "segmentation" and not task.dense:
         raise SmallmedError(
             f"model={cfg.model!r} is a segmentation model but data={cfg.data!r} holds labelled images; "
             "give image + mask data, or a classification model."
         )
-    if model_task not in (None, "segmentation") and kind in ("segmentation", "keypoints"):
+    if model_task not in (None, "segmentation") and task.dense:
         raise SmallmedError(
             f"data={cfg.data!r} holds image + mask pairs but model={cfg.model!r} is a classifier; use --model unet."
         )
-    if kind in ("segmentation", "keypoints") and (cfg.rff_epochs or cfg.rff_alternate):
-        raise SmallmedError(
-            "rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
-            "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options."
-        )
-    if cfg.loss != "auto" and kind != "regression":
-        raise SmallmedError(
-            f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed."
-        )
-    if cfg.balance != "none" and kind in ("segmentation", "keypoints"):
-        raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
-    from ..config import RECIPES
-
-    for name in ("label_smoothing", "mixup", "cutmix"):
-        # the recipe's own value is for classification and simply not used by other tasks; a user's is refused
-        if (
-            getattr(cfg, name)
-            and kind not in ("binary", "multiclass")
-            and getattr(cfg, name) != RECIPES[cfg.recipe][name]
-        ):
-            raise SmallmedError(
-                f"{name}={getattr(cfg, name)} mixes or softens class labels of single-label classification; "
-                f"this is a {kind} task: set it to 0 (recipe='strong' sets it for classification only)."
-            )
-    if kind in ("segmentation", "keypoints") and parse_augment(cfg.augment).trivial:
-        raise SmallmedError(
-            f"augment={cfg.augment!r}: TrivialAugmentWide is for labelled images, not masks or keypoints; "
-            "use --augment flip or terms such as scale=0.9-1.1,rotate=10."
-        )
-    if kind == "keypoints" and cfg.fit == "pad":
-        raise SmallmedError(
-            "fit='pad' is for labelled images; keypoint runs squash images to the input side (fit='resize')."
-        )
-    if kind not in ("binary", "multiclass") and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
-        raise SmallmedError(f"calibrate / operating_point apply to single-label classification; this is a {kind} task.")
+    task.check_options(cfg)
 
 
 def resplit(ds, cfg: TrainConfig):
@@ -248,7 +213,7 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
                             "value; there is nothing to learn (check how the images were exported).")  # fmt: skip
     if len(train_idx) < 2:
         raise SmallmedError(f"fraction={cfg.fraction} leaves {len(train_idx)} training image(s); need at least 2.")
-    if task.kind in ("binary", "multiclass"):
+    if task.single_label:
         present = np.unique(np.asarray(train.labels)[train_idx])
         if len(present) < 2:
             raise SmallmedError(

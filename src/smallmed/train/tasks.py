@@ -10,9 +10,15 @@
 - ``columns``: which metrics go into ``history.csv`` as ``val_<name>``;
 - ``finish(run_dir, kept, targets, seed)``: test intervals, predictions and plots.
 
-Three tasks exist: :class:`ClassificationTask` (binary, multiclass, multilabel),
-:class:`SegmentationTask` (binary masks; BCE + soft Dice) and :class:`RegressionTask` (a bounded
-score, e.g. a joint-damage grade: sigmoid output scaled to the score range, MAE, log-cosh or MSE).
+- ``summary``: the metrics of the one-line summary of a finished run;
+- ``from_info(info)``: the task rebuilt from what a checkpoint recorded (:meth:`info`);
+- ``check_options(cfg)``: the settings it does not use, refused in one sentence;
+- ``loss_weights(labels)``: per-class weights for ``balance='weights'`` (or a refusal).
+
+The tasks register their kinds (:func:`register_task`): :class:`ClassificationTask` (binary, multiclass,
+multilabel), :class:`OrdinalTask` (CORN), :class:`RegressionTask` (a bounded score, e.g. a joint-damage grade:
+sigmoid output scaled to the score range, MAE, log-cosh or MSE), :class:`SegmentationTask` (binary masks; BCE +
+soft Dice) and :class:`KeypointTask` (integral regression).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -33,6 +40,33 @@ from ..errors import SmallmedError
 from ..io import atomic_write_text
 from ..metrics import bootstrap_ci, classification_metrics
 
+_TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(*kinds: str):
+    """Class decorator: the task class that handles these ``kind`` values (a checkpoint's ``task_info``)."""
+
+    def deco(cls):
+        for k in kinds:
+            if k in _TASKS:
+                raise ValueError(f"task kind {k!r} is registered twice")
+            _TASKS[k] = cls
+        return cls
+
+    return deco
+
+
+def task_class(kind: str) -> type[Task]:
+    from ..registry import check_choice
+
+    check_choice("task kind", kind, tuple(_TASKS))
+    return _TASKS[kind]
+
+
+def task_from_info(info: dict) -> Task:
+    """Rebuild a task from the ``task_info`` a checkpoint recorded."""
+    return task_class(str(info.get("kind"))).from_info(info)
+
 
 class Task:
     """Base class; see the module docstring for the protocol."""
@@ -40,6 +74,60 @@ class Task:
     kind: str = ""
     columns: tuple[str, ...] = ()
     headline: str = "loss"  # the metric the CLI and logs print first
+    summary: ClassVar[tuple[str, ...]] = ("loss",)  # the one-line summary of a finished run
+    dense: ClassVar[bool] = False  # a target per pixel (masks, keypoint maps) rather than a label per image
+
+    @property
+    def single_label(self) -> bool:
+        """One class per image (binary or multiclass): what MixUp, label smoothing and thresholds assume."""
+        return self.kind in ("binary", "multiclass")
+
+    @classmethod
+    def from_info(cls, info: dict) -> Task:
+        return cls()
+
+    def check_options(self, cfg) -> None:
+        """Refuse, in one sentence, a setting this task does not use (never drop it silently)."""
+        from ..config import RECIPES
+        from ..data.transforms import parse_augment
+
+        kind = self.kind
+        if cfg.loss != "auto" and not isinstance(self, RegressionTask):
+            raise SmallmedError(
+                f"loss={cfg.loss!r} applies to regression tasks; this is a {kind} task, whose loss is fixed."
+            )
+        for name in ("label_smoothing", "mixup", "cutmix"):
+            # the recipe's own value is for classification and simply not used by other tasks; a user's is refused
+            value = getattr(cfg, name)
+            if value and not self.single_label and value != RECIPES[cfg.recipe][name]:
+                raise SmallmedError(
+                    f"{name}={value} mixes or softens class labels of single-label classification; this is a "
+                    f"{kind} task: set it to 0 (recipe='strong' sets it for classification only)."
+                )
+        if not self.single_label and (cfg.calibrate != "none" or cfg.operating_point != "youden"):
+            raise SmallmedError(
+                f"calibrate / operating_point apply to single-label classification; this is a {kind} task."
+            )
+        if not self.dense:
+            return
+        if cfg.rff_epochs or cfg.rff_alternate:
+            raise SmallmedError(
+                "rff_epochs/rff_alternate: receptive-field freezing is defined for classification "
+                "backbones (seed 001), not for a U-Net's encoder-decoder; drop the RFF options."
+            )
+        if cfg.balance != "none":
+            raise SmallmedError(f"balance={cfg.balance!r} balances classes or scores of labelled images, not masks.")
+        if parse_augment(cfg.augment).trivial:
+            raise SmallmedError(
+                f"augment={cfg.augment!r}: TrivialAugmentWide is for labelled images, not masks or keypoints; "
+                "use --augment flip or terms such as scale=0.9-1.1,rotate=10."
+            )
+
+    def loss_weights(self, labels: np.ndarray):
+        """``balance='weights'``: the task's per-class loss weights from the training labels."""
+        raise SmallmedError(
+            f"balance='weights' is defined for binary, multiclass and regression tasks; this is a {self.kind} task."
+        )
 
     def outputs(self, ds) -> int:
         raise NotImplementedError
@@ -80,6 +168,7 @@ class Task:
 # --------------------------------------------------------------------------------------------- classification
 
 
+@register_task("binary", "multiclass", "multilabel")
 @dataclass
 class ClassificationTask(Task):
     kind: str = "binary"  # binary | multiclass | multilabel
@@ -93,6 +182,25 @@ class ClassificationTask(Task):
     wants_val: bool = True  # finish() receives the best model's validation predictions
     graded: bool = False  # classes are ordered grades 0..K-1: also the graded metrics (MAE, QWK, ...)
     label_smoothing: float = 0.0
+    summary: ClassVar[tuple[str, ...]] = ("auc", "acc", "tpr_at_fpr")
+
+    @classmethod
+    def from_info(cls, info: dict) -> Task:
+        return cls(
+            kind=info["kind"],
+            class_names=list(info["class_names"]),
+            fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
+            rule=info.get("rule", "youden"),
+            calibrate=info.get("calibrate", "none"),
+            graded=bool(info.get("graded", False)),
+        )
+
+    def loss_weights(self, labels):
+        if not self.single_label:
+            return super().loss_weights(labels)
+        from ..data.sampling import inverse_frequency
+
+        return [float(v) for v in inverse_frequency(labels, len(self.class_names))]
 
     def outputs(self, ds) -> int:
         return len(self.class_names)
@@ -223,11 +331,14 @@ class MaskDataset(_SplitDataset):
         return img.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).float()
 
 
+@register_task("segmentation")
 @dataclass
 class SegmentationTask(Task):
     kind: str = "segmentation"
     columns: tuple[str, ...] = ("dice", "iou")
     headline: str = "dice"
+    summary: ClassVar[tuple[str, ...]] = ("dice", "iou")
+    dense: ClassVar[bool] = True
     overlays: int = 4
 
     def outputs(self, ds) -> int:
@@ -298,6 +409,7 @@ def log_cosh(x: torch.Tensor) -> torch.Tensor:
     return a + torch.log1p(torch.exp(-2 * a)) - math.log(2.0)
 
 
+@register_task("regression")
 @dataclass
 class RegressionTask(Task):
     """A bounded score in ``[low, high]`` (seed 003: a sigmoid output scaled to the score range).
@@ -313,6 +425,16 @@ class RegressionTask(Task):
     kind: str = "regression"
     columns: tuple[str, ...] = ("mae", "rmse", "acc", "qwk")
     headline: str = "mae"
+    summary: ClassVar[tuple[str, ...]] = ("mae", "rmse", "acc", "qwk")
+
+    @classmethod
+    def from_info(cls, info: dict) -> Task:
+        return cls(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
+
+    def loss_weights(self, labels):
+        from ..data.sampling import inverse_frequency
+
+        return {k: float(v) for k, v in enumerate(inverse_frequency(labels, int(self.high) + 1))}
 
     def __post_init__(self) -> None:
         if not self.high > self.low:
@@ -390,6 +512,7 @@ class RegressionTask(Task):
 # ---------------------------------------------------------------------------------------------------- ordinal
 
 
+@register_task("ordinal")
 @dataclass
 class OrdinalTask(Task):
     """Ordered grades 0..K-1 with a CORN head (Shi et al. 2023, through ``coral-pytorch``): K-1 binary
@@ -400,6 +523,11 @@ class OrdinalTask(Task):
     kind: str = "ordinal"
     columns: tuple[str, ...] = ("mae", "acc", "qwk")
     headline: str = "qwk"
+    summary: ClassVar[tuple[str, ...]] = ("mae_rounded", "acc", "qwk")
+
+    @classmethod
+    def from_info(cls, info: dict) -> Task:
+        return cls(class_names=list(info["class_names"]))
 
     def __post_init__(self) -> None:
         if len(self.class_names) < 3:
@@ -497,6 +625,7 @@ def soft_argmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return torch.stack([(p.sum(2) * xs).sum(-1), (p.sum(3) * ys).sum(-1)], dim=-1)
 
 
+@register_task("keypoints")
 @dataclass
 class KeypointTask(Task):
     """Joint localisation by integral regression: one logit map per keypoint (a U-Net's output), its
@@ -506,6 +635,19 @@ class KeypointTask(Task):
     kind: str = "keypoints"
     columns: tuple[str, ...] = ("px_error", "frac_error")
     headline: str = "px_error"
+    summary: ClassVar[tuple[str, ...]] = ("px_error", "frac_error", "pck_0.05")
+    dense: ClassVar[bool] = True
+
+    @classmethod
+    def from_info(cls, info: dict) -> Task:
+        return cls(names=list(info["names"]))
+
+    def check_options(self, cfg) -> None:
+        super().check_options(cfg)
+        if cfg.fit == "pad":
+            raise SmallmedError(
+                "fit='pad' is for labelled images; keypoint runs squash images to the input side (fit='resize')."
+            )
 
     def outputs(self, ds) -> int:
         return len(self.names)
@@ -586,25 +728,4 @@ def task_for(ds, cfg) -> Task:
         if cfg.task == "classification"
         else ClassificationTask.columns,
         label_smoothing=cfg.label_smoothing if ds.task in ("binary", "multiclass") else 0.0,
-    )
-
-
-def task_from_info(info: dict) -> Task:
-    """Rebuild a task from the ``task_info`` a checkpoint recorded."""
-    kind = info.get("kind")
-    if kind == "segmentation":
-        return SegmentationTask()
-    if kind == "keypoints":
-        return KeypointTask(names=list(info["names"]))
-    if kind == "regression":
-        return RegressionTask(low=info["low"], high=info["high"], loss_name=info.get("loss", "mae"))
-    if kind == "ordinal":
-        return OrdinalTask(class_names=list(info["class_names"]))
-    return ClassificationTask(
-        kind=kind,
-        class_names=list(info["class_names"]),
-        fprs=tuple(info.get("fprs", (1e-3, 1e-2))),
-        rule=info.get("rule", "youden"),
-        calibrate=info.get("calibrate", "none"),
-        graded=bool(info.get("graded", False)),
     )
