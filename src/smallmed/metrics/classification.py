@@ -146,25 +146,19 @@ def bootstrap_ci(
         >>> ci["auc"]                               # doctest: +SKIP
         [0.941, 0.972]
     """
-    rng = np.random.default_rng(seed)
+    from .bootstrap import bootstrap
+
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     onehot = _one_vs_rest(task, y_true, probs.shape[1])
     classes = [1] if task == "binary" else list(range(probs.shape[1]))
-    draws: dict[str, list[float]] = {"auc": [], "acc": [], "tpr_at_fpr": []}
-    for _ in range(n):
-        idx = rng.integers(0, len(y_true), len(y_true))
+
+    def stat(idx):
         yb, pb = y_true[idx], probs[idx]
-        if task == "multilabel":
-            draws["acc"].append(float(((pb >= 0.5) == yb).mean()))
-        else:
-            draws["acc"].append(float((pb.argmax(1) == yb).mean()))
+        acc = ((pb >= 0.5) == yb).mean() if task == "multilabel" else (pb.argmax(1) == yb).mean()
         per = [_fast_auc_tpr(onehot[idx, j], pb[:, j], fpr) for j in classes]
         aucs, tprs = np.array([a for a, _ in per]), np.array([t for _, t in per])
-        if np.isfinite(aucs).any():
-            draws["auc"].append(float(np.nanmean(aucs)))
-            draws["tpr_at_fpr"].append(float(np.nanmean(tprs)))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {
-        k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [float("nan")] * 2
-        for k, v in draws.items()
-    }
+        if not np.isfinite(aucs).any():
+            return {"auc": None, "acc": float(acc), "tpr_at_fpr": None}
+        return {"auc": float(np.nanmean(aucs)), "acc": float(acc), "tpr_at_fpr": float(np.nanmean(tprs))}
+
+    return bootstrap(stat, len(y_true), n=n, seed=seed, level=level)

@@ -100,17 +100,13 @@ def operating_point(
     y_test = np.asarray(y_test).astype(int).ravel()
     score_test = np.asarray(score_test, dtype=float).ravel()
     out = {"rule": rule, "threshold": t, **rates_at(y_test, score_test, t)}
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in ("sensitivity", "specificity", "ppv", "npv")}
-    for _ in range(n):
-        idx = rng.integers(0, len(y_test), len(y_test))
-        for k, v in rates_at(y_test[idx], score_test[idx], t).items():
-            if v is not None:
-                draws[k].append(v)
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out["ci95"] = {
-        k: [float(np.percentile(v, lo)), float(np.percentile(v, hi))] if v else [None, None] for k, v in draws.items()
-    }
+    from .bootstrap import bootstrap
+
+    def stat(idx):
+        rates = rates_at(y_test[idx], score_test[idx], t)
+        return {k: rates.get(k) for k in ("sensitivity", "specificity", "ppv", "npv")}
+
+    out["ci95"] = bootstrap(stat, len(y_test), n=n, seed=seed, level=level, undefined=None)
     return out
 
 

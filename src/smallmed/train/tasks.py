@@ -288,16 +288,13 @@ class ClassificationTask(Task):
 
 def _graded_ci(targets, score, grade, seed: int, n: int = 1000) -> dict:
     """95% bootstrap intervals over test images of the graded metrics (MAE, accuracy, QWK)."""
+    from ..metrics.bootstrap import bootstrap
     from ..metrics.regression import graded_metrics
 
-    rng = np.random.default_rng(seed)
-    boots: dict[str, list] = {"mae": [], "acc": [], "qwk": [], "mae_rounded": []}
-    for _ in range(n):
-        i = rng.integers(0, len(targets), len(targets))
-        m = graded_metrics(targets[i], score[i], grade[i])
-        for k in boots:
-            boots[k].append(m[k])
-    return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}
+    keys = ("mae", "acc", "qwk", "mae_rounded")
+    return bootstrap(
+        lambda i: {k: graded_metrics(targets[i], score[i], grade[i])[k] for k in keys}, len(targets), n=n, seed=seed
+    )
 
 
 # ----------------------------------------------------------------------------------------------- segmentation
@@ -367,8 +364,9 @@ class SegmentationTask(Task):
 
         dice, _ = dice_iou(torch.as_tensor(kept[:, 0]), torch.as_tensor(targets[:, 0]))
         dice = np.asarray(dice)
-        rng = np.random.default_rng(seed)
-        boots = [dice[rng.integers(0, len(dice), len(dice))].mean() for _ in range(1000)]
+        from ..metrics.bootstrap import bootstrap
+
+        ci = bootstrap(lambda i: {"dice": dice[i].mean()}, len(dice), seed=seed)["dice"]
         if inputs is not None:
             save_overlays(
                 inputs[: self.overlays],
@@ -380,7 +378,7 @@ class SegmentationTask(Task):
         buf = io.StringIO()
         buf.write("index,dice\n" + "".join(f"{i},{d:.6f}\n" for i, d in enumerate(dice)))
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
-        return {"ci95": {"dice": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}}
+        return {"ci95": {"dice": ci}}
 
 
 def save_overlays(x, y, pred, dice, out: Path) -> None:
@@ -485,22 +483,18 @@ class RegressionTask(Task):
         return regression_metrics(targets, kept, low=self.low, high=self.high)
 
     def finish(self, run_dir, kept, targets, seed, **kw):
+        from ..metrics.bootstrap import bootstrap
         from ..metrics.regression import regression_metrics
 
-        rng = np.random.default_rng(seed)
-        n = len(kept)
-        boots: dict[str, list] = {"mae": [], "rmse": [], "acc": [], "qwk": []}
-        for _ in range(1000):
-            i = rng.integers(0, n, n)
+        def stat(i):
             m = regression_metrics(targets[i], kept[i], low=self.low, high=self.high)
-            for k in boots:
-                boots[k].append(m[k])
+            return {k: m[k] for k in ("mae", "rmse", "acc", "qwk")}
+
+        ci = bootstrap(stat, len(kept), seed=seed)
         buf = io.StringIO()
         buf.write("index,label,pred\n" + "".join(f"{i},{t:g},{p:.6f}\n" for i, (t, p) in enumerate(zip(targets, kept))))
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
-        return {
-            "ci95": {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boots.items()}
-        }
+        return {"ci95": ci}
 
     def info(self):
         return {"kind": self.kind, "low": self.low, "high": self.high, "loss": self.loss_name}
@@ -680,9 +674,11 @@ class KeypointTask(Task):
                 buf.write(f"{i},{name},{t[0]:.2f},{t[1]:.2f},{p[0]:.2f},{p[1]:.2f},{int(targets['vis'][i, j])}\n")
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
         err = np.linalg.norm(kept[..., :2] - targets["xy"], axis=-1)[targets["vis"] > 0]
-        rng = np.random.default_rng(seed)
-        boots = [err[rng.integers(0, len(err), len(err))].mean() for _ in range(1000)] if len(err) else [np.nan]
-        return {"ci95": {"px_error": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]}}
+        from ..metrics.bootstrap import bootstrap
+
+        if not len(err):
+            return {"ci95": {"px_error": [float("nan")] * 2}}
+        return {"ci95": bootstrap(lambda i: {"px_error": err[i].mean()}, len(err), seed=seed)}
 
     def info(self):
         return {"kind": self.kind, "names": list(self.names)}
