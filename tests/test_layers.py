@@ -127,3 +127,16 @@ def test_the_checker_sees_lazy_imports_and_package_inits():
     edges = _edges()
     assert "smallmed.analysis.cost" in edges["smallmed.reparam.lowrank"]  # imported inside count_flops
     assert {"smallmed.train", "smallmed.train.cell"} <= edges["smallmed.ra2.localise"]  # runs train/__init__
+
+
+def test_every_package_docstring_names_each_of_its_modules():
+    """Each package folder says in its __init__ docstring what each module holds (one line per module)."""
+    import ast as _ast
+
+    for init in sorted(SRC.rglob("__init__.py")):
+        if init.parent == SRC:
+            continue
+        doc = _ast.get_docstring(_ast.parse(init.read_text())) or ""
+        mods = sorted(p.stem for p in init.parent.glob("*.py") if p.stem not in ("__init__", "__main__"))
+        missing = [m for m in mods if f"``{m}``" not in doc]
+        assert not missing, f"{init.parent.name}/__init__.py does not describe {missing}"

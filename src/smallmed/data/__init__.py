@@ -4,6 +4,9 @@
 - ``npz``, ``folder``, ``dicom``, ``covid``: readers.  ``catalog``/``paths``/``fetch``: names and downloads.
 - ``splits``: patient-level splits and nested training fractions.
 - ``transforms``: augmentation and normalisation on torchvision v2.  ``stats``: ``smallmed data stats``.
+- ``audit``: duplicates, leakage, balance and constant images (``smallmed data audit``).
+- ``keypoints``: hand keypoint sets; ``masks``: image + mask sets; ``boneage``: RSNA bone age.
+- ``sampling``: the balanced sampler and inverse-frequency weights; ``torchdata``: arrays as torch Datasets.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
 - ``bitfit``: BitFit (Ben Zaken et al. 2022).
 - ``lora``: LoRA (Hu et al. 2022) through PEFT.
 - ``svd``: the SVD family (SVF, Sun et al. 2022, and the restated paper's variants).
+- ``dora``: DoRA (Liu et al. 2024) through PEFT's ``use_dora``.
+- ``ssf``: SSF (Lian et al. 2022), a learned per-channel scale and shift after each conv, folded into it.
 
 Every module in this folder is imported when the package is, so a new method is one new file
 here; the contract tests (``tests/test_methods.py``) run it through apply, merge, adapters and

@@ -1,6 +1,7 @@
 """Models: one registry over torchvision/timm backbones adapted to small medical images.
 
-- ``registry``: names -> builders.  ``_adapt``: safe weight loading, stems, classifier heads.
+- ``registry``: names -> builders.  ``_adapt``: safe weight loading, stems, classifier heads.  ``_layers``: shared
+  building blocks: the one place where ``norm`` orders conv, BatchNorm and ReLU.
   ``pretrained``: named weights (ImageNet, torchxrayvision) fetched on request with a hash check.
 - ``resnet``, ``densenet``, ``densenet_ra2``, ``vgg``, ``small_cnn``, ``efficientnet``, ``unet``: one file per
   family, each registering its builders; every module here is imported by discovery, so a new family is a

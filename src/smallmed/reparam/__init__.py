@@ -3,6 +3,8 @@
 - ``svd``: singular-value fine-tuning (apply_svd, SVDConfig, fold).
 - ``factorized``: cheap convs (factorize, FactorizeConfig, kl_flatten_loss, frobenius_decay).
 - ``lowrank``: export to thin two-conv layers with parameter/FLOP/throughput comparison.
+- ``lora``: LoRA/DoRA injection on the k > 1 convs through PEFT, and its merge.
+- ``diagnostics``: singular-value spectra and effective rank of an SVD-parametrised model.
 """
 
 from ..roles import parameter_roles

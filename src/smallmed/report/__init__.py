@@ -1,6 +1,7 @@
 """Plots and tables, written only from the files in a run folder.
 
-- ``plots``: loss and ROC curves.  ``run_report``: report.md of one run.
+- ``plots``: loss, ROC and reliability curves.  ``run_report``: report.md of one run.
+- ``model_card``: model_card.md: intended use, data, metrics with intervals, limits.
 """
 
 from .model_card import write_model_card

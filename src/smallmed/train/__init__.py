@@ -1,7 +1,12 @@
-"""Training. ``loop``: the one fit/resume/evaluate for every task; ``tasks``: what each task adds
-(loss, metrics, test files); ``recipe``: build_model, shared by training and every reload;
-``setup``: data+model before any write; ``optim``: optimizer and schedules by parameter role;
-``checkpoint``: atomic files; ``inference``: runs -> predictions."""
+"""Training.
+
+- ``loop``: the one fit/resume/evaluate for every task.  ``tasks``: the task registry (loss, metrics, test
+  files, the options each refuses).  ``setup``: data + model before any write.  ``recipe``: build_model, shared
+  by training and every reload.  ``optim``: optimizer and schedules by parameter role.
+- ``finish``: end-of-run work (method report, merge, adapter).  ``inference``: run folders -> models.
+- ``ensemble``: several runs as one model, ``predict_images``.  ``cell``: one study cell in a subprocess.
+- ``tracking``: TensorBoard and MLflow mirrors of a run.
+"""
 
 from .loop import evaluate, fit, resume
 from .recipe import build_model
