@@ -78,6 +78,7 @@ def _cases(d: Path):
         (["evaluate", str(d / "nope")], "run folder not found"),
         (["predict", str(d / "nope"), f], "run folder not found"),
         (["rf", "resnt50"], "Did you mean"),
+        (["rf", "resnet18", "--input", "0"], "--input 0: expected at least 1"),
         (["cost", "nosuchmodel"], "nosuchmodel"),
         (["explain", str(d / "nope")], "run folder not found"),
         (

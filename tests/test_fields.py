@@ -165,6 +165,20 @@ def test_search_settings_are_checked_or_refused(d):
     holds_its_declarations(cfg)
 
 
+@PROPERTY
+@given(drawn_settings(__import__("smallmed.ra2.pipeline", fromlist=["RA2Config"]).RA2Config,
+                      skip=("model", "init", "localisers", "mean_shape", "augment")))  # fmt: skip
+def test_ra2_train_settings_are_checked_or_refused(d):
+    from smallmed.ra2.pipeline import RA2Config
+
+    try:
+        cfg = RA2Config(**d)
+    except SmallmedError as e:
+        _one_sentence(e)
+        return
+    holds_its_declarations(cfg)
+
+
 _LABEL = st.one_of(
     st.integers(-2, 6), st.floats(allow_nan=True, allow_infinity=True, width=32), st.sampled_from([0.5, 255, 2**40])
 )

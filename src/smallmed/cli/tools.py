@@ -70,6 +70,7 @@ def cmd_rf(a) -> int:
 
     from ..analysis.receptive_field import format_table, receptive_field
 
+    at_least(a, input=1, channels=1)
     rows = receptive_field(_any_model(a.model, a.input, a.channels, a.stem), (a.channels, a.input, a.input))
     if a.json:
         print(json.dumps([r.as_dict() for r in rows], indent=1))
@@ -90,6 +91,7 @@ def cmd_cost(a) -> int:
     from ..analysis.cost import cost
     from ..reparam.factorized import factorize
 
+    at_least(a, input=1, channels=1)
     plain = _any_model(a.model, a.input, a.channels)
     model = copy.deepcopy(plain)
     if a.conv != "conv":

@@ -17,11 +17,13 @@ import logging
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from ..errors import SmallmedError
+from ..fields import check_fields, setting
 from .joints import (
     FOOT_POINTS,
     HAND_POINTS,
@@ -67,18 +69,20 @@ SCORERS = (
 class RA2Config:
     """Settings of ``smallmed ra2 train`` (saved as ``ra2.json`` in the run folder)."""
 
-    folds: int = 5
-    epochs: int = 10
-    crop: int = 64  # scorer input side (the seed used 64 or 128)
+    folds: int = setting(5, ge=1, le=100, help="cross-validation folds of each scorer's ensemble")
+    epochs: int = setting(10, ge=1, le=10**4)
+    crop: int = setting(64, ge=16, le=1024, help="scorer input side (the seed used 64 or 128)")
     model: str = "densenet_ra2_v2"
-    lr: float = 1e-3
-    batch_size: int = 32
-    balance: str = "sampling"  # seed 003: undersample the most common score, oversample the rest
+    lr: float = setting(1e-3, gt=0, le=100)
+    batch_size: int = setting(32, ge=1, le=10**5)
+    balance: Literal["none", "sampling", "weights"] = setting(
+        "sampling", help="seed 003: undersample the most common score, oversample the rest"
+    )
     augment: str = "scale=0.9-1.1,translate=0.1,rotate=30"  # seed 003: zoom/shift 10 %, rotation 30
-    seed: int = 0
+    seed: int = setting(0, ge=0, lt=2**32)
     init: str | None = None  # start every scorer from this run folder or weights file (--init RUN)
-    localiser_epochs: int = (
-        30  # train a hand / foot localiser on the group's own landmarks where none is given (0: none)
+    localiser_epochs: int = setting(
+        30, ge=0, le=10**4, help="a hand / foot localiser trained on the group's own landmarks (0: none)"
     )
     localisers: dict = field(default_factory=dict)  # "hand"/"foot" -> keypoint run folder
     mean_shape: dict = field(default_factory=dict)  # "hand"/"foot" -> {point: (x/w, y/h)} fallback
@@ -86,21 +90,8 @@ class RA2Config:
     def __post_init__(self) -> None:
         from ..models import MODELS
 
+        check_fields(self)
         MODELS.get(self.model)
-        if (
-            not isinstance(self.localiser_epochs, int)
-            or isinstance(self.localiser_epochs, bool)
-            or self.localiser_epochs < 0
-        ):
-            raise SmallmedError(f"localiser_epochs={self.localiser_epochs!r}: expected 0 or a positive integer.")
-        for name in ("folds", "epochs", "crop", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise SmallmedError(f"{name}={v!r}: expected a positive integer.")
-        if self.crop < 16:
-            raise SmallmedError(f"crop={self.crop}: expected at least 16 px.")
-        if not self.lr > 0:
-            raise SmallmedError(f"lr={self.lr}: expected a positive value.")
         if self.init is not None and not (Path(self.init) / "best.pt").exists() and not Path(self.init).is_file():
             raise SmallmedError(f"init={self.init}: expected a finished run folder (with best.pt) or a weights file.")
 
