@@ -29,6 +29,9 @@ def corpus(tmp_path):
     (d / "afile").write_text("x")
     (d / "bad.yaml").write_text("epochs: abc\n")
     (d / "bool.yaml").write_text("progress: maybe\n")
+    (d / "broken.yaml").write_text("epochs: [1\n")
+    (d / "space0.yaml").write_text("epochs: [0, 1]\n")
+    (d / "space_mom.yaml").write_text("momentum: [0.5, 0.9]\n")
     (d / "scores.csv").write_text("Patient_ID,LH_mcp_E__ip\nP1,9\n")
     import torch
 
@@ -79,6 +82,19 @@ def _cases(d: Path):
         (["predict", str(d / "nope"), f], "run folder not found"),
         (["rf", "resnt50"], "Did you mean"),
         (["rf", "resnet18", "--input", "0"], "--input 0: expected at least 1"),
+        (train + ["--config", str(d), "--out", str(d / "r")], "is a folder; expected a YAML file"),
+        (train + ["--config", ok, "--out", str(d / "r")], "not a text file; expected YAML"),
+        (train + ["--config", str(d / "broken.yaml"), "--out", str(d / "r")], "not valid YAML (expected ',' or ']'"),
+        (["cost", "small_cnn", "--input", "100000"], "--input 100000: expected at most 4096"),
+        (["cost", "small_cnn", "--conv", "dpc", "--rank-ratio", "0.5"], "--rank-ratio 0.5 has no effect"),
+        (["study", "bn", "--workers", "-5", "--out", str(d / "s")], "workers=-5"),
+        (["study", "svd", "--methods", "full", "bitfit", "--lora-rank", "4", "--out", str(d / "s")], "lora_rank=4 has"),
+        (["demo", "--workers", "0", "--out", str(d / "s")], "--workers 0: expected at least 1"),
+        (["tune", "--data", ok, "--trials", "2", "--space", str(d / "space0.yaml"), "--out", str(d / "t")], "epochs=0"),
+        (
+            ["tune", "--data", ok, "--trials", "2", "--space", str(d / "space_mom.yaml"), "--out", str(d / "t")],
+            "search space momentum: has no effect with optimizer='adamw'",
+        ),
         (["cost", "nosuchmodel"], "nosuchmodel"),
         (["explain", str(d / "nope")], "run folder not found"),
         (

@@ -99,6 +99,26 @@ def test_predict_cli_takes_runs_then_images(two_runs, capsys):
     assert main(["predict", *files]) == 2
     assert "not a run folder" in capsys.readouterr().err
     assert main(["evaluate", str(runs[0]), str(runs[1]), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    for bad in (["predict", str(runs[0]), *files, "--device", "tpu"], ["evaluate", str(runs[0]), "--device", "tpu"]):
+        assert main(bad) == 2 and "device='tpu': expected auto, cpu" in capsys.readouterr().err
+
+
+def test_export_refuses_outputs_that_are_folders_repeat_or_replace_other_files(two_runs, tmp_path, capsys):
+    from smallmed.cli import main
+
+    run = str(two_runs[0][0])
+    data = tmp_path / "data.npz"
+    data.write_bytes(b"keep")
+    cases = [
+        (["--onnx", str(tmp_path)], "is a folder"),
+        (["--folded", str(tmp_path / "x.pt"), "--onnx", str(tmp_path / "x.pt")], "name the same file"),
+        (["--folded", str(data)], "an existing .npz file would be replaced"),
+        (["--adapter", str(two_runs[0][0] / "best.pt")], "would overwrite an input"),
+    ]
+    for args, needle in cases:
+        assert main(["export", run, *args]) == 2 and needle in capsys.readouterr().err
+    assert data.read_bytes() == b"keep" and not (tmp_path / "x.pt").exists()
 
 
 def test_predict_on_a_keypoint_run_writes_points_in_image_pixels(tmp_path):

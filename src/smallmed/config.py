@@ -358,10 +358,17 @@ def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise SmallmedError(f"{path}: config file not found.")
+    if not path.is_file():
+        raise SmallmedError(f"{path}: is a folder; expected a YAML file.")
     try:
         d = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise SmallmedError(f"{path}: not a text file; expected YAML.") from None
     except yaml.YAMLError as e:
-        raise SmallmedError(f"{path}: not valid YAML ({e}).") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SmallmedError(f"{path}: not valid YAML ({what}{where}).") from None
     if not isinstance(d, dict):
         raise SmallmedError(f"{path}: expected a mapping of config keys, found {type(d).__name__}.")
     return d

@@ -77,6 +77,7 @@ class TuneConfig:
             raise SmallmedError(f"fixed settings {missing} have no value in the starting recipe.")
         self.space = {k: v for k, v in self.space.items() if k not in self.fixed}
         check_space(self.space)
+        check_space_applies(self.space, self.base)
         if not self.space:
             raise SmallmedError("the search space is empty (every key is fixed by --set); nothing to tune.")
 
@@ -109,6 +110,38 @@ def check_space(space: dict) -> None:
                 )
         else:
             raise SmallmedError(f"search space {k}: expected a list of choices or {{low, high[, log]}}; got {v!r}.")
+        _check_declared(k, v)
+
+
+def _check_declared(key: str, value) -> None:
+    """Each choice, and both ends of a range, must be a value the config field declares (its type and range)."""
+    import dataclasses
+    import typing
+
+    from .fields import check_value, coerce, spec_of
+
+    f = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+    hint = typing.get_type_hints(TrainConfig)[key]
+    items = value if isinstance(value, list) else [value["low"], value["high"]]
+    for item in items:
+        check_value(f"search space {key}", coerce(f"search space {key}", item, hint), spec_of(f))
+
+
+def check_space_applies(space: dict, base: dict) -> None:
+    """Refuse a searched setting that has no effect under every value its condition can take in this search
+    (``momentum`` searched while the optimizer is fixed to adamw)."""
+    from .config import applies
+
+    start = TrainConfig.from_dict(base)
+    for key, (other, values) in applies().items():
+        if key not in space:
+            continue
+        possible = space[other] if isinstance(space.get(other), list) else [getattr(start, other)]
+        if not any(p in values for p in possible):
+            raise SmallmedError(
+                f"search space {key}: has no effect with {other}={possible[0]!r}; it applies with {other} "
+                f"{' or '.join(map(repr, values))} (search {other} too, or drop {key})."
+            )
 
 
 def sample(trial, space: dict) -> dict:

@@ -30,3 +30,36 @@ def at_least(a, **minimum) -> None:
         v = getattr(a, name, None)
         if v is not None and v < lo:
             raise SmallmedError(f"--{name.replace('_', '-')} {v}: expected at least {lo}.")
+
+
+def at_most(a, **maximum) -> None:
+    """Refuse a numeric flag above its maximum, naming the flag as typed."""
+    for name, hi in maximum.items():
+        v = getattr(a, name, None)
+        if v is not None and v > hi:
+            raise SmallmedError(f"--{name.replace('_', '-')} {v}: expected at most {hi}.")
+
+
+KINDS = {"onnx": (".onnx",), "folded": (".pt", ".pth"), "adapter": (".safetensors",)}
+
+
+def check_outputs(inputs: list, **outputs) -> None:
+    """Refuse, before any work, output files that are folders, repeat each other, would overwrite an input, or
+    would replace an existing file of another kind (``--folded data.npz``: only a ``.pt`` is replaced)."""
+    from pathlib import Path
+
+    given = {flag: Path(p).resolve() for flag, p in outputs.items() if p}
+    ins = {Path(p).resolve() for p in inputs if p}
+    seen: dict = {}
+    for flag, path in given.items():
+        name = "--" + flag.replace("_", "-")
+        if path.is_dir():
+            raise SmallmedError(f"{name} {path}: is a folder; expected a file name.")
+        if path in ins or any(path == p or p in path.parents for p in ins if p.is_dir()):
+            raise SmallmedError(f"{name} {path}: would overwrite an input; choose another file.")
+        if path.is_file() and path.suffix.lower() not in KINDS.get(flag, (path.suffix.lower(),)):
+            raise SmallmedError(f"{name} {path}: an existing {path.suffix or 'extensionless'} file would be replaced "
+                                f"by a {'/'.join(KINDS[flag])} file; choose a new name.")  # fmt: skip
+        if path in seen:
+            raise SmallmedError(f"{name} and {seen[path]} name the same file {path}; give each its own.")
+        seen[path] = name

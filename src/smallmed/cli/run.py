@@ -11,7 +11,7 @@ import sys
 
 from ..errors import SmallmedError
 from ..fields import add_flags, coerce
-from ._common import summary_line
+from ._common import check_outputs, summary_line
 
 log = logging.getLogger("smallmed")
 
@@ -164,6 +164,7 @@ def cmd_export(a) -> int:
         raise SmallmedError("export: name at least one of --onnx FILE, --folded FILE, --adapter FILE.")
     if a.low_rank and not a.onnx:
         raise SmallmedError("--low-rank shapes the ONNX graph: give --onnx FILE with it.")
+    check_outputs([a.run_dir], onnx=a.onnx, folded=a.folded, adapter=a.adapter)
     run = load_run(a.run_dir)
     if a.onnx:
         r = export_onnx(run, a.onnx, low_rank=a.low_rank)

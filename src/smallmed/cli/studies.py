@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..errors import SmallmedError
 from ..fields import add_flags
 
 log = logging.getLogger("smallmed")
@@ -102,5 +103,7 @@ def cmd_tune(a) -> int:
 def cmd_demo(a) -> int:
     from ..demo import run_demo
 
+    if a.workers < 1:
+        raise SmallmedError(f"--workers {a.workers}: expected at least 1.")
     run_demo(out=a.out, fresh=a.fresh, workers=a.workers)
     return 0

@@ -7,7 +7,7 @@ import logging
 
 from .. import __version__
 from ..errors import SmallmedError
-from ._common import at_least
+from ._common import at_least, at_most
 
 log = logging.getLogger("smallmed")
 
@@ -25,7 +25,7 @@ def add(sub) -> None:
     co = sub.add_parser("cost", help="params, GMACs and speed of a model with cheap convs vs plain convs")
     co.add_argument("model")
     co.add_argument("--conv", default="sfconv", help="conv | sfconv | fconv | fconvsn | dpc")
-    co.add_argument("--rank-ratio", type=float, default=0.125)
+    co.add_argument("--rank-ratio", type=float, help="sfconv, fconv, fconvsn: rank = ratio x full rank (default 0.125)")
     co.add_argument("--input", type=int, default=224)
     co.add_argument("--channels", type=int, default=3)
     co.add_argument("--batch", type=int, default=8)
@@ -34,8 +34,8 @@ def add(sub) -> None:
     ex = sub.add_parser("explain", help="occlusion sensitivity maps of a trained run (PNG overlays)")
     ex.add_argument("run_dir")
     ex.add_argument("images", nargs="*", help="image files (default: --n images of the run's --split)")
-    ex.add_argument("--split", default="test")
-    ex.add_argument("--n", type=int, default=4)
+    ex.add_argument("--split", help="without images: the split to draw them from (default: test)")
+    ex.add_argument("--n", type=int, help="without images: how many (default: 4)")
     ex.add_argument("--patch", type=int, help="occluding square in pixels (default: image side / 8)")
     ex.add_argument("--stride", type=int, help="default: patch / 2")
     ex.add_argument("--out", help="default: RUN_DIR/explain")
@@ -71,6 +71,7 @@ def cmd_rf(a) -> int:
     from ..analysis.receptive_field import format_table, receptive_field
 
     at_least(a, input=1, channels=1)
+    at_most(a, input=4096, channels=64)
     rows = receptive_field(_any_model(a.model, a.input, a.channels, a.stem), (a.channels, a.input, a.input))
     if a.json:
         print(json.dumps([r.as_dict() for r in rows], indent=1))
@@ -91,11 +92,16 @@ def cmd_cost(a) -> int:
     from ..analysis.cost import cost
     from ..reparam.factorized import factorize
 
-    at_least(a, input=1, channels=1)
+    at_least(a, input=1, channels=1, batch=1)
+    at_most(a, input=4096, channels=64, batch=4096)
+    if a.rank_ratio is not None and a.conv not in ("sfconv", "fconv", "fconvsn"):
+        raise SmallmedError(f"--rank-ratio {a.rank_ratio} has no effect with --conv {a.conv}; it applies with "
+                            "--conv sfconv, fconv or fconvsn.")  # fmt: skip
+    rank_ratio = 0.125 if a.rank_ratio is None else a.rank_ratio
     plain = _any_model(a.model, a.input, a.channels)
     model = copy.deepcopy(plain)
     if a.conv != "conv":
-        print(factorize(model, a.conv, rank_ratio=a.rank_ratio if a.conv != "dpc" else None))
+        print(factorize(model, a.conv, rank_ratio=rank_ratio if a.conv != "dpc" else None))
     c = cost(model, (a.channels, a.input, a.input), baseline=plain, batch=a.batch)
     b = c["baseline"]
     print(f"{'':<10} {'params':>12} {'GMACs':>9} {'images/s':>10}")
@@ -112,7 +118,16 @@ def cmd_explain(a) -> int:
     from ..explain import explain_run
 
     at_least(a, n=1, patch=1, stride=1)
-    written = explain_run(a.run_dir, a.images, split=a.split, n=a.n, patch=a.patch, stride=a.stride, out=a.out)
+    if a.images and (a.n is not None or a.split is not None):
+        raise SmallmedError("--n and --split choose images from the run's data; with image files given they have no "
+                            "effect: drop them, or drop the files.")  # fmt: skip
+    if a.out:
+        from ..io import check_out_dir
+
+        check_out_dir(a.out)
+    written = explain_run(
+        a.run_dir, a.images, split=a.split or "test", n=a.n or 4, patch=a.patch, stride=a.stride, out=a.out
+    )
     for path in written:
         print(path)
     return 0

@@ -111,6 +111,8 @@ def run_study(
     from ..io import check_out_dir
 
     entry = get_study(name)
+    if not isinstance(workers, int) or workers < 1 or backend not in ("process", "ray"):
+        raise SmallmedError(f"workers={workers!r}, backend={backend!r}: expected workers >= 1 and process or ray.")
     check_out_dir(out)  # a folder that cannot be written fails before any data is read
     study = configure(name, preset, **changes)
     if entry.parallel:

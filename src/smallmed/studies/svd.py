@@ -92,6 +92,14 @@ class SVDStudy(Checked):
     bootstrap: int = setting(2000, ge=100, le=10**6, help="test-image resamples behind each paired comparison")
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lora_rank is not None and not any("lora_rank" in get_method(m).uses for m in self.methods):
+            raise SmallmedError(
+                f"lora_rank={self.lora_rank} has no effect: none of the methods {list(self.methods)} has a LoRA "
+                "rank; it applies with lora or dora among --methods."
+            )
+
 
 PRESETS = {
     # 2 CPU cores, about an hour with the source: every method, two fractions, three seeds

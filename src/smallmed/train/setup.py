@@ -109,7 +109,10 @@ def resolve_device(spec: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    dev = torch.device(spec)
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise SmallmedError(f"device={spec!r}: expected auto, cpu, cuda, cuda:N or mps.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SmallmedError(f"device={spec!r} but CUDA is not available here; use device=auto or cpu.")
     return dev
