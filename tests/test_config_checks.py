@@ -83,7 +83,7 @@ def test_the_cli_refuses_an_ignored_flag_in_one_sentence(tmp_path, capsys):
     [
         (["train", "--model", "vgg16", "--image-size", "8"], "vgg16 cannot take 8 px images"),
         (["cost", "vgg16", "--input", "8"], "vgg16 cannot take 8 px images"),
-        (["cost", "resnet18", "--input", "32", "--batch", "0"], "batch=0"),
+        (["cost", "resnet18", "--input", "32", "--batch", "0"], "--batch 0: expected at least 1"),
         (["train", "--model", "small_cnn", "--lr", "1e10"], "validation loss became nan at epoch 1"),
     ],
 )
