@@ -161,8 +161,7 @@ def cmd_ra2_predict(a) -> int:
 def cmd_ra2_localiser(a) -> int:
     from pathlib import Path
 
-    from ..config import TrainConfig
-    from ..ra2.localise import hand_keypoints_npz
+    from ..ra2.localise import hand_keypoints_npz, unet_localiser_config
     from ..train import fit
 
     out = Path(a.out)
@@ -190,18 +189,6 @@ def cmd_ra2_localiser(a) -> int:
         return 0
     if a.weights_backbone:
         raise SmallmedError("--weights-backbone applies to --kind keypoint-rcnn; the U-Net trains from scratch.")
-    m = fit(
-        TrainConfig(
-            data=str(data),
-            model="unet",
-            epochs=a.epochs,
-            batch_size=16,
-            image_size=a.image_size,
-            augment="scale=0.9-1.1,rotate=10,translate=0.05",
-            seed=a.seed,
-            progress=False,
-            out=str(out),
-        )
-    )
+    m = fit(unet_localiser_config(data, out, epochs=a.epochs, image_size=a.image_size, seed=a.seed))
     print(summary_line(m))
     return 0

@@ -16,6 +16,23 @@ from ..errors import SmallmedError
 from .joints import HAND21, to_left
 
 
+def unet_localiser_config(data: str | Path, out: str | Path, *, epochs: int, image_size: int, seed: int = 0):
+    """The heatmap U-Net localiser's recipe, one place for ``smallmed ra2 localiser`` and the RA2 study."""
+    from ..config import TrainConfig
+
+    return TrainConfig(
+        data=str(data),
+        model="unet",
+        epochs=epochs,
+        batch_size=16,
+        image_size=image_size,
+        augment="scale=0.9-1.1,rotate=10,translate=0.05",
+        seed=seed,
+        progress=False,
+        out=str(out),
+    )
+
+
 def hand_keypoints_npz(src: str | Path, out: str | Path) -> Path:
     """The 10 RA2 hand joints from a 21-point hand keypoint file, right hands mirrored to the left."""
     from ..data.npz import open_npz

@@ -143,7 +143,7 @@ def localisation(study: RA2Study, out: Path) -> dict:
     from ..metrics.keypoints import keypoint_errors
     from ..ra2.detector import DetectorConfig, open_localiser, train_detector
     from ..ra2.joints import FOOT_POINTS, HAND21, flip_points, read_landmarks
-    from ..ra2.localise import hand_keypoints_npz, mean_shape
+    from ..ra2.localise import hand_keypoints_npz, mean_shape, unet_localiser_config
     from ..ra2.pipeline import _gray, find_images
 
     data = out / "data" / "hand10.npz"
@@ -152,15 +152,8 @@ def localisation(study: RA2Study, out: Path) -> dict:
     runs, metrics = {}, {}
     for kind in study.localiser_kinds:
         if kind == "unet":
-            cfg = TrainConfig(
-                data=str(data),
-                model="unet",
-                epochs=study.localiser_epochs,
-                batch_size=16,
-                image_size=study.localiser_size,
-                augment="scale=0.9-1.1,rotate=10,translate=0.05",
-                progress=False,
-                out=str(out / "runs" / "localiser-hands"),
+            cfg = unet_localiser_config(
+                data, out / "runs" / "localiser-hands", epochs=study.localiser_epochs, image_size=study.localiser_size
             )
             metrics[kind] = run_grid([cfg])[0]
             runs[kind] = cfg.out
