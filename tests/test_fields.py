@@ -87,18 +87,23 @@ def _one_sentence(e: SmallmedError) -> None:
     assert text and "\n" not in text and "Traceback" not in text, text
 
 
+def checked_or_one_sentence(make) -> None:
+    """``make()`` either returns an object that holds its declarations or raises one SmallmedError sentence."""
+    try:
+        obj = make()
+    except SmallmedError as e:
+        _one_sentence(e)
+        return
+    holds_its_declarations(obj)
+
+
 PROPERTY = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @PROPERTY
 @given(drawn_settings(TrainConfig, skip=("extra", "data", "data_dir", "out", "model", "weights")))
 def test_train_config_is_checked_or_refused_in_one_sentence(d):
-    try:
-        cfg = TrainConfig(**d)
-    except SmallmedError as e:
-        _one_sentence(e)
-        return
-    holds_its_declarations(cfg)
+    checked_or_one_sentence(lambda: TrainConfig(**d))
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,12 +147,7 @@ def test_every_study_declares_and_checks_its_settings(name):
     @PROPERTY
     @given(drawn_settings(entry.settings, skip=("extra",)))
     def prop(d):
-        try:
-            study = configure(name, entry.default, **d)
-        except SmallmedError as e:
-            _one_sentence(e)
-            return
-        holds_its_declarations(study)
+        checked_or_one_sentence(lambda: configure(name, entry.default, **d))
 
     prop()
 
@@ -157,12 +157,7 @@ def test_every_study_declares_and_checks_its_settings(name):
 def test_search_settings_are_checked_or_refused(d):
     from smallmed.tune import TuneConfig
 
-    try:
-        cfg = TuneConfig(base={"data": "x.npz"}, **d)
-    except SmallmedError as e:
-        _one_sentence(e)
-        return
-    holds_its_declarations(cfg)
+    checked_or_one_sentence(lambda: TuneConfig(base={"data": "x.npz"}, **d))
 
 
 @PROPERTY
@@ -171,12 +166,7 @@ def test_search_settings_are_checked_or_refused(d):
 def test_ra2_train_settings_are_checked_or_refused(d):
     from smallmed.ra2.pipeline import RA2Config
 
-    try:
-        cfg = RA2Config(**d)
-    except SmallmedError as e:
-        _one_sentence(e)
-        return
-    holds_its_declarations(cfg)
+    checked_or_one_sentence(lambda: RA2Config(**d))
 
 
 _LABEL = st.one_of(
