@@ -68,6 +68,13 @@ class MedMNISTStudy(Checked):
     tune_budget_m: float = setting(0.0, ge=0, le=10**5, help="minutes of smallmed tune per set from strong; 0: none")
     data_dir: str | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if len(self.epochs) not in (1, len(self.data)):
+            raise SmallmedError(
+                f"epochs={list(self.epochs)}: expected one value, or one per data set ({len(self.data)})."
+            )
+
 
 PRESETS = {
     # a short check of the machinery (2 CPU cores, about 3 minutes): 300 training images, 2 epochs
@@ -148,10 +155,6 @@ def run_medmnist_study(
 ) -> Path:
     """Run (or resume) the table's runs, the report rewritten after each stage; returns its path."""
     out = Path(out).resolve()
-    if len(study.epochs) not in (1, len(study.data)):
-        raise SmallmedError(
-            f"epochs={list(study.epochs)}: expected one value, or one per data set ({len(study.data)})."
-        )
     from ..data import resolve_data
 
     for d in study.data:
@@ -197,8 +200,10 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
     lines = [
         "# Recipes against the public MedMNIST baselines",
         "",
-        f"{study.model}, from scratch (no ImageNet weights offline), each set at its native 28 px, every training "
-        "image" + (f" (at most {study.max_train})" if study.max_train else "") + "; the official validation split "
+        f"{study.model}, from scratch (no ImageNet weights offline), each set at its own image size (28 px for the MedMNIST files), every "
+        "training image"
+        + (f" (at most {study.max_train})" if study.max_train else "")
+        + "; the official validation split "
         "picks the best epoch (validation loss; the EMA weights where the recipe keeps them) and the binary "
         "operating point; the official test split is read once per run. Seeds "
         f"{', '.join(map(str, study.seeds))} for every recipe; cells: mean with a 95 % t-interval over seeds "
