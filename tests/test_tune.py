@@ -115,3 +115,44 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys, args, ne
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_ensemble_averages_the_best_trials_and_plots_are_drawn(tmp_path):
+    from smallmed.train.ensemble import Ensemble
+    from smallmed.tune import tune
+
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
+    tune(_tc(data, trials=3, ensemble=2), tmp_path / "e")
+    ens = __import__("json").loads((tmp_path / "e" / "ensemble" / "metrics.json").read_text())
+    rows = sorted((r for r in _trials(tmp_path / "e") if r["state"] == "COMPLETE"), key=lambda r: float(r["value"]))
+    want = list(dict.fromkeys(r["run"] for r in rows))[:2]
+    assert ens["members"] == want
+    again = Ensemble.load([tmp_path / "e" / m for m in want]).evaluate(split="test")
+    assert abs(again["auc"] - ens["test"]["auc"]) < 1e-9 and again["members"] == 2
+    assert "Ensemble of the best 2 trials' models" in (tmp_path / "e" / "report.md").read_text()
+    assert (tmp_path / "e" / "history.png").stat().st_size > 1000
+
+
+def test_a_budget_covers_the_final_runs(tmp_path, monkeypatch):
+    import smallmed.tune as tune_mod
+
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
+    # a run measured at 1,000 s: one final seed of two recipes (2,000 s) fills a 30-minute budget at once
+    monkeypatch.setattr(tune_mod, "run_seconds", lambda study, folds: 1000.0)
+    text = tune_mod.tune(_tc(data, budget_s=1800, final_seeds=1, ensemble=0), tmp_path / "b").read_text()
+    assert [r["state"] for r in _trials(tmp_path / "b")] == ["COMPLETE"]  # trial 0 only: it measures the cost
+    assert "budget 30 min" in text
+    assert (tmp_path / "b" / "final" / "tuned" / "s0" / "metrics.json").exists()
+
+
+def test_a_trial_running_past_the_deadline_is_stopped_as_pruned():
+    import optuna
+
+    from smallmed.tune import _Report
+
+    study = optuna.create_study()
+    trial = study.ask()
+    _Report(trial, deadline=None).on_epoch_end(0, {"val_loss": 1.0})  # no deadline: goes on
+    with pytest.raises(optuna.TrialPruned):
+        _Report(trial, deadline=0.0).on_epoch_end(1, {"val_loss": 0.9})
+    assert trial.user_attrs["stopped"] == "budget"

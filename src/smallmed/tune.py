@@ -10,8 +10,13 @@ OUT/study.db`` shows it). Only at the end is the test split read, once per final
 the search's starting recipe, each with the same seeds, so the report says how much the search itself
 adds.
 
+A budget (``budget_s``) bounds the whole command: the search stops, and a running trial is stopped as
+pruned, early enough for the final runs at their measured cost (the median finished trial). The best
+trials' models (or the best trial's fold models) are also averaged on the test split, inference only.
+
 Files: ``study.db``, ``trials.csv``, ``best.yaml`` (a config for ``smallmed train --config``),
-``report.md``, ``trials/`` (one run folder per distinct recipe) and ``final/``.
+``report.md``, ``history.png`` and ``importance.png``, ``trials/`` (one run folder per distinct recipe),
+``final/`` (``tuned/s0`` is the final model) and ``ensemble/metrics.json``.
 """
 
 from __future__ import annotations
@@ -63,7 +68,10 @@ class TuneConfig:
     budget_s: float = setting(0.0, ge=0, le=10**7, help="seconds of search (0: until the trials)")
     seed: int = setting(0, ge=0, lt=2**32)
     cv: str = "auto"
-    final_seeds: int = setting(3, ge=0, le=20, help="seeds of the winning recipe trained on train+val at the end")
+    final_seeds: int = setting(
+        1, ge=0, le=20, help="seeds of the best and the starting recipe trained on the official split at the end"
+    )
+    ensemble: int = setting(3, ge=0, le=100, help="the best trials' models averaged on the test split; 0: none")
     pruner: Literal["hyperband", "halving", "none"] = "hyperband"
 
     def __post_init__(self) -> None:
@@ -168,16 +176,20 @@ def _optuna():
 
 
 class _Report(Callback):
-    """Reports each epoch's validation loss to the trial and stops it when the pruner says so."""
+    """Reports each epoch's validation loss to the trial and stops it when the pruner says so, or when the
+    search's time is up (``deadline``, seconds since the epoch; the trial keeps its last reported loss)."""
 
-    def __init__(self, trial, offset: int = 0) -> None:
-        self.trial, self.offset = trial, offset
+    def __init__(self, trial, deadline: float | None = None) -> None:
+        self.trial, self.deadline = trial, deadline
 
     def on_epoch_end(self, epoch: int, row: dict) -> None:
-        self.trial.report(float(row["val_loss"]), self.offset + epoch)
-        if self.trial.should_prune():
-            import optuna
+        import optuna
 
+        self.trial.report(float(row["val_loss"]), epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned()
+        if self.deadline is not None and time.time() > self.deadline:
+            self.trial.set_user_attr("stopped", "budget")
             raise optuna.TrialPruned()
 
 
@@ -196,8 +208,17 @@ def _folds(tc: TuneConfig, base: TrainConfig) -> int:
     return 5 if n < SMALL_VAL else 0
 
 
-def _objective(tc: TuneConfig, out: Path, folds: int):
+def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = None):
+    """The trial: its recipe trained (on each fold), scored by the best validation loss; past ``deadline``
+    (the budget less the final runs' measured cost) the trial is stopped as pruned."""
     from .train.cell import run_cell
+
+    def over_budget(trial) -> None:
+        if deadline is not None and time.time() > deadline:
+            import optuna
+
+            trial.set_user_attr("stopped", "budget")
+            raise optuna.TrialPruned()
 
     def objective(trial) -> float:
         params = sample(trial, tc.space)
@@ -212,7 +233,7 @@ def _objective(tc: TuneConfig, out: Path, folds: int):
                 {**tc.base, **params, **over, "holdout": "val", "out": str(run), "progress": False, "figures": False}
             )
             # a run resumed after a kill first replays its finished epochs to the pruner
-            cb = None if folds else _Report(trial)
+            cb = None if folds else _Report(trial, deadline)
             if cb is not None and (run / "history.csv").exists() and not (run / "metrics.json").exists():
                 import csv
 
@@ -220,6 +241,8 @@ def _objective(tc: TuneConfig, out: Path, folds: int):
                     cb.on_epoch_end(j, {"val_loss": float(row["val_loss"])})
             m = run_cell(cfg.to_dict(), callbacks=[cb] if cb else [])
             losses.append(float(m["val"]["val_loss"]))
+            if folds and i < len(cells) - 1:
+                over_budget(trial)
             if folds:  # pruned on the running mean over folds
                 trial.report(sum(losses) / len(losses), i)
                 if trial.should_prune():
@@ -304,13 +327,38 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
         scored = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
         if tc.trials and len(scored) >= tc.trials:
             break
-        if tc.budget_s and used + (time.time() - t0) >= tc.budget_s:
-            break
+        deadline = None
+        if tc.budget_s:
+            # the budget covers the whole command: the search leaves time for the final runs, at the measured
+            # cost of a full run (trial 0 always runs: it measures that cost)
+            reserve = final_cost(tc, study, folds)
+            deadline = t0 + tc.budget_s - used - reserve
+            if time.time() >= deadline and scored:
+                break
         study = _study(tc, out, len(scored))
-        study.optimize(_objective(tc, out, folds), n_trials=1, catch=())
+        study.optimize(_objective(tc, out, folds, deadline if scored else None), n_trials=1, catch=())
         _write_trials(study, out)
     _write_trials(study, out)
+    log.info("tune: search done after %.1f min", (used + time.time() - t0) / 60)
     return _finish(tc, out, study, folds)
+
+
+def run_seconds(study, folds: int) -> float:
+    """Measured seconds of one full training run: the median over finished trials (a fold model trains on
+    (k-1)/k of train+val, about the official training split's size, so a fold counts as one run)."""
+    import optuna
+
+    secs = [
+        t.duration.total_seconds() / max(folds, 1)
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.duration
+    ]
+    return float(sorted(secs)[len(secs) // 2]) if secs else 0.0
+
+
+def final_cost(tc: TuneConfig, study, folds: int) -> float:
+    """Seconds the end of the search will take: the best and the starting recipe with each final seed."""
+    return 2 * tc.final_seeds * run_seconds(study, folds)
 
 
 def _in_space(spec, v) -> bool:
@@ -345,8 +393,73 @@ def _finish(tc: TuneConfig, out: Path, study, folds: int) -> Path:
     tuned = {**tc.base, **best.params}
     atomic_write_text(out / "best.yaml", dump_yaml(TrainConfig.from_dict({**tuned, "out": "runs/tuned"}).to_dict()))
     start = next((t for t in done if t.user_attrs.get("start")), None)
+    t0 = time.time()
     final = _final_runs(tc, out, tuned)
-    return _report(tc, out, study, best, start, final, folds)
+    ens = _ensemble(tc, out, done, best, folds)
+    _plots(study, out)
+    return _report(tc, out, study, best, start, final, folds, ens, time.time() - t0)
+
+
+def _ensemble(tc: TuneConfig, out: Path, done: list, best, folds: int) -> dict | None:
+    """The top trials' models (the best trial's fold models when trials were cross-validated) averaged on the
+    test split, read once; its operating point from the validation split. Written to ``ensemble/metrics.json``."""
+    if not tc.ensemble:
+        return None
+    from .io import atomic_write_json
+    from .train.ensemble import Ensemble
+
+    if folds:
+        members = [out / best.user_attrs["run"] / f"fold{k}" for k in range(folds)]
+        what = f"the best trial's {folds} fold models"
+    else:
+        members = []
+        for t in sorted(done, key=lambda t: (t.value, t.number)):
+            run = out / t.user_attrs["run"]
+            if run not in members and (run / "best.pt").exists():
+                members.append(run)
+            if len(members) == tc.ensemble:
+                break
+        what = f"the best {len(members)} trials' models"
+    path = out / "ensemble" / "metrics.json"
+    names = [str(m.relative_to(out)) for m in members]
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("members") == names:
+            return saved
+    m = Ensemble.load(members).evaluate(split="test")
+    res = {"members": names, "what": what, "test": json.loads(json.dumps(m, default=float))}
+    atomic_write_json(path, res)
+    return res
+
+
+def _plots(study, out: Path) -> None:
+    """Optimisation history and setting importances (Optuna's matplotlib views) as PNGs; skipped with a
+    log line when matplotlib is missing or there are too few trials for importances."""
+    import warnings
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ov
+    except ImportError as e:
+        log.info("tune: no plots (%s)", e)
+        return
+    from .io import _atomic
+
+    for name, draw in (("history.png", ov.plot_optimization_history), ("importance.png", ov.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = draw(study)
+            fig = ax.figure
+            fig.set_size_inches(7, 4)
+            fig.tight_layout()
+            _atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
+            plt.close(fig)
+        except Exception as e:  # too few finished trials, or one value everywhere
+            log.info("tune: %s not drawn (%s)", name, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
 
 
 def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
@@ -366,7 +479,9 @@ def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
     return {k: m for k, m in zip(keys, results)}
 
 
-def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: int) -> Path:
+def _report(
+    tc: TuneConfig, out: Path, study, best, start, final: dict, folds: int, ens: dict | None, end_s: float
+) -> Path:
     import optuna
 
     from .studies.stats import fmt_ci, fmt_paired, mean_ci, paired
@@ -374,13 +489,21 @@ def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: i
     states = {}
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
+    search_s = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
+    stopped = sum(1 for t in study.trials if t.user_attrs.get("stopped") == "budget")
     lines = [
         f"# smallmed tune: {tc.base.get('data')}",
         "",
         f"Search (Optuna TPE, {tc.pruner} pruning on validation loss, seed {tc.seed}): "
         f"{', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}; "
-        f"search time {sum((t.duration.total_seconds() for t in study.trials if t.duration), 0) / 60:.1f} min. "
-        "Trials never read the test split.",
+        f"search time {search_s / 60:.1f} min, final runs and ensemble {end_s / 60:.1f} min"
+        + (
+            f" (budget {tc.budget_s / 60:.0f} min{', exceeded: the final runs alone cost more than the budget left' if search_s + end_s > tc.budget_s * 1.05 else ''}"
+            f"{'; ' + str(stopped) + ' trial(s) stopped by the budget' if stopped else ''})"
+            if tc.budget_s
+            else ""
+        )
+        + ". Trials never read the test split.",
         "",
         "Objective: "
         + (
@@ -426,6 +549,14 @@ def _report(tc: TuneConfig, out: Path, study, best, start, final: dict, folds: i
             "",
             f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
             "difference; the search chose on validation only.",
+        ]
+    if ens:
+        t = ens["test"]
+        shown = ", ".join(f"{k} {t[k]:.4f}" for k in ("auc", "acc", "balanced_acc", "mae", "dice") if k in t)
+        lines += [
+            "",
+            f"Ensemble of {ens['what']} (mean of their outputs; members in ensemble/metrics.json), test split "
+            f"read once: {shown}.",
         ]
     lines += [
         "",

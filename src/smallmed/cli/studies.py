@@ -24,10 +24,20 @@ def add(sub) -> None:
         "strong recipe's lr, weight_decay, label_smoothing, augment, mixup, cutmix, ema)",
     )
     tu.add_argument("--trials", type=int, default=0, help="scored trials to reach")
-    tu.add_argument("--budget", help="search time, e.g. 90s, 45m, 2h (counted over resumes)")
+    tu.add_argument(
+        "--budget",
+        help="time for the whole command, e.g. 90s, 45m, 2h (counted over resumes; the search leaves the final "
+        "runs their measured cost)",
+    )
     tu.add_argument("--seed", type=int, default=0)
     tu.add_argument("--cv", default="auto", help="auto (5 folds of train+val when val < 200 images), 0, or folds")
-    tu.add_argument("--final-seeds", type=int, default=3, help="seeds of the final tuned and starting runs")
+    tu.add_argument(
+        "--final-seeds",
+        type=int,
+        default=1,
+        help="seeds of the best and the starting recipe trained at the end (3 or more: a paired interval)",
+    )
+    tu.add_argument("--ensemble", type=int, default=3, help="the best K trials' models averaged on test (0: none)")
     tu.add_argument("--pruner", choices=("hyperband", "halving", "none"), default="hyperband")
     tu.add_argument("--out", required=True)
     tu.set_defaults(func=cmd_tune)
@@ -94,6 +104,7 @@ def cmd_tune(a) -> int:
         seed=a.seed,
         cv=a.cv,
         final_seeds=a.final_seeds,
+        ensemble=a.ensemble,
         pruner=a.pruner,
     )
     print(f"report: {tune(tc, a.out)}")

@@ -97,7 +97,7 @@ class Ensemble:
     def evaluate(self, data: str | None = None, split: str = "test", data_dir: str | None = None) -> dict:
         """Metrics of the ensemble on a split (its own operating point fixed on the validation split)."""
 
-        ds = dataset_for_run(self.runs[0], self.dirs[0], data, data_dir)
+        ds = dataset_for_run(self.runs[0], self.dirs[0], data, data_dir, split)
         if split not in ds.splits:
             raise SmallmedError(f"split={split!r}: expected train, val or test.")
         kept, y = self.kept(lambda run: ds.splits[split])

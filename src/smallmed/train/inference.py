@@ -95,7 +95,7 @@ def evaluate_run(
     """Metrics of a run's best model on a split of its own data or of another dataset with the same classes."""
     run = load_run(run_dir, device)
     cfg = run.config
-    ds = dataset_for_run(run, run_dir, data, data_dir)
+    ds = dataset_for_run(run, run_dir, data, data_dir, split)
     if split not in ds.splits:
         raise SmallmedError(f"split={split!r}: expected train, val or test.")
     loader = DataLoader(run.task.torch_dataset(ds.splits[split], run.transform()), batch_size=cfg.eval_batch_size)
@@ -107,12 +107,16 @@ def evaluate_run(
     return out
 
 
-def dataset_for_run(run: LoadedRun, run_dir, data: str | None = None, data_dir: str | None = None):
-    """The run's own dataset, or another one checked to have the same task and classes."""
+def dataset_for_run(run: LoadedRun, run_dir, data: str | None = None, data_dir: str | None = None, split: str = "test"):
+    """The run's own dataset, or another one checked to have the same task and classes. A run that kept the
+    test split out of its training (``holdout='val'``, or a cross-validation fold) is evaluated on the data's
+    own split when the test split is asked for: asking is the deliberate, single read."""
     from .setup import load_data
 
     cfg = run.config
     other = cfg.with_overrides(data=data, data_dir=data_dir) if (data or data_dir) else cfg
+    if split == "test" and (cfg.holdout == "val" or cfg.cv_folds):
+        other = other.with_overrides(holdout="test", cv_folds=0, cv_fold=0)
     ds = load_data(other, "segmentation" if run.task.kind == "segmentation" else "labels")
     if run.task.kind == "regression" and getattr(ds, "task", None) in ("binary", "multiclass"):
         from ..data.dataset import as_regression
