@@ -505,18 +505,31 @@ def boneage_cells(study: RA2Study, out: Path, seeds) -> list[TrainConfig]:
     ]
 
 
-def hand_source(study: RA2Study) -> str | None:
-    """The bone-age hand source (the SVD study's cached ResNet-18, 5 age groups at 64 px), trained once."""
-    if not any(RECIPES[r][1] for r in study.variants):
-        return None
-    from .runner import run_cell
+def _source_config(study: RA2Study) -> TrainConfig:
     from .svd import SVDStudy, source_config
 
-    src = source_config(SVDStudy(source_data="rsna-boneage", model="resnet18", image_size=64, data_dir=study.data_dir))
+    return source_config(SVDStudy(source_data="rsna-boneage", model="resnet18", image_size=64, data_dir=study.data_dir))
+
+
+def hand_source_path(study: RA2Study) -> str | None:
+    """Where the bone-age hand source's weights are (trained or not); None when no recipe starts from it."""
+    if not any(RECIPES[r][1] for r in study.variants):
+        return None
+    return str(Path(_source_config(study).out) / "best.pt")
+
+
+def hand_source(study: RA2Study) -> str | None:
+    """The bone-age hand source (the SVD study's cached ResNet-18, 5 age groups at 64 px), trained once."""
+    path = hand_source_path(study)
+    if path is None:
+        return None
+    from .runner import run_cell
+
+    src = _source_config(study)
     if not (Path(src.out) / "metrics.json").exists():
         print(f"pretraining the bone-age hand source once (cached in {src.out})")
     run_cell(src.to_dict())
-    return str(Path(src.out) / "best.pt")
+    return path
 
 
 # --------------------------------------------------------------------------------------------- (c) end to end
@@ -607,28 +620,36 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
 
     check_settings(out, study, fresh=fresh)
     t0 = time.time()
-    source = hand_source(study)
+    # the hand source (about 50 minutes on 2 cores) is trained only when a run still to do starts from it
+    source = hand_source_path(study)
     stages = knee_stages(study, out, source)
     state: dict = {"loc": None, "e2e": None}
 
     def report() -> Path:
         return write_report(study, out, state, time.time() - t0)
 
-    run_grid(stages[0])
+    def grid(cells: list[TrainConfig]) -> list[dict]:
+        if any(c.weights == source and not (Path(c.out) / "metrics.json").exists() for c in cells):
+            hand_source(study)
+        return run_grid(cells)
+
+    if any((Path(c.out) / "metrics.json").exists() for st in stages for c in st):
+        report()  # what earlier invocations finished, before anything new runs
+    grid(stages[0])
+    grid(boneage_cells(study, out, study.boneage_seeds[:1]))  # no source needed: runs while it is still cold
     report()
     state["loc"] = localisation(study, out)
     if study.adult_epochs:
         state["adult"] = adult_localisation(
             study, out, state["loc"]["localiser_runs"].get("unet", state["loc"]["localiser_run"])
         )
-    run_grid(stages[1])
-    run_grid(boneage_cells(study, out, study.boneage_seeds[:1]))
+    grid(stages[1])
     report()
-    run_grid(stages[2])
+    grid(stages[2])
     report()
-    run_grid(ensemble_cells(study, out, source))
+    grid(ensemble_cells(study, out, source))
     report()
-    run_grid(boneage_cells(study, out, study.boneage_seeds[1:]))
+    grid(boneage_cells(study, out, study.boneage_seeds[1:]))
     state["e2e"] = end_to_end(study, out, state["loc"]["localiser_run"])
     return report()
 
