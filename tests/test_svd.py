@@ -223,32 +223,6 @@ def test_svd_study_tiny_grid_resumes_and_reports(tmp_path, tiny_npz, monkeypatch
     assert paired([1.0, 2.0, 3.5], [0.5, 1.0, 2.0])["wins"] == 3
 
 
-def test_grid_runs_as_ray_tasks_on_a_local_instance(tmp_path, tiny_npz):
-    ray = pytest.importorskip("ray", reason="pip install 'smallmed[ray]'")
-    from smallmed import TrainConfig
-    from smallmed.studies import run_grid
-
-    cells = [
-        TrainConfig(
-            data=str(tiny_npz),
-            model="small_cnn",
-            epochs=1,
-            seed=s,
-            out=str(tmp_path / f"r{s}"),
-            progress=False,
-            augment="none",
-        )
-        for s in (0, 1)
-    ]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        results = run_grid(cells, backend="ray")
-    finally:
-        ray.shutdown()
-    assert [r["epochs"] for r in results] == [1, 1]
-    assert all((tmp_path / f"r{s}" / "metrics.json").exists() for s in (0, 1))
-
-
 def test_svd_study_checks_its_grid_before_pretraining_the_source(tmp_path, tiny_npz):
     import dataclasses as dc
 

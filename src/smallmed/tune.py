@@ -73,6 +73,9 @@ class TuneConfig:
     )
     ensemble: int = setting(3, ge=0, le=100, help="the best trials' models averaged on the test split; 0: none")
     pruner: Literal["hyperband", "halving", "none"] = "hyperband"
+    backend: Literal["process", "ray"] = setting(
+        "process", help="process: trials one after another here; ray: Ray Tune (Optuna search, ASHA) on a cluster"
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -283,6 +286,7 @@ def _settings_check(tc: TuneConfig, out: Path) -> None:
         "seed": tc.seed,
         "cv": tc.cv,
         "pruner": tc.pruner,
+        **({"backend": tc.backend} if tc.backend != "process" else {}),
     }
     path = out / "tune.json"
     want = json.loads(json.dumps(want, default=str))
@@ -305,6 +309,8 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
     _settings_check(tc, out)
     base = TrainConfig.from_dict({**tc.base, "out": str(out / "base")})
     folds = _folds(tc, base)
+    if tc.backend == "ray":
+        return _finish(tc, out, _ray_search(tc, out, folds, base), folds)
     log.info(
         "tune: %s on %s; objective: best validation loss%s",
         ", ".join(tc.space),
@@ -574,3 +580,141 @@ def load_space(path: str | Path) -> dict:
         raise SmallmedError(f"{path}: expected a mapping of config keys to choices or ranges.")
     check_space(space)
     return space
+
+
+# ----------------------------------------------------------------------------------------------- Ray backend
+
+
+def distributions(space: dict) -> dict:
+    """The search space as Optuna distributions (what :func:`sample` draws from)."""
+    import optuna.distributions as od
+
+    out = {}
+    for k, v in space.items():
+        if isinstance(v, list):
+            out[k] = od.CategoricalDistribution(v)
+        elif isinstance(v["low"], int) and isinstance(v["high"], int):
+            out[k] = od.IntDistribution(v["low"], v["high"], log=bool(v.get("log")))
+        else:
+            out[k] = od.FloatDistribution(float(v["low"]), float(v["high"]), log=bool(v.get("log")))
+    return out
+
+
+class _RayReport(Callback):
+    """Each epoch's validation loss to Ray Tune (ASHA stops the trial there)."""
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        from ray import tune as rt
+
+        rt.report({"val_loss": float(row["val_loss"])})
+
+
+def _ray_trial(config: dict, *, base: dict, out: str, folds: int) -> None:
+    """One Ray Tune trial: the recipe trained (per fold), the last report its score (best validation loss)."""
+    from ray import tune as rt
+
+    from .train.cell import run_cell
+
+    root = _recipe_dir(Path(out), dict(config))
+    losses = []
+    for k in range(folds) if folds else [None]:
+        over = {"cv_folds": folds, "cv_fold": k} if folds else {}
+        cfg = TrainConfig.from_dict(
+            {
+                **base,
+                **config,
+                **over,
+                "holdout": "val",
+                "out": str(root / f"fold{k}" if folds else root),
+                "progress": False,
+                "figures": False,
+            }
+        )
+        m = run_cell(cfg.to_dict(), 1, callbacks=[] if folds else [_RayReport()])
+        losses.append(float(m["val"]["val_loss"]))
+        if folds:
+            rt.report({"val_loss": sum(losses) / len(losses), "done": len(losses) == folds})
+    if not folds:
+        rt.report({"val_loss": losses[0], "done": True})
+
+
+def _ray_search(tc: TuneConfig, out: Path, folds: int, base: TrainConfig):
+    """The search on Ray Tune (Liaw et al. 2018): Optuna's TPE through ``OptunaSearch``, ASHA early stopping
+    (Li et al. 2020), one CPU per trial, the experiment in ``OUT/ray`` (a killed search resumes from it). The
+    trials come back as an in-memory Optuna study, so the report, ensemble and plots are the same as locally."""
+    import datetime
+    import os
+
+    optuna = _optuna()
+    try:
+        import ray
+        from ray import tune as rt
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise SmallmedError("tune --backend ray needs Ray Tune: pip install 'smallmed[ray]'.") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    dists = distributions(tc.space)
+    resolved = base.to_dict()
+    start = {k: resolved[k] for k in tc.space if _in_space(tc.space[k], resolved[k])}
+    clean = {k: v for k, v in tc.base.items() if k != "out"}
+    trainable = rt.with_resources(rt.with_parameters(_ray_trial, base=clean, out=str(out), folds=folds), {"cpu": 1})
+    path = (out / "ray").resolve()
+    if rt.Tuner.can_restore(str(path / STUDY)):
+        tuner = rt.Tuner.restore(str(path / STUDY), trainable, resume_errored=True)
+    else:
+        search = OptunaSearch(
+            space=dists,
+            metric="val_loss",
+            mode="min",
+            seed=tc.seed,
+            points_to_evaluate=[start] if len(start) == len(tc.space) else None,
+        )
+        max_t = folds or int(resolved["epochs"]) + 1  # +1: the final report of the best loss
+        tuner = rt.Tuner(
+            trainable,
+            tune_config=rt.TuneConfig(
+                metric="val_loss",
+                mode="min",
+                search_alg=search,
+                scheduler=ASHAScheduler(max_t=max_t, grace_period=1, reduction_factor=3),
+                num_samples=tc.trials or -1,
+                time_budget_s=tc.budget_s or None,
+            ),
+            run_config=rt.RunConfig(storage_path=str(path), name=STUDY, verbose=0),
+        )
+    grid = tuner.fit()
+    study = optuna.create_study(direction="minimize")  # in memory: the report's view of the Ray trials
+    now = datetime.datetime.now()
+    for i, r in enumerate(sorted(grid, key=lambda r: r.metrics.get("trial_id", "") if r.metrics else "")):
+        params = {k: r.config[k] for k in tc.space if k in r.config}
+        hist = r.metrics_dataframe
+        losses = [] if hist is None or "val_loss" not in hist else [float(x) for x in hist["val_loss"]]
+        done = bool(r.metrics and r.metrics.get("done"))
+        state = (
+            optuna.trial.TrialState.FAIL
+            if r.error or not losses
+            else optuna.trial.TrialState.COMPLETE
+            if done
+            else optuna.trial.TrialState.PRUNED
+        )
+        secs = float(r.metrics.get("time_total_s", 0.0)) if r.metrics else 0.0
+        study.add_trial(
+            optuna.trial.FrozenTrial(
+                number=i,
+                trial_id=i,
+                state=state,
+                value=losses[-1] if state == optuna.trial.TrialState.COMPLETE else None,
+                values=None,
+                datetime_start=now - datetime.timedelta(seconds=secs),
+                datetime_complete=now,
+                params=params,
+                distributions={k: dists[k] for k in params},
+                user_attrs={"run": str(_recipe_dir(out, params).relative_to(out)), "start": params == start},
+                system_attrs={},
+                intermediate_values={j: v for j, v in enumerate(losses)},
+            )
+        )
+    _write_trials(study, out)
+    return study

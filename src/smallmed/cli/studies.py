@@ -39,6 +39,12 @@ def add(sub) -> None:
     )
     tu.add_argument("--ensemble", type=int, default=3, help="the best K trials' models averaged on test (0: none)")
     tu.add_argument("--pruner", choices=("hyperband", "halving", "none"), default="hyperband")
+    tu.add_argument(
+        "--backend",
+        choices=("process", "ray"),
+        default="process",
+        help="ray: Ray Tune (Optuna search, ASHA) on the cluster at RAY_ADDRESS, else a local one",
+    )
     tu.add_argument("--out", required=True)
     tu.set_defaults(func=cmd_tune)
 
@@ -106,6 +112,7 @@ def cmd_tune(a) -> int:
         final_seeds=a.final_seeds,
         ensemble=a.ensemble,
         pruner=a.pruner,
+        backend=a.backend,
     )
     print(f"report: {tune(tc, a.out)}")
     return 0
