@@ -286,7 +286,7 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
                 "--out",
                 str(tmp_path / "pred.csv"),
                 "--joints-out",
-                str(tmp_path / "joints.json"),
+                str(tmp_path / "joints"),
                 "--overlay",
                 str(tmp_path / "overlay"),
             ]
@@ -307,8 +307,25 @@ def test_pipeline_train_predict_end_to_end(tmp_path, capsys):
     p0 = pred.scores["P000"]
     assert tot["P000"]["Overall_Tol"] == pytest.approx(sum(p0.values()), abs=1e-3)
     assert all(v == 0 or v >= 0.5 for v in p0.values())  # scores under 0.5 count as 0
-    joints = json.loads((tmp_path / "joints.json").read_text())
+    # --joints-out DIR: one labelme file per scored radiograph, opened by labelme as it is
+    joints = {p.stem + ".png": json.loads(p.read_text()) for p in (tmp_path / "joints").glob("*.json")}
     assert len(joints["P000-LH.png"]["shapes"]) == 13 and joints["P000-LF.png"]["imageWidth"] == 160
+    _assert_labelme(tmp_path / "joints" / "P000-LH.json", pred_dir / "P000-LH.png")
+    # the labelling loop: the files (corrected in labelme) come back as landmarks, and are used as they are
+    moved = {"P000-LH": (10.0, 12.0)}
+    lh = json.loads((tmp_path / "joints" / "P000-LH.json").read_text())
+    lh["shapes"][0]["points"] = [list(moved["P000-LH"])]
+    (tmp_path / "joints" / "P000-LH.json").write_text(json.dumps(lh))
+    from smallmed.ra2.joints import read_landmarks
+
+    back = read_landmarks(tmp_path / "joints" / "P000-LH.json", "LH")
+    assert len(back) == 13 and moved["P000-LH"] in back.values()
+    args = ["ra2", "predict", str(tmp_path / "run"), str(pred_dir), "--out", str(tmp_path / "pred2.csv")]
+    assert main([*args, "--landmarks", str(tmp_path / "joints"), "--joints-out", str(tmp_path / "j2.json")]) == 0
+    capsys.readouterr()
+    again = json.loads((tmp_path / "j2.json").read_text())
+    assert again["P000-LH.png"]["source"] == "landmarks" and again["P000-LH.png"]["imagePath"] == "P000-LH.png"
+    assert moved["P000-LH"] in [tuple(s["points"][0]) for s in again["P000-LH.png"]["shapes"]]
     assert main(["-q", "ra2", "evaluate", str(tmp_path / "pred.csv"), str(root / "scores.csv")]) == 0
     # --overlay: one picture per scored radiograph (none for the missing, unreadable or constant ones)
     pngs = sorted(p.name for p in (tmp_path / "overlay").glob("*.png"))
@@ -655,3 +672,22 @@ def test_keypoint_rcnn_localiser_on_a_tiny_generated_set(tmp_path, capsys):
         )
         == 2
     )  # too small for the detector: one sentence
+
+
+def _assert_labelme(path: Path, image: Path) -> None:
+    """labelme's own loader where the package is installed, else its file schema field by field (labelme 5)."""
+    try:
+        from labelme.label_file import LabelFile
+    except ImportError:
+        d = json.loads(path.read_text())
+        assert set(d) >= {"version", "flags", "shapes", "imagePath", "imageData", "imageHeight", "imageWidth"}
+        assert d["imageData"] is None and (path.parent / d["imagePath"]).resolve() == image.resolve()
+        for s in d["shapes"]:
+            assert set(s) >= {"label", "points", "group_id", "description", "shape_type", "flags", "mask"}
+            assert s["shape_type"] == "point" and len(s["points"]) == 1 and len(s["points"][0]) == 2
+        from PIL import Image
+
+        assert Image.open(image).size == (d["imageWidth"], d["imageHeight"])
+        return
+    lf = LabelFile(str(path))
+    assert lf.imagePath and lf.imageData and len(lf.shapes) > 0

@@ -57,7 +57,11 @@ def add(sub) -> None:
     rp.add_argument("run_dir")
     rp.add_argument("images", help="folder of PATIENT-LH/RH/LF/RF.<jpg|png|dcm>")
     rp.add_argument("--out", required=True, help="CSV to write")
-    rp.add_argument("--joints-out", help="JSON of the joint points used per image (labelme shapes, original pixels)")
+    rp.add_argument(
+        "--joints-out",
+        help="a folder: one labelme file per radiograph with the joints used (open in labelme, correct, pass back "
+        "to ra2 train --landmarks); a .json path: one file for all",
+    )
     rp.add_argument("--landmarks", help="use these labelme points instead of locating joints")
     rp.add_argument("--overlay", help="folder for one PNG per radiograph: its joints, crop boxes and per-joint scores")
     rp.add_argument("--device", default="cpu")
@@ -143,12 +147,13 @@ def cmd_ra2_train(a) -> int:
 
 
 def cmd_ra2_predict(a) -> int:
+    from ..io import check_out_dir
     from ..ra2.pipeline import predict_pipeline
 
     if a.overlay:
-        from ..io import check_out_dir
-
         check_out_dir(a.overlay, "--overlay")
+    if a.joints_out and not a.joints_out.lower().endswith(".json"):
+        check_out_dir(a.joints_out, "--joints-out")
     table, notes = predict_pipeline(
         a.run_dir, a.images, a.out, landmarks=a.landmarks, joints_out=a.joints_out, overlay=a.overlay, device=a.device
     )

@@ -108,7 +108,8 @@ def write_landmarks(
     size: tuple[int, int],
     scores: dict[str, float] | None = None,
 ) -> dict:
-    """A labelme dict of points in original pixels (the format the RA2 examples use)."""
+    """A labelme dict of points in original pixels (the format the RA2 examples use; labelme 5's shape fields,
+    ``imageData`` null so labelme reads the image from ``image_path``, relative to the JSON file)."""
     w, h = size
     shapes = [
         {
@@ -116,13 +117,15 @@ def write_landmarks(
             "points": [[float(x), float(y)]],
             "shape_type": "point",
             "group_id": None,
+            "description": "",
+            "mask": None,
             "flags": {},
             **({"score": float(scores[n])} if scores and n in scores else {}),
         }
         for n, (x, y) in points.items()
     ]
     return {
-        "version": "4.2.4",
+        "version": "5.5.0",
         "flags": {},
         "shapes": shapes,
         "imagePath": image_path,

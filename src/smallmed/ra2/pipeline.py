@@ -480,7 +480,7 @@ class Pipeline:
                     notes.append(f"{path}: no joint found; its {limb} scores are left empty.")
                     continue
                 joints[path.name] = {
-                    **write_landmarks({p: pts[p] for p in wanted}, path.name, (img.shape[1], img.shape[0]), conf),
+                    **write_landmarks({p: pts[p] for p in wanted}, str(path), (img.shape[1], img.shape[0]), conf),
                     "source": how,
                 }
                 limb_scores = self.score_crops(limb_crops(img, pts, limb, self.cfg.crop))
@@ -499,10 +499,31 @@ class Pipeline:
             scores[pid] = vals
         table = ScoreTable(scores, str(images_dir))
         if joints_out:
-            from ..io import atomic_write_json
-
-            atomic_write_json(Path(joints_out), joints)
+            write_joints(joints, images, joints_out)
         return table, notes
+
+
+def write_joints(joints: dict[str, dict], images: dict, out: str | Path) -> None:
+    """The joints used per radiograph: a folder gets one labelme file per image (``STEM.json``, ``imagePath``
+    relative to it, so labelme opens it as it is and ``ra2 train --landmarks`` reads it back once corrected); a
+    ``.json`` path gets one file mapping image names to those labelme dicts."""
+    import os
+
+    from ..io import atomic_write_json
+
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        atomic_write_json(out, {k: {**v, "imagePath": Path(v["imagePath"]).name} for k, v in joints.items()})
+        return
+    if out.exists() and not out.is_dir():
+        raise SmallmedError(
+            f"--joints-out {out}: a file; expected a folder (one labelme file per image) or a .json path."
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    for d in joints.values():
+        image = Path(d["imagePath"])
+        rel = os.path.relpath(image.resolve(), out.resolve())
+        atomic_write_json(out / f"{image.stem}.json", {**d, "imagePath": rel})
 
 
 def predict_pipeline(
