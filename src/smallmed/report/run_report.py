@@ -81,6 +81,13 @@ def write_run_report(run_dir: str | Path) -> Path:
         plots.append("![test ROC](roc_test.png)")
     if (run_dir / "reliability_test.png").exists():
         plots.append("![test reliability](reliability_test.png)")
+    if (run_dir / "confusion_test.png").exists():
+        plots.append("![test confusion matrix](confusion_test.png)")
+    if (run_dir / "errors_test.png").exists():
+        plots.append(
+            "![most confidently wrong test images](errors_test.png)\n\nThe test images this model gets most "
+            "confidently wrong at its operating point, with occlusion maps (rows in `errors_test.csv`)."
+        )
     if (run_dir / "overlays").is_dir():
         plots += [f"![{p.stem}](overlays/{p.name})" for p in sorted((run_dir / "overlays").glob("*.png"))]
     lines += [

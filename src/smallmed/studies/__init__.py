@@ -6,6 +6,7 @@
 - ``svd``: seed 000's fraction study.  ``sfconv``: seed 004's cheap convolutions (classification and U-Net
   segmentation).  ``rff``: seed 001's receptive-field freeze transfer protocol.  ``bn``: seed 002's
   batch-norm ablation.  ``ra2``: seed 003's joint-damage scoring (``ra2_scoring``: its recipes and report).
+- ``medmnist``: the baseline and strong recipes (and a tuned one) against the published MedMNIST results.
 
 A new study is one file here that calls :func:`register_study`; it is imported below by discovery.
 """

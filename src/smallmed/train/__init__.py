@@ -5,7 +5,8 @@
   by training and every reload.  ``optim``: optimizer and schedules by parameter role.
 - ``finish``: end-of-run work (method report, merge, adapter).  ``inference``: run folders -> models.
 - ``ensemble``: several runs as one model, ``predict_images``.  ``cell``: one study cell in a subprocess.
-- ``tracking``: TensorBoard and MLflow mirrors of a run.
+- ``tracking``: TensorBoard and MLflow mirrors of a run.  ``errors``: the confusion matrix and the gallery of
+  the most confidently wrong test images of a classification run.
 """
 
 from .loop import evaluate, fit, resume

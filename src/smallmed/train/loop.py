@@ -589,6 +589,10 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
             title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)",
         )
     atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
+    if cfg.figures and getattr(task, "single_label", False):
+        from .errors import error_figures
+
+        error_figures(run_dir, model, test_loader.dataset, image_size=setup.image_size)
     write_run_report(run_dir)
     write_model_card(run_dir)
     head = test.get(task.headline, float("nan"))
