@@ -401,6 +401,9 @@ def test_integer_grades_as_regression(tmp_path):
     from smallmed import evaluate_run
 
     assert "mae" in evaluate_run(tmp_path / "g", device="cpu")
+    # predicted vs true, residuals and the confusion of rounded grades, shown in the report
+    assert (tmp_path / "g" / "regression_test.png").stat().st_size > 1000
+    assert "regression_test.png" in (tmp_path / "g" / "report.md").read_text()
     with pytest.raises(SmallmedError, match="task='regression'"):
         fit(
             TrainConfig(

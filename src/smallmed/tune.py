@@ -444,10 +444,7 @@ def _plots(study, out: Path) -> None:
     import warnings
 
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # Optuna's views draw with pyplot
         from optuna.visualization import matplotlib as ov
     except ImportError as e:
         log.info("tune: no plots (%s)", e)

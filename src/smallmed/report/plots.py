@@ -100,3 +100,39 @@ def plot_reliability(curve: dict, path: str | Path, title: str = "test reliabili
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
     _save(fig, Path(path))
+
+
+def plot_regression(targets, preds, path: str | Path, *, low: float, high: float, title: str = "") -> None:
+    """Predicted against true score, the residuals, and (integer scores, at most 11 grades) the confusion
+    matrix of the rounded, range-clipped predictions."""
+    t, p = np.asarray(targets, float).ravel(), np.asarray(preds, float).ravel()
+    graded = bool(np.all(t == np.round(t))) and len(np.unique(t)) <= 11
+    fig, axes = plt.subplots(1, 3 if graded else 2, figsize=(11 if graded else 7.5, 3.4))
+    jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(t)) if graded else 0.0
+    ax = axes[0]
+    ax.scatter(t + jitter, p, s=6, alpha=0.35)
+    ax.plot([low, high], [low, high], "k--", lw=1)
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted")
+    ax.set_title(title or "test: predicted vs true", fontsize=9)
+    ax = axes[1]
+    ax.scatter(t + jitter, p - t, s=6, alpha=0.35)
+    ax.axhline(0, color="k", lw=1, ls="--")
+    ax.set_xlabel("true")
+    ax.set_ylabel("predicted - true")
+    ax.set_title(f"residuals (MAE {np.mean(np.abs(p - t)):.3f})", fontsize=9)
+    if graded:
+        levels = np.arange(int(low), int(high) + 1)
+        g = np.clip(np.rint(p), low, high).astype(int) - int(low)
+        m = np.zeros((len(levels), len(levels)), dtype=int)
+        np.add.at(m, (t.astype(int) - int(low), g), 1)
+        ax = axes[2]
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > m.max() / 2 else "black")
+        ax.set_xticks(range(len(levels)), levels)
+        ax.set_yticks(range(len(levels)), levels)
+        ax.set_xlabel("predicted grade (rounded)")
+        ax.set_ylabel("true grade")
+        ax.set_title("test confusion of grades", fontsize=9)
+    _save(fig, Path(path))

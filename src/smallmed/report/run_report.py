@@ -81,6 +81,8 @@ def write_run_report(run_dir: str | Path) -> Path:
         plots.append("![test ROC](roc_test.png)")
     if (run_dir / "reliability_test.png").exists():
         plots.append("![test reliability](reliability_test.png)")
+    if (run_dir / "regression_test.png").exists():
+        plots.append("![test: predicted vs true, residuals](regression_test.png)")
     if (run_dir / "confusion_test.png").exists():
         plots.append("![test confusion matrix](confusion_test.png)")
     if (run_dir / "errors_test.png").exists():

@@ -494,6 +494,10 @@ class RegressionTask(Task):
         buf = io.StringIO()
         buf.write("index,label,pred\n" + "".join(f"{i},{t:g},{p:.6f}\n" for i, (t, p) in enumerate(zip(targets, kept))))
         atomic_write_text(run_dir / "test_predictions.csv", buf.getvalue())
+        if kw.get("figures", True):
+            from ..report.plots import plot_regression
+
+            plot_regression(targets, kept, run_dir / "regression_test.png", low=self.low, high=self.high)
         return {"ci95": ci}
 
     def info(self):
