@@ -23,6 +23,7 @@ def test_table_pairs_the_recipes_by_seed_and_resumes_without_training_again(tmp_
     assert "MedMNIST v2 Google AutoML Vision | 0.991 | 0.946" in text
     assert "strong - baseline, test AUC, paired by seed: " in text and "p=" in text
     assert "--recipe strong --epochs 1 --seed S" in text
+    assert (tmp_path / "s" / "comparison.png").stat().st_size > 1000 and "(comparison.png)" in text
     rows = (tmp_path / "s" / "results.csv").read_text().splitlines()
     assert len(rows) == 1 + 6
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "runs").rglob("metrics.json")}

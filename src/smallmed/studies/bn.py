@@ -26,7 +26,17 @@ from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from .base import register_study
 from .runner import run_grid
-from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import (
+    RATE,
+    compare_runs,
+    comparison_figure,
+    direction,
+    fmt_bootstrap,
+    fmt_ci,
+    fmt_paired,
+    mean_ci,
+    paired,
+)
 
 NORMS = ("none", "bn", "bn-after-act")
 SEED_GAIN = 0.10  # seed 002 (SPEC.md section 4): BN raised test accuracy by about 10 points
@@ -287,6 +297,15 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
             "freeze BN statistics (`--freeze-bn-stats`).",
             "",
         ]
+    if comparison_figure(
+        [{**r, "data": data_name(r["data"])} for r in rows],
+        group="data",
+        arm="norm",
+        metric="acc",
+        path=out / "comparison.png",
+        xlabel="test accuracy",
+    ):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report

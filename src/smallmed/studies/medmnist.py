@@ -25,7 +25,7 @@ from ..io import atomic_write_csv, atomic_write_text
 from .base import register_study
 from .bn import data_name
 from .runner import run_grid
-from .stats import RATE, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, comparison_figure, fmt_ci, fmt_paired, mean_ci, paired
 
 RECIPES = ("baseline", "strong")
 
@@ -286,6 +286,10 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
         lines.append("")
     if rows:
         atomic_write_csv(out / "results.csv", rows)
+    if comparison_figure(
+        rows, group="data", arm="recipe", metric="test_auc", path=out / "comparison.png", xlabel="test AUC"
+    ):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

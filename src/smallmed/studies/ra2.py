@@ -696,6 +696,7 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
 
 def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Path:
     from .ra2_scoring import GOAL, PUBLISHED, boneage_section, knee_section
+    from .stats import comparison_figure
 
     train_y = np.load(out / "data" / "knee_subset.npz")["train_labels"].ravel()
     ens = ensemble_predictions(study, out)
@@ -766,6 +767,15 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
     if state.get("e2e"):
         lines += _e2e_lines(study, state["e2e"])
     lines += _verdict(study, state, summ, bone)
+    if comparison_figure(
+        [{**r, "size": f"{r['size']} px"} for r in rows if r["seed"] != ""],
+        group="size",
+        arm="recipe",
+        metric="mae_rounded",
+        path=out / "comparison.png",
+        xlabel="test MAE of the grade (lower is better)",
+    ):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     atomic_write_text(

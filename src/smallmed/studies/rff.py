@@ -33,7 +33,7 @@ from ..errors import SmallmedError
 from ..fields import Checked, setting
 from ..io import atomic_write_text
 from .base import register_study
-from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, mean_ci, paired
+from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, comparison_figure, mean_ci, paired
 
 SEED_DELTA = {"small_cnn": 0.012, "resnet50": 0.052}  # SPEC.md section 3
 
@@ -320,6 +320,11 @@ def write_report(study: RFFStudy, out: Path, results: list[dict], names: list[st
         "",
     ]
     atomic_write_text(out / "study.json", json.dumps(asdict(study), indent=1))
+    arms = [{"arm": a, "acc": r[f"acc_{a}"]} for r in results for a in ("normal", "rff")]
+    if comparison_figure(
+        arms, group=None, arm="arm", metric="acc", path=out / "comparison.png", xlabel="test accuracy"
+    ):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report

@@ -24,7 +24,7 @@ from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from .base import register_study
 from .runner import run_grid
-from .stats import RATE, compare_runs, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
+from .stats import RATE, compare_runs, comparison_figure, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
 # name -> TrainConfig overrides
 VARIANTS = {
@@ -290,6 +290,8 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         lines.append("| natural photos | (install scikit-image for the reference) | |")
     lines.append("")
     atomic_write_text(out / "study.json", json.dumps(asdict(study), indent=1))
+    if comparison_figure(rows, group=None, arm="variant", metric=q1, path=out / "comparison.png", xlabel=q1_name):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     return report

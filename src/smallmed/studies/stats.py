@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -254,3 +255,43 @@ def compare_runs(runs_a: dict, runs_b: dict, *, n: int = 2000) -> tuple[dict | N
         if pa.shape[1] == 2 and min((y == 1).sum(), (y == 0).sum()) >= 2:
             dl.append(delong_test(y, pa[:, 1], pb[:, 1])["p"])
     return paired_bootstrap(y0, sa, sb, n=n), dl
+
+
+def comparison_figure(
+    rows: list[dict], *, group: str | None, arm: str, metric: str, path, xlabel: str, title: str = ""
+) -> Path | None:
+    """One figure that compares a study's arms: per group (a panel each), every arm's per-seed values (dots) and
+    their mean with its 95 % t-interval (3 or more seeds; fewer: the dots only). ``rows`` as in a study's
+    ``results.csv``; rows without a number for ``metric`` are left out. Returns the path, or None when empty."""
+    from ..report.plots import _save, plt
+
+    rows = [r for r in rows if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
+    if not rows:
+        return None
+    groups = list(dict.fromkeys(r[group] for r in rows)) if group else [None]
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(3.6 * len(groups) + 1.5, 0.45 * len({r[arm] for r in rows}) + 1.4), squeeze=False
+    )
+    for ax, g in zip(axes[0], groups):
+        sel = [r for r in rows if group is None or r[group] == g]
+        arms = list(dict.fromkeys(r[arm] for r in sel))
+        for y, a in enumerate(arms):
+            vals = [float(r[metric]) for r in sel if r[arm] == a]
+            ax.scatter(vals, [y] * len(vals), s=12, color="0.55", zorder=2)
+            c = mean_ci(vals)
+            if c["n"] >= MIN_SEEDS:
+                ax.errorbar(
+                    c["mean"], y, xerr=[[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]], fmt="o", color="C0", capsize=3
+                )
+            else:
+                ax.scatter([c["mean"]], [y], marker="|", s=200, color="C0", zorder=3)
+        ax.set_yticks(range(len(arms)), [str(a) for a in arms], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if g is not None:
+            ax.set_title(f"{group} {g}" if not isinstance(g, str) else g, fontsize=9)
+    fig.suptitle(title or f"{xlabel}: each seed (grey) and the mean with its 95 % t-interval", fontsize=9, y=1.04)
+    path = Path(path)
+    _save(fig, path)
+    return path

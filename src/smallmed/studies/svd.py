@@ -25,7 +25,7 @@ from ..io import atomic_write_csv, atomic_write_text
 from ..methods import get_method
 from .base import register_study
 from .runner import run_cell, run_grid
-from .stats import RATE, fmt_ci, mean_ci
+from .stats import RATE, comparison_figure, fmt_ci, mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +540,10 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         "`svd_diagnostics.json`.",
         "",
     ]
+    if comparison_figure(
+        rows, group="fraction", arm="method", metric="auc", path=out / "comparison.png", xlabel="test AUC"
+    ):
+        lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
     atomic_write_text(
