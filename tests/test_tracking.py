@@ -55,3 +55,66 @@ def test_log_settings_are_checked():
         TrainConfig(log=("wandb",))
     with pytest.raises(SmallmedError, match="mlflow_uri=.*no effect without log mlflow"):
         TrainConfig(mlflow_uri="http://example.org")
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, a free port), stopped at the end."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("mlflow")
+    exe = shutil.which("mlflow") or str(__import__("pathlib").Path(sys.executable).parent / "mlflow")
+    if subprocess.run([exe, "server", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("mlflow server is not installed (the full mlflow package provides it)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tmp_path / "server"
+    store.mkdir()
+    proc = subprocess.Popen(
+        [exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "art")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=store,
+    )  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(uri + "/health", timeout=1)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("mlflow server exited at start")
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not answer in 60 s")
+        yield uri
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_study_is_a_parent_run_on_a_real_mlflow_server(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from smallmed.cli import main
+    from tests.conftest import make_medmnist
+
+    data = make_medmnist(tmp_path / "d.npz", n=(32, 12, 12))
+    args = ["study", "medmnist", "--data", str(data), "--model", "small_cnn", "--seeds", "0", "--epochs", "1"]
+    assert main([*args, "--log", "mlflow", "--mlflow-uri", mlflow_server, "--out", str(tmp_path / "s")]) == 0
+    client = MlflowClient(tracking_uri=mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("smallmed").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "study medmnist"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["d/baseline/s0", "d/strong/s0"]
+    assert parent.data.params["model"] == "small_cnn"
+    child = children[0]
+    assert child.data.params["epochs"] == "1" and len(client.get_metric_history(child.info.run_id, "val_loss")) == 1
+    assert "metrics.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"report.md", "comparison.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}

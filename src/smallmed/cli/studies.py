@@ -70,6 +70,14 @@ def _add_study_parsers(sub) -> None:
         p.add_argument(
             "--fresh", action="store_true", help="delete the study folder and start over (also when settings changed)"
         )
+        p.add_argument(
+            "--log",
+            nargs="+",
+            choices=("tensorboard", "mlflow"),
+            default=[],
+            help="mirror every run to TensorBoard and/or MLflow (the study as a parent run, one nested run per cell)",
+        )
+        p.add_argument("--mlflow-uri", help="MLflow tracking server (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
         if entry.parallel:
             p.add_argument("--workers", type=int, default=1, help="parallel processes on this machine")
             p.add_argument("--backend", choices=("process", "ray"), default="process")
@@ -82,7 +90,9 @@ def cmd_study(a) -> int:
 
     changes = {k: getattr(a, k) for k in a.fields if getattr(a, k) is not None}
     extra = {"workers": a.workers, "backend": a.backend} if hasattr(a, "workers") else {}
-    report = run_study(a.study, a.preset, out=a.out, fresh=a.fresh, **extra, **changes)
+    report = run_study(
+        a.study, a.preset, out=a.out, fresh=a.fresh, log=tuple(a.log), mlflow_uri=a.mlflow_uri, **extra, **changes
+    )
     print(f"report: {report}")
     return 0
 

@@ -105,9 +105,14 @@ def run_study(
     fresh: bool = False,
     workers: int = 1,
     backend: str = "process",
+    log: tuple[str, ...] = (),
+    mlflow_uri: str | None = None,
     **changes,
 ) -> Path:
-    """Run (or resume) study ``name`` from a preset with ``changes``; returns the report's path."""
+    """Run (or resume) study ``name`` from a preset with ``changes``; returns the report's path.
+
+    ``log``: every run of the study mirrors itself to TensorBoard and/or MLflow (:mod:`smallmed.train.tracking`);
+    with MLflow the study is a parent run (its settings, report and figures) with one nested run per cell."""
     from ..io import check_out_dir
 
     entry = get_study(name)
@@ -115,8 +120,14 @@ def run_study(
         raise SmallmedError(f"workers={workers!r}, backend={backend!r}: expected workers >= 1 and process or ray.")
     check_out_dir(out)  # a folder that cannot be written fails before any data is read
     study = configure(name, preset, **changes)
-    if entry.parallel:
-        return entry.run(study, out, workers=workers, backend=backend, fresh=fresh)
-    if workers != 1 or backend != "process":
+    if not entry.parallel and (workers != 1 or backend != "process"):
         raise SmallmedError(f"the {name} study runs its cells in this process; workers and backend do not apply.")
-    return entry.run(study, out, fresh=fresh)
+    from ..train.tracking import study_tracking
+
+    with study_tracking(name, study, Path(out), log=tuple(log), mlflow_uri=mlflow_uri) as track:
+        if entry.parallel:
+            report = entry.run(study, out, workers=workers, backend=backend, fresh=fresh)
+        else:
+            report = entry.run(study, out, fresh=fresh)
+        track.finish(report)
+    return report

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.cell import run_cell
+from ..train.tracking import TRACKING
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
     """
     from .settings import check_cell
 
-    dicts = [c.to_dict() for c in cells]
+    dicts = [{**c.to_dict(), **(TRACKING.get() or {})} for c in cells]
     for d in dicts:
         check_cell(d)  # every reused cell was trained exactly as this grid asks, or the study stops here
     todo = [i for i, d in enumerate(dicts) if not (Path(d["out"]) / "metrics.json").exists()]

@@ -13,6 +13,8 @@ logger that fails (a server down, a full disk) says so in one warning line and s
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -21,6 +23,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 LOGGERS = ("tensorboard", "mlflow")
+PARENT_ENV = "SMALLMED_MLFLOW_PARENT_RUN"  # a study's MLflow run id, inherited by its cells' processes
+# the loggers a study's cells mirror to, set by study_tracking and read by the grid runner (no result changes)
+TRACKING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("smallmed_study_tracking", default=None)
 
 
 def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
@@ -137,7 +142,14 @@ class MLflowLogger(_Mirror):
         if self.artifacts and self.mlflow.get_experiment_by_name("smallmed") is None:
             self.mlflow.create_experiment("smallmed", artifact_location=self.artifacts)
         self.mlflow.set_experiment("smallmed")
-        self.run = self.mlflow.start_run(run_name=run_dir.name, nested=self.mlflow.active_run() is not None)
+        # a study's cell is nested under the study's run, also from a worker process or a Ray task
+        parent = os.environ.get(PARENT_ENV)
+        name = run_dir.name if not parent else "/".join(run_dir.parts[-3:])
+        self.run = self.mlflow.start_run(
+            run_name=name,
+            nested=self.mlflow.active_run() is not None,
+            tags={"mlflow.parentRunId": parent} if parent and self.mlflow.active_run() is None else None,
+        )
         self.mlflow.log_params({k: str(v)[:500] for k, v in _params(cfg).items()})
 
     def _epoch(self, epoch: int, row: dict) -> None:
@@ -166,3 +178,76 @@ def loggers_for(cfg, run_dir: Path) -> list[_Mirror]:
     for name in cfg.log:
         out.append(TensorBoardLogger(cfg, run_dir) if name == "tensorboard" else MLflowLogger(cfg, run_dir))
     return out
+
+
+class _StudyTracking:
+    """What :func:`study_tracking` yields: ``finish(report)`` logs the study's report folder files."""
+
+    def __init__(self, mlflow=None, out: Path | None = None) -> None:
+        self.mlflow, self.out = mlflow, out
+
+    def finish(self, report: Path) -> None:
+        if self.mlflow is None:
+            return
+        try:
+            for p in sorted(Path(report).parent.iterdir()):
+                if p.is_file() and p.suffix in (".md", ".png", ".csv", ".json"):
+                    self.mlflow.log_artifact(str(p))
+        except Exception as e:
+            log.warning("MLflow logging of the study stopped (%s); its folder keeps the record.", str(e)[:200])
+
+
+@contextlib.contextmanager
+def study_tracking(name: str, study, out: Path, *, log: tuple[str, ...] = (), mlflow_uri: str | None = None):
+    """Every cell of a study logs as ``log`` asks (the cells' configs get ``log`` and ``mlflow_uri``, which do not
+    change their results); with MLflow the study is a parent run named ``study NAME`` holding its settings, with
+    each cell nested under it (in this process or a worker's, through :data:`PARENT_ENV`)."""
+    import dataclasses
+
+    from ..errors import SmallmedError
+
+    bad = [x for x in log if x not in LOGGERS]
+    if bad:
+        raise SmallmedError(f"log={bad[0]!r}: expected tensorboard or mlflow.")
+    if mlflow_uri and "mlflow" not in log:
+        raise SmallmedError(f"mlflow_uri={mlflow_uri!r} has no effect without log mlflow (--log mlflow).")
+    if not log:
+        yield _StudyTracking()
+        return
+    track, run = _StudyTracking(), None
+    if "mlflow" in log:
+        try:
+            import mlflow
+        except ImportError:
+            raise_missing("mlflow", "mlflow")
+        local = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
+        out.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            mlflow.set_tracking_uri(uri)
+            if uri == local and mlflow.get_experiment_by_name("smallmed") is None:
+                mlflow.create_experiment("smallmed", artifact_location=(out / "mlartifacts").resolve().as_uri())
+            mlflow.set_experiment("smallmed")
+            run = mlflow.start_run(run_name=f"study {name}")
+            settings = dataclasses.asdict(study) if dataclasses.is_dataclass(study) else {}
+            mlflow.log_params({k: str(v)[:500] for k, v in settings.items()})
+            os.environ[PARENT_ENV] = run.info.run_id
+            track = _StudyTracking(mlflow, out)
+            mlflow_uri = uri  # the cells log to the same store as the study
+        except Exception as e:
+            log.warning("MLflow logging of the study stopped (%s); its runs keep the record.", str(e)[:200])
+    token = TRACKING.set({"log": list(log), "mlflow_uri": mlflow_uri if "mlflow" in log else None})
+    try:
+        yield track
+    finally:
+        TRACKING.reset(token)
+        if run is not None:
+            os.environ.pop(PARENT_ENV, None)
+            try:
+                import mlflow
+
+                mlflow.end_run()
+            except Exception:
+                pass
