@@ -35,6 +35,9 @@ def _save(fig, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        from ..io import _umask
+
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what the user's umask gives a new file
         os.replace(tmp, path)
     finally:
         plt.close(fig)

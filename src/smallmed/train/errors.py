@@ -109,7 +109,11 @@ def error_figures(run_dir: str | Path, model, test_data, *, image_size: int, k: 
             f"{r['kind']} #{r['index']}\ntrue {names[r['label']]}, called {names[r['pred']]} (p={r['p_pred']:.2f})",
             fontsize=7,
         )
-    fig.suptitle("most confidently wrong test images (red: occluding lowers the true class)", fontsize=9)
+    fig.suptitle(
+        "most confidently wrong test images (occluding a red area lowers the true class's probability, a blue one "
+        "raises it)",
+        fontsize=9,
+    )
     _save(fig, run_dir / "errors_test.png")
     return [*written, run_dir / "errors_test.png"]
 
