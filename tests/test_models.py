@@ -74,7 +74,7 @@ def test_weights_roundtrip_with_new_head(tmp_path):
     src = _perturbed(create_model("resnet18", 10, in_chans=1, input_size=28)).eval()
     torch.save(src.state_dict(), tmp_path / "w.pt")
     dst = create_model("resnet18", 3, in_chans=1, input_size=28, weights=tmp_path / "w.pt").eval()
-    rep = dst.smallmed_load_report
+    rep = dst.smallmed_info.load_report
     assert rep.head_replaced == ["fc.weight", "fc.bias"] and not rep.missing and not rep.unexpected
     x = torch.randn(2, 1, 28, 28)
     feats = lambda m: torch.flatten(m.avgpool(m.layer4(m.layer3(m.layer2(m.layer1(m.relu(m.bn1(m.conv1(x)))))))), 1)
@@ -88,7 +88,7 @@ def test_safetensors_and_rgb_to_gray_stem(tmp_path):
     rgb = _perturbed(create_model("small_cnn", 2, in_chans=3, input_size=16))
     save_file(rgb.state_dict(), str(tmp_path / "w.safetensors"))
     gray = create_model("small_cnn", 2, in_chans=1, input_size=16, weights=str(tmp_path / "w.safetensors"))
-    assert gray.smallmed_load_report.adapted == ["features.0.weight"]
+    assert gray.smallmed_info.load_report.adapted == ["features.0.weight"]
     assert torch.allclose(gray.features[0].weight, rgb.features[0].weight.sum(1, keepdim=True))
     # a gray image repeated to RGB gives the same stem output as the summed gray kernel
     x = torch.randn(1, 1, 16, 16)
@@ -109,7 +109,7 @@ def test_weights_that_do_not_fit(tmp_path):
     with pytest.raises(SmallmedError, match="missing layer1.0.conv1.weight; unexpected extra.weight"):
         create_model("resnet18", 2, input_size=28, weights=tmp_path / "partial.pt")
     m = create_model("resnet18", 2, input_size=28, weights=tmp_path / "partial.pt", strict=False)
-    assert m.smallmed_load_report.missing == ["layer1.0.conv1.weight"]
+    assert m.smallmed_info.load_report.missing == ["layer1.0.conv1.weight"]
     (tmp_path / "junk.pt").write_bytes(b"junk")
     with pytest.raises(SmallmedError, match="junk.pt: not a readable weights file"):
         load_weights(m, tmp_path / "junk.pt")
@@ -122,7 +122,7 @@ def test_vgg_bn_loads_plain_vgg_weights_reporting_fresh_layers(tmp_path):
     torch.save(plain.state_dict(), tmp_path / "vgg.pt")
     # torchvision numbering shifts once BN layers are inserted: convs are matched by order
     bn = create_model("vgg16", 2, norm="bn", input_size=32, weights=tmp_path / "vgg.pt", strict=False)
-    rep = bn.smallmed_load_report
+    rep = bn.smallmed_info.load_report
     assert "features.3.weight" in rep.loaded  # the 2nd conv: features.2 in vgg16, features.3 in vgg16_bn
     assert torch.equal(bn.features[3].weight, plain.features[2].weight)
     assert torch.equal(bn.features[40].weight, plain.features[28].weight)  # the last conv
@@ -189,7 +189,7 @@ def test_bn_after_act_loads_convs_and_reports_fresh_batchnorm(tmp_path):
     src = create_model("resnet18", 2, input_size=64, norm="bn")
     torch.save(src.state_dict(), tmp_path / "r18.pt")
     m = create_model("resnet18", 2, input_size=64, norm="bn-after-act", weights=tmp_path / "r18.pt")
-    rep = m.smallmed_load_report
+    rep = m.smallmed_info.load_report
     assert torch.equal(m.layer2[0].conv1.weight, src.layer2[0].conv1.weight)
     assert "layer1.0.bn1.running_mean" in rep.norm_skipped and "layer1.0.bn1.running_mean" not in rep.loaded
     assert torch.equal(m.layer1[0].bn1.running_mean, torch.zeros(64))

@@ -50,7 +50,7 @@ def test_imagenet_weights_download_hash_checked_and_adapted(served, caches, monk
     assert model.conv1.kernel_size == (7, 7)  # named ImageNet weights keep the ImageNet stem
     assert torch.allclose(model.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
     assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
-    assert model.fc.out_features == 2 and model.smallmed_load_report.head_replaced
+    assert model.fc.out_features == 2 and model.smallmed_info.load_report.head_replaced
     assert (pretrained.hub_dir() / name).exists()  # torch's hub cache, where torchvision keeps it
 
     # a file whose bytes do not match the hash in its name: refused, nothing cached

@@ -6,6 +6,7 @@ from torch import nn
 
 from smallmed import SmallmedError, create_model
 from smallmed.reparam import apply_svd, fold, svd_modules, to_low_rank
+from smallmed.roles import head_name
 
 
 class Grouped(nn.Module):
@@ -61,10 +62,7 @@ def test_outputs_unchanged_counts_match_formulas_and_fold_after_perturbation(mod
         summary = apply_svd(model, mode=mode)
         assert torch.allclose(model(x), y0, atol=1e-4, rtol=1e-4), name
         assert summary.sigma_params == expected, name
-        head = sum(
-            p.numel()
-            for p in model.get_submodule(model.smallmed_head if hasattr(model, "smallmed_head") else "fc").parameters()
-        )
+        head = sum(p.numel() for p in model.get_submodule(head_name(model)).parameters())
         assert summary.trainable == expected + head
         with torch.no_grad():  # a fold test at identity proves nothing: move the singular values
             for _, m, _ in svd_modules(model):

@@ -22,7 +22,7 @@ from torch import nn
 
 from .errors import SmallmedError
 from .methods import apply_method, get_method
-from .roles import head_name, parameter_roles, unwrap
+from .roles import ModelInfo, head_name, model_info, parameter_roles, unwrap
 
 FORMAT = "smallmed-adapter/1"
 
@@ -82,12 +82,13 @@ def save_adapter(
     """Write ``model``'s adapter to ``path`` (atomic). Returns the path.
 
     ``method``, ``settings`` and ``base_hash`` default to what :func:`smallmed.fit` recorded on the model
-    (``smallmed_method``, ``smallmed_method_settings``, ``smallmed_base_hash``).
+    (its :class:`smallmed.roles.ModelInfo`).
     """
     model = unwrap(model)
-    method = method or getattr(model, "smallmed_method", None)
-    settings = settings if settings is not None else getattr(model, "smallmed_method_settings", {})
-    base_hash = base_hash or getattr(model, "smallmed_base_hash", None)
+    info = model_info(model, create=False) or ModelInfo()
+    method = method or info.method
+    settings = settings if settings is not None else info.method_settings
+    base_hash = base_hash or info.base_hash
     if not method or not base_hash:
         raise SmallmedError(
             "save_adapter: the model does not record its method and base weights; pass method= and "
@@ -163,8 +164,8 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
             f"{path}: the adapter lacks {', '.join(lacking[:4])}, which method {meta['method']!r} trains."
         )
     base_model.load_state_dict(tensors, strict=False)  # partial by design: exactly the method's tensors
-    base_model.smallmed_method, base_model.smallmed_method_settings = meta["method"], s
-    base_model.smallmed_base_hash = meta["base_hash"]
+    info = model_info(base_model)
+    info.method, info.method_settings, info.base_hash = meta["method"], s, meta["base_hash"]
     return base_model.eval()
 
 

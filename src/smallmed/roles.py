@@ -7,10 +7,13 @@ method's own module may declare another (``smallmed_role = "ssf"`` on the module
 
 Roles are found by module type and by the parametrizations themselves (a parametrization class
 declares ``role = "sigma"``), never by name substrings. The head is found as timm does: a model's
-``get_classifier()``, then the ``smallmed_head`` name a registry sets, then the last ``nn.Linear``.
+``get_classifier()``, then the head a registry records (:class:`ModelInfo`), then the last ``nn.Linear``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -25,11 +28,41 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
+@dataclass
+class ModelInfo:
+    """What smallmed knows about a model it built or loaded, kept on the model as one record,
+    ``model.smallmed_info`` (as timm keeps ``pretrained_cfg``), read through :func:`model_info`.
+
+    Attributes:
+        head: dotted name of the classifier head (from the model registry).
+        stem: ``imagenet`` or ``small``, resolved from ``auto`` (a reload builds the same layers).
+        load_report: what loading the weights did (:class:`smallmed.models.LoadReport`), or None.
+        method: the fine-tuning method applied; ``method_settings`` its settings.
+        base_hash: fingerprint of the base weights an adapter must be applied to.
+    """
+
+    head: str | None = None
+    stem: str | None = None
+    load_report: Any = None
+    method: str | None = None
+    method_settings: dict = field(default_factory=dict)
+    base_hash: str | None = None
+
+
+def model_info(model: nn.Module, *, create: bool = True) -> ModelInfo | None:
+    """The model's :class:`ModelInfo` (made empty on first use unless ``create`` is False)."""
+    info = getattr(model, "smallmed_info", None)
+    if info is None and create:
+        info = ModelInfo()
+        model.smallmed_info = info
+    return info
+
+
 def head_name(model: nn.Module) -> str:
     """Dotted name of the model's head.
 
     Order: ``model.get_classifier()`` (timm's contract; the returned module is looked up by
-    identity), ``model.smallmed_head``, the last ``nn.Linear``.
+    identity), the head the model registry recorded (:class:`ModelInfo`), the last ``nn.Linear``.
 
     Example:
         >>> head_name(nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4, 2)))
@@ -42,9 +75,9 @@ def head_name(model: nn.Module) -> str:
             for n, m in model.named_modules():
                 if m is mod and n:
                     return n
-    name = getattr(model, "smallmed_head", None)
-    if name:
-        return name
+    info = model_info(model, create=False)
+    if info is not None and info.head:
+        return info.head
     last = None
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):

@@ -20,6 +20,7 @@ from torch import nn
 from ..analysis.cost import check_input_size
 from ..errors import SmallmedError
 from ..registry import check_choice
+from ..roles import model_info
 from ._adapt import (
     LoadReport,
     checkpoint_norm,
@@ -193,9 +194,8 @@ def create_model(
     )
     if input_size is not None and input_size < 64:  # every registered family takes 64 px; below, one blank pass
         check_input_size(model, in_chans, input_size, name)
-    if entry.head:
-        model.smallmed_head = entry.head
-    model.smallmed_stem = stem
+    info = model_info(model)
+    info.head, info.stem = entry.head or None, stem
     if named:
         report = entry.pretrained[weights](model)
     elif weights is not None:
@@ -205,5 +205,5 @@ def create_model(
         report = load_weights(model, weights, strict=strict, skip_norm=skip)
     else:
         report = None
-    model.smallmed_load_report = report
+    info.load_report = report
     return model

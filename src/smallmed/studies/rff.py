@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import SmallmedError
 from ..fields import Checked, setting
 from ..io import atomic_write_text
+from ..roles import head_name
 from .base import register_study
 from .stats import MIN_CLUSTERS, RATE, cluster_bootstrap, comparison_figure, mean_ci, paired
 
@@ -176,7 +177,7 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
     }
     for name, (m, secs) in branch.items():
         reset_classifier(m, len(transfer))
-        head = m.get_submodule(m.smallmed_head)
+        head = m.get_submodule(head_name(m))
         if head_init is None:
             torch.manual_seed(2000 + seed)
             for p in head.parameters():
@@ -184,7 +185,7 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
             head_init = copy.deepcopy(head.state_dict())
         head.load_state_dict(head_init)
         for n_, p in m.named_parameters():
-            p.requires_grad_(n_.startswith(m.smallmed_head + "."))
+            p.requires_grad_(n_.startswith(head_name(m) + "."))
         o = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=study.lr)
         gtr = torch.Generator().manual_seed(3000 + seed)
 

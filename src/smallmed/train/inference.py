@@ -16,6 +16,7 @@ from ..data.dataset import Split
 from ..data.transforms import build_transform
 from ..errors import SmallmedError
 from ..io import load_checkpoint
+from ..roles import model_info
 from .loop import evaluate, run_loader
 from .recipe import rebuild
 from .setup import resolve_device
@@ -84,7 +85,7 @@ def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
         ckpt = _legacy_meta(ckpt, where)
     cfg = TrainConfig.from_saved({**ckpt["config"], "out": str(run_dir)}, source=str(where))
     model = rebuild(cfg, ckpt["recipe"], ckpt["model"], where=str(where))
-    model.smallmed_base_hash = ckpt.get("base_hash")
+    model_info(model).base_hash = ckpt.get("base_hash")
     model.to(resolve_device(device)).eval()
     return LoadedRun(model, cfg, ckpt, task_from_info(ckpt["task_info"]))
 

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..models import create_model, model_entry
+from ..roles import model_info
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,10 @@ def build_model(
             "num_classes": num_classes,
             "in_chans": in_chans,
             "input_size": input_size,
-            "stem": model.smallmed_stem,
+            "stem": model_info(model).stem,
         }  # resolved from "auto": a reload builds the same layers
-        if model.smallmed_load_report is not None:
-            log.info("weights %s: %s", cfg.weights, model.smallmed_load_report)
+        if model_info(model).load_report is not None:
+            log.info("weights %s: %s", cfg.weights, model_info(model).load_report)
     else:
         recipe = {
             "num_classes": num_classes,
@@ -103,8 +104,8 @@ def build_model(
     base_hash = base_fingerprint(model) if pretrained and cfg.method != "full" else None
     settings = method_settings(cfg)
     names, summary = apply_method(model, cfg.method, settings)
-    model.smallmed_method, model.smallmed_method_settings = cfg.method, settings
-    model.smallmed_base_hash = base_hash
+    info = model_info(model)
+    info.method, info.method_settings, info.base_hash = cfg.method, settings, base_hash
     return Built(model, recipe, names, summary, pretrained_state, total, named, base_hash)
 
 
