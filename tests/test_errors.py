@@ -35,7 +35,8 @@ def test_a_run_writes_its_confusion_matrix_and_gallery_from_its_own_predictions(
     arrays = dict(np.load(tiny_npz))
     arrays["test_labels"][::3] = 1 - arrays["test_labels"][::3]  # wrong labels: mistakes of both kinds to show
     np.savez(tmp_path / "noisy.npz", **arrays)
-    fit(tiny_cfg(data=str(tmp_path / "noisy.npz"), epochs=1, figures=True))
+    # calibrated: the threshold was fixed on temperature-scaled probabilities, and the gallery uses them too
+    fit(tiny_cfg(data=str(tmp_path / "noisy.npz"), epochs=1, figures=True, calibrate="temperature"))
     run = tmp_path / "run"
     assert (run / "confusion_test.png").stat().st_size > 1000
     m = json.loads((run / "metrics.json").read_text())
@@ -43,11 +44,12 @@ def test_a_run_writes_its_confusion_matrix_and_gallery_from_its_own_predictions(
     with open(run / "test_predictions.csv", newline="") as f:
         preds = list(csv.DictReader(f))
     names = m["data"]["classes"]
-    fp = sorted(
-        (r for r in preds if int(r["label"]) == 0 and float(r[f"p_{names[1]}"]) >= t),
-        key=lambda r: (-float(r[f"p_{names[1]}"]), int(r["index"])),
-    )[:4]
+    from smallmed.metrics.clinical import apply_temperature
+
+    raw = np.array([[float(r[f"p_{c}"]) for c in names] for r in preds])
+    p1 = apply_temperature(raw, m["test"]["calibration"]["temperature"])[:, 1]
+    fp = sorted((i for i, r in enumerate(preds) if int(r["label"]) == 0 and p1[i] >= t), key=lambda i: (-p1[i], i))[:4]
     with open(run / "errors_test.csv", newline="") as f:
         shown = [r for r in csv.DictReader(f) if r["kind"] == "false positive"]
-    assert fp and [r["index"] for r in shown] == [r["index"] for r in fp]
+    assert fp and [int(r["index"]) for r in shown] == fp
     assert (run / "errors_test.png").exists() and "errors_test.png" in (run / "report.md").read_text()

@@ -118,3 +118,27 @@ def test_a_study_is_a_parent_run_on_a_real_mlflow_server(mlflow_server, tmp_path
     assert child.data.params["epochs"] == "1" and len(client.get_metric_history(child.info.run_id, "val_loss")) == 1
     assert "metrics.json" in {a.path for a in client.list_artifacts(child.info.run_id)}
     assert {"report.md", "comparison.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_a_study_whose_tracking_server_is_down_warns_once_and_finishes(tmp_path, caplog):
+    pytest.importorskip("mlflow")
+    from smallmed.studies import run_study
+    from tests.conftest import make_medmnist
+
+    data = make_medmnist(tmp_path / "d.npz", n=(32, 12, 12))
+    kw = dict(data=(str(data),), model="small_cnn", seeds=(0,), epochs=(1,), recipes=("baseline",))
+    with caplog.at_level(logging.WARNING, logger="smallmed"):
+        report = run_study(
+            "medmnist", "quick", out=tmp_path / "s", log=("mlflow",), mlflow_uri="http://127.0.0.1:9/", **kw
+        )
+    assert report.exists() and (tmp_path / "s" / "runs" / "d" / "baseline" / "s0" / "metrics.json").exists()
+    assert len([r for r in caplog.records if "MLflow logging of the study stopped" in r.getMessage()]) == 1
+
+
+def test_bad_study_input_leaves_no_tracking_store(tmp_path):
+    pytest.importorskip("mlflow")
+    from smallmed.studies import run_study
+
+    with pytest.raises(SmallmedError, match="nothing.npz"):
+        run_study("medmnist", "quick", out=tmp_path / "s", log=("mlflow",), data=(str(tmp_path / "nothing.npz"),))
+    assert not (tmp_path / "s" / "mlflow.db").exists()

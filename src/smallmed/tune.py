@@ -11,7 +11,9 @@ the search's starting recipe, each with the same seeds, so the report says how m
 adds.
 
 A budget (``budget_s``) bounds the whole command: the search stops, and a running trial is stopped as
-pruned, early enough for the final runs at their measured cost (the median finished trial). The best
+pruned (after an epoch; a cross-validated trial between folds), early enough for the final runs at their
+measured cost (the median finished trial). With ``backend='ray'`` the budget bounds the search only (Ray
+Tune's ``time_budget_s``, counted again after a restore), and the final runs come after it. The best
 trials' models (or the best trial's fold models) are also averaged on the test split, inference only.
 
 Files: ``study.db``, ``trials.csv``, ``best.yaml`` (a config for ``smallmed train --config``),
@@ -182,8 +184,8 @@ class _Report(Callback):
     """Reports each epoch's validation loss to the trial and stops it when the pruner says so, or when the
     search's time is up (``deadline``, seconds since the epoch; the trial keeps its last reported loss)."""
 
-    def __init__(self, trial, deadline: float | None = None) -> None:
-        self.trial, self.deadline = trial, deadline
+    def __init__(self, trial, deadline: float | None = None, epochs: int | None = None) -> None:
+        self.trial, self.deadline, self.epochs = trial, deadline, epochs
 
     def on_epoch_end(self, epoch: int, row: dict) -> None:
         import optuna
@@ -191,7 +193,8 @@ class _Report(Callback):
         self.trial.report(float(row["val_loss"]), epoch)
         if self.trial.should_prune():
             raise optuna.TrialPruned()
-        if self.deadline is not None and time.time() > self.deadline:
+        last = self.epochs is not None and epoch + 1 >= self.epochs  # a trained model is kept, late or not
+        if self.deadline is not None and time.time() > self.deadline and not last:
             self.trial.set_user_attr("stopped", "budget")
             raise optuna.TrialPruned()
 
@@ -236,7 +239,7 @@ def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = N
                 {**tc.base, **params, **over, "holdout": "val", "out": str(run), "progress": False, "figures": False}
             )
             # a run resumed after a kill first replays its finished epochs to the pruner
-            cb = None if folds else _Report(trial, deadline)
+            cb = None if folds else _Report(trial, deadline, cfg.epochs)
             if cb is not None and (run / "history.csv").exists() and not (run / "metrics.json").exists():
                 import csv
 
@@ -432,7 +435,8 @@ def _ensemble(tc: TuneConfig, out: Path, done: list, best, folds: int) -> dict |
         saved = json.loads(path.read_text())
         if saved.get("members") == names:
             return saved
-    m = Ensemble.load(members).evaluate(split="test")
+    # fold models trained on most of the official validation split: no operating point is chosen on it
+    m = Ensemble.load(members).evaluate(split="test", operating_point=not folds)
     res = {"members": names, "what": what, "test": json.loads(json.dumps(m, default=float))}
     atomic_write_json(path, res)
     return res
@@ -655,7 +659,13 @@ def _ray_search(tc: TuneConfig, out: Path, folds: int, base: TrainConfig):
     dists = distributions(tc.space)
     resolved = base.to_dict()
     start = {k: resolved[k] for k in tc.space if _in_space(tc.space[k], resolved[k])}
+    # Ray runs each trial in its own working folder: every path a trial reads or writes is made absolute
+    out = out.resolve()
     clean = {k: v for k, v in tc.base.items() if k != "out"}
+    for k in ("data", "data_dir", "weights", "init"):
+        v = clean.get(k)
+        if isinstance(v, str) and Path(v).exists():
+            clean[k] = str(Path(v).resolve())
     trainable = rt.with_resources(rt.with_parameters(_ray_trial, base=clean, out=str(out), folds=folds), {"cpu": 1})
     path = (out / "ray").resolve()
     if rt.Tuner.can_restore(str(path / STUDY)):

@@ -106,10 +106,11 @@ def plot_reliability(curve: dict, path: str | Path, title: str = "test reliabili
 
 
 def plot_regression(targets, preds, path: str | Path, *, low: float, high: float, title: str = "") -> None:
-    """Predicted against true score, the residuals, and (integer scores, at most 11 grades) the confusion
-    matrix of the rounded, range-clipped predictions."""
+    """Predicted against true score, the residuals, and (integer scores on a range of at most 11 grades) the
+    confusion matrix of the rounded, range-clipped predictions."""
     t, p = np.asarray(targets, float).ravel(), np.asarray(preds, float).ravel()
-    graded = bool(np.all(t == np.round(t))) and len(np.unique(t)) <= 11
+    # grades: integer scores on a range of at most 11 values, every target inside it
+    graded = bool(np.all(t == np.round(t))) and high - low <= 10 and bool(np.all((t >= low) & (t <= high)))
     fig, axes = plt.subplots(1, 3 if graded else 2, figsize=(11 if graded else 7.5, 3.4))
     jitter = np.random.default_rng(0).uniform(-0.15, 0.15, len(t)) if graded else 0.0
     ax = axes[0]

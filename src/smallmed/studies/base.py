@@ -124,7 +124,7 @@ def run_study(
         raise SmallmedError(f"the {name} study runs its cells in this process; workers and backend do not apply.")
     from ..train.tracking import study_tracking
 
-    with study_tracking(name, study, Path(out), log=tuple(log), mlflow_uri=mlflow_uri) as track:
+    with study_tracking(name, study, Path(out), loggers=tuple(log), mlflow_uri=mlflow_uri) as track:
         if entry.parallel:
             report = entry.run(study, out, workers=workers, backend=backend, fresh=fresh)
         else:

@@ -272,17 +272,16 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
                     pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
                     lines.append(f"- {recipe} - {ref}, test {label}, paired by seed: {fmt_paired(pr)}.")
         goal = GOALS.get(name)
-        best = [(r, [m for m in done[r] if m]) for r in recipes]
-        best = [(r, ms) for r, ms in best if ms]
-        if goal and best:
-            r, ms = max(best, key=lambda x: statistics.mean(m["test"]["auc"] for m in x[1]))
-            auc_m = statistics.mean(m["test"]["auc"] for m in ms)
-            acc_m = statistics.mean(m["test"]["acc"] for m in ms)
-            met = auc_m >= goal[0] and acc_m >= goal[1]
-            lines.append(
-                f"- Goal (AUC >= {goal[0]}, accuracy >= {goal[1]}): the recipe with the highest mean test AUC, {r}, "
-                f"reaches {auc_m:.4f} / {acc_m:.4f}: {'met' if met else 'not met'}."
-            )
+        if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
+            parts = []
+            for r in recipes:
+                ms = [m for m in done[r] if m]
+                if ms:
+                    auc_m = statistics.mean(m["test"]["auc"] for m in ms)
+                    acc_m = statistics.mean(m["test"]["acc"] for m in ms)
+                    ok = auc_m >= goal[0] and acc_m >= goal[1]
+                    parts.append(f"{r} {auc_m:.4f} / {acc_m:.4f} ({'met' if ok else 'not met'})")
+            lines.append(f"- Goal (mean test AUC >= {goal[0]}, accuracy >= {goal[1]}): " + "; ".join(parts) + ".")
         lines.append("")
     if rows:
         atomic_write_csv(out / "results.csv", rows)

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import TrainConfig
 from ..errors import SmallmedError
 from ..train.cell import run_cell
-from ..train.tracking import TRACKING
+from ..train.tracking import PARENT_ENV, TRACKING
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
     """
     from .settings import check_cell
 
-    dicts = [{**c.to_dict(), **(TRACKING.get() or {})} for c in cells]
+    tracking = TRACKING.get()
+    over = tracking.overrides() if tracking is not None else {}
+    dicts = [{**c.to_dict(), **over} for c in cells]
     for d in dicts:
         check_cell(d)  # every reused cell was trained exactly as this grid asks, or the study stops here
     todo = [i for i, d in enumerate(dicts) if not (Path(d["out"]) / "metrics.json").exists()]
@@ -62,6 +64,8 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
         remote = ray.remote(num_cpus=1)(run_cell)
+        if os.environ.get(PARENT_ENV):  # a study's MLflow parent run, for the cells' nested runs
+            remote = remote.options(runtime_env={"env_vars": {PARENT_ENV: os.environ[PARENT_ENV]}})
         refs = {i: remote.remote(dicts[i], 1) for i in todo}
         for i, ref in refs.items():
             results[i] = ray.get(ref)

@@ -94,8 +94,11 @@ class Ensemble:
                 targets = res["targets"]
         return np.mean(outs, axis=0), targets
 
-    def evaluate(self, data: str | None = None, split: str = "test", data_dir: str | None = None) -> dict:
-        """Metrics of the ensemble on a split (its own operating point fixed on the validation split)."""
+    def evaluate(
+        self, data: str | None = None, split: str = "test", data_dir: str | None = None, operating_point: bool = True
+    ) -> dict:
+        """Metrics of the ensemble on a split (its own operating point fixed on the validation split; with
+        ``operating_point=False`` none, e.g. for fold models that trained on that split)."""
 
         ds = dataset_for_run(self.runs[0], self.dirs[0], data, data_dir, split)
         if split not in ds.splits:
@@ -103,7 +106,7 @@ class Ensemble:
         kept, y = self.kept(lambda run: ds.splits[split])
         task = self.task
         out = {"members": len(self.runs), "tta": self.tta, **task.metrics(kept, y)}
-        if task.kind in ("binary", "multiclass") and split != "val" and "val" in ds.splits:
+        if operating_point and task.kind in ("binary", "multiclass") and split != "val" and "val" in ds.splits:
             from ..metrics.clinical import clinical_summary
 
             kv, yv = self.kept(lambda run: ds.splits["val"])

@@ -10,7 +10,6 @@ The rows shown are written to ``errors_test.csv`` beside ``test_predictions.csv`
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -63,17 +62,24 @@ def confusion(labels: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
     return m
 
 
-def error_figures(run_dir: str | Path, model, test_data, *, image_size: int, k: int = 4) -> list[Path]:
+def error_figures(
+    run_dir: str | Path, model, test_data, *, test_metrics: dict, image_size: int, k: int = 4
+) -> list[Path]:
     """Write ``confusion_test.png``, ``errors_test.png`` and ``errors_test.csv`` for a finished single-label
     classification run: ``model`` with its best weights, ``test_data`` the test split as the model sees it (item
-    ``i`` is row ``i`` of ``test_predictions.csv``); returns the figures written."""
+    ``i`` is row ``i`` of ``test_predictions.csv``), ``test_metrics`` the run's test metrics (its operating
+    point, and the temperature that threshold was fixed on when the run is calibrated); returns the figures."""
     from ..io import atomic_write_csv
     from ..report.plots import _save, plt
 
     run_dir = Path(run_dir)
     labels, probs, names = read_predictions(run_dir)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    op = metrics["test"].get("operating_point") or {}
+    cal = test_metrics.get("calibration") or {}
+    if cal.get("temperature"):  # the threshold was fixed on calibrated probabilities
+        from ..metrics.clinical import apply_temperature
+
+        probs = apply_temperature(probs, cal["temperature"])
+    op = test_metrics.get("operating_point") or {}
     threshold = op.get("threshold") if probs.shape[1] == 2 else None
     pred = predicted(probs, threshold)
     m = confusion(labels, pred, len(names))

@@ -109,9 +109,8 @@ def evaluate_run(
 
 
 def dataset_for_run(run: LoadedRun, run_dir, data: str | None = None, data_dir: str | None = None, split: str = "test"):
-    """The run's own dataset, or another one checked to have the same task and classes. A run that kept the
-    test split out of its training (``holdout='val'``, or a cross-validation fold) is evaluated on the data's
-    own split when the test split is asked for: asking is the deliberate, single read."""
+    """The run's own dataset, or another one checked to have the same task and classes; asked for the test
+    split, a run trained with ``holdout='val'`` or on a cross-validation fold gets the data's own splits."""
     from .setup import load_data
 
     cfg = run.config

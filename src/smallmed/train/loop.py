@@ -588,11 +588,14 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
             best_epoch=best_epoch + 1,
             title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)",
         )
-    atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
     if cfg.figures and getattr(task, "single_label", False):
         from .errors import error_figures
 
-        error_figures(run_dir, model, test_loader.dataset, image_size=setup.image_size)
+        try:  # pictures of the errors: a failure here is one warning, never a lost run
+            error_figures(run_dir, model, test_loader.dataset, test_metrics=test, image_size=setup.image_size)
+        except Exception as e:
+            log.warning("error gallery not drawn (%s: %s); the run's numbers are unaffected.", type(e).__name__, e)
+    atomic_write_json(run_dir / "metrics.json", metrics)  # its presence means the run finished
     write_run_report(run_dir)
     write_model_card(run_dir)
     head = test.get(task.headline, float("nan"))

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 LOGGERS = ("tensorboard", "mlflow")
 PARENT_ENV = "SMALLMED_MLFLOW_PARENT_RUN"  # a study's MLflow run id, inherited by its cells' processes
 # the loggers a study's cells mirror to, set by study_tracking and read by the grid runner (no result changes)
-TRACKING: contextvars.ContextVar[dict | None] = contextvars.ContextVar("smallmed_study_tracking", default=None)
+TRACKING: contextvars.ContextVar[StudyRun | None] = contextvars.ContextVar("smallmed_study_tracking", default=None)
 
 
 def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
@@ -180,13 +180,50 @@ def loggers_for(cfg, run_dir: Path) -> list[_Mirror]:
     return out
 
 
-class _StudyTracking:
-    """What :func:`study_tracking` yields: ``finish(report)`` logs the study's report folder files."""
+class StudyRun:
+    """A study's tracking (what :func:`study_tracking` yields and the grid runner reads through
+    :data:`TRACKING`): the MLflow parent run starts with the study's first grid of cells, after the study has
+    checked its inputs and settings (so bad input leaves no store behind, and ``--fresh`` never deletes a live
+    one); ``overrides()`` gives each cell its ``log`` and ``mlflow_uri``."""
 
-    def __init__(self, mlflow=None, out: Path | None = None) -> None:
-        self.mlflow, self.out = mlflow, out
+    def __init__(self, name: str, study, out: Path, loggers: tuple[str, ...], mlflow_uri: str | None) -> None:
+        self.name, self.study, self.out, self.loggers, self.uri = name, study, out, loggers, mlflow_uri
+        self.mlflow, self.run, self.started, self._env = None, None, False, None
+
+    def overrides(self) -> dict:
+        if "mlflow" in self.loggers and not self.started:
+            self.started = True
+            self._start()
+        return {"log": list(self.loggers), "mlflow_uri": self.uri if "mlflow" in self.loggers else None}
+
+    def _start(self) -> None:
+        import dataclasses
+
+        try:
+            import mlflow
+        except ImportError:
+            raise_missing("mlflow", "mlflow")
+        local = f"sqlite:///{(self.out / 'mlflow.db').resolve()}"
+        uri = self.uri or os.environ.get("MLFLOW_TRACKING_URI") or local
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self.uri = uri  # the cells log to the study's store
+        try:
+            mlflow.set_tracking_uri(uri)
+            if uri == local and mlflow.get_experiment_by_name("smallmed") is None:
+                mlflow.create_experiment("smallmed", artifact_location=(self.out / "mlartifacts").resolve().as_uri())
+            mlflow.set_experiment("smallmed")
+            self.run = mlflow.start_run(run_name=f"study {self.name}")
+            settings = dataclasses.asdict(self.study) if dataclasses.is_dataclass(self.study) else {}
+            mlflow.log_params({k: str(v)[:500] for k, v in settings.items()})
+            self._env = os.environ.get(PARENT_ENV)
+            os.environ[PARENT_ENV] = self.run.info.run_id
+            self.mlflow = mlflow
+        except Exception as e:
+            log.warning("MLflow logging of the study stopped (%s); its runs keep the record.", str(e)[:200])
 
     def finish(self, report: Path) -> None:
+        """Log the study's report, figures and tables on its parent run."""
         if self.mlflow is None:
             return
         try:
@@ -196,58 +233,38 @@ class _StudyTracking:
         except Exception as e:
             log.warning("MLflow logging of the study stopped (%s); its folder keeps the record.", str(e)[:200])
 
+    def close(self, failed: bool) -> None:
+        if self.run is None:
+            return
+        if self._env is None:
+            os.environ.pop(PARENT_ENV, None)
+        else:
+            os.environ[PARENT_ENV] = self._env
+        try:
+            self.mlflow.end_run(status="FAILED" if failed else "FINISHED")
+        except Exception:
+            pass
+
 
 @contextlib.contextmanager
-def study_tracking(name: str, study, out: Path, *, log: tuple[str, ...] = (), mlflow_uri: str | None = None):
-    """Every cell of a study logs as ``log`` asks (the cells' configs get ``log`` and ``mlflow_uri``, which do not
-    change their results); with MLflow the study is a parent run named ``study NAME`` holding its settings, with
-    each cell nested under it (in this process or a worker's, through :data:`PARENT_ENV`)."""
-    import dataclasses
-
+def study_tracking(name: str, study, out: Path, *, loggers: tuple[str, ...] = (), mlflow_uri: str | None = None):
+    """Every cell of a study logs as ``loggers`` asks (its config gets ``log`` and ``mlflow_uri``, which change no
+    result); with MLflow the study is a parent run named ``study NAME`` holding its settings, report and figures,
+    with each cell nested under it (in this process, a worker process or a Ray task, through
+    :data:`PARENT_ENV`). A study that fails marks its parent run FAILED."""
     from ..errors import SmallmedError
 
-    bad = [x for x in log if x not in LOGGERS]
+    bad = [x for x in loggers if x not in LOGGERS]
     if bad:
         raise SmallmedError(f"log={bad[0]!r}: expected tensorboard or mlflow.")
-    if mlflow_uri and "mlflow" not in log:
+    if mlflow_uri and "mlflow" not in loggers:
         raise SmallmedError(f"mlflow_uri={mlflow_uri!r} has no effect without log mlflow (--log mlflow).")
-    if not log:
-        yield _StudyTracking()
-        return
-    track, run = _StudyTracking(), None
-    if "mlflow" in log:
-        try:
-            import mlflow
-        except ImportError:
-            raise_missing("mlflow", "mlflow")
-        local = f"sqlite:///{(out / 'mlflow.db').resolve()}"
-        uri = mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or local
-        out.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        try:
-            mlflow.set_tracking_uri(uri)
-            if uri == local and mlflow.get_experiment_by_name("smallmed") is None:
-                mlflow.create_experiment("smallmed", artifact_location=(out / "mlartifacts").resolve().as_uri())
-            mlflow.set_experiment("smallmed")
-            run = mlflow.start_run(run_name=f"study {name}")
-            settings = dataclasses.asdict(study) if dataclasses.is_dataclass(study) else {}
-            mlflow.log_params({k: str(v)[:500] for k, v in settings.items()})
-            os.environ[PARENT_ENV] = run.info.run_id
-            track = _StudyTracking(mlflow, out)
-            mlflow_uri = uri  # the cells log to the same store as the study
-        except Exception as e:
-            log.warning("MLflow logging of the study stopped (%s); its runs keep the record.", str(e)[:200])
-    token = TRACKING.set({"log": list(log), "mlflow_uri": mlflow_uri if "mlflow" in log else None})
+    run = StudyRun(name, study, out, tuple(loggers), mlflow_uri)
+    token = TRACKING.set(run if loggers else None)
+    failed = True
     try:
-        yield track
+        yield run
+        failed = False
     finally:
         TRACKING.reset(token)
-        if run is not None:
-            os.environ.pop(PARENT_ENV, None)
-            try:
-                import mlflow
-
-                mlflow.end_run()
-            except Exception:
-                pass
+        run.close(failed)
