@@ -34,3 +34,13 @@ def test_table_pairs_the_recipes_by_seed_and_resumes_without_training_again(tmp_
 def test_epochs_per_set_must_match_the_sets():
     with pytest.raises(SmallmedError, match=r"epochs=\[1, 2, 3\]: expected one value, or one per data set \(2\)"):
         MedMNISTStudy(data=("a", "b"), epochs=(1, 2, 3))
+
+
+def test_the_tuned_row_trains_the_searchs_best_recipe_with_the_same_seeds(tmp_path):
+    pytest.importorskip("optuna")
+    data = make_medmnist(tmp_path / "pneumoniamnist.npz", n=(48, 16, 16))
+    kw = dict(data=(str(data),), model="small_cnn", seeds=(0,), epochs=(1,), recipes=("strong",), tune_budget_m=0.01)
+    text = run_study("medmnist", "quick", out=tmp_path / "s", **kw).read_text()
+    assert (tmp_path / "s" / "tune" / "pneumoniamnist" / "best.yaml").exists()
+    assert "| tuned | " in text and "tune/pneumoniamnist/best.yaml --seed S" in text
+    assert (tmp_path / "s" / "runs" / "pneumoniamnist" / "tuned" / "s0" / "metrics.json").exists()
