@@ -643,10 +643,9 @@ def _ray_search(tc: TuneConfig, out: Path, folds: int, base: TrainConfig):
     """The search on Ray Tune (Liaw et al. 2018): Optuna's TPE through ``OptunaSearch``, ASHA early stopping
     (Li et al. 2020), one CPU per trial, the experiment in ``OUT/ray`` (a killed search resumes from it). The
     trials come back as an in-memory Optuna study, so the report, ensemble and plots are the same as locally."""
-    import datetime
     import os
 
-    optuna = _optuna()
+    _optuna()
     try:
         import ray
         from ray import tune as rt
@@ -691,8 +690,19 @@ def _ray_search(tc: TuneConfig, out: Path, folds: int, base: TrainConfig):
             ),
             run_config=rt.RunConfig(storage_path=str(path), name=STUDY, verbose=0),
         )
-    grid = tuner.fit()
-    study = optuna.create_study(direction="minimize")  # in memory: the report's view of the Ray trials
+    study = _as_study(tuner.fit(), tc, out, dists, start)
+    _write_trials(study, out)
+    return study
+
+
+def _as_study(grid, tc: TuneConfig, out: Path, dists: dict, start: dict):
+    """Ray Tune's results as an in-memory Optuna study: one trial per Ray trial, COMPLETE when it trained to
+    the end, PRUNED when ASHA stopped it, FAIL when it raised; its value the best validation loss."""
+    import datetime
+
+    import optuna
+
+    study = optuna.create_study(direction="minimize")
     now = datetime.datetime.now()
     for i, r in enumerate(sorted(grid, key=lambda r: r.metrics.get("trial_id", "") if r.metrics else "")):
         params = {k: r.config[k] for k in tc.space if k in r.config}
@@ -723,5 +733,4 @@ def _ray_search(tc: TuneConfig, out: Path, folds: int, base: TrainConfig):
                 intermediate_values={j: v for j, v in enumerate(losses)},
             )
         )
-    _write_trials(study, out)
     return study

@@ -205,7 +205,8 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
         + (f" (at most {study.max_train})" if study.max_train else "")
         + "; the official validation split "
         "picks the best epoch (validation loss; the EMA weights where the recipe keeps them) and the binary "
-        "operating point; the official test split is read once per run. Seeds "
+        "operating point; the official test split is read once per run. Accuracy is of the most probable class "
+        "(as MedMNIST reports it); AUC is the mean one-vs-rest AUC for several classes. Seeds "
         f"{', '.join(map(str, study.seeds))} for every recipe; cells: mean with a 95 % t-interval over seeds "
         "(fewer than 3 seeds: the mean only). Epochs were fixed from the measured time per epoch before any run. "
         f"Wall time of this invocation {seconds / 60:.1f} min (finished runs are reused).",
@@ -213,76 +214,7 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
     ]
     recipes = list(study.recipes) + (["tuned"] if study.tune_budget_m else [])
     for i, data in enumerate(study.data):
-        name = data_name(data)
-        epochs = _epochs(study, i)
-        fraction = _fraction(study, data)
-        lines += [
-            f"## {name}",
-            "",
-            "| recipe | test AUC | test accuracy | balanced accuracy | runs | s / epoch | command |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        done: dict[str, list[dict | None]] = {}
-        for recipe in recipes:
-            ms = _runs(out, data, recipe, study.seeds)
-            done[recipe] = ms
-            got = [m for m in ms if m]
-            if not got:
-                lines.append(f"| {recipe} | not run yet | | | 0/{len(ms)} | | |")
-                continue
-            auc = mean_ci([m["test"]["auc"] for m in got], bounds=RATE)
-            acc = mean_ci([m["test"]["acc"] for m in got], bounds=RATE)
-            bal = mean_ci([m["test"]["balanced_acc"] for m in got], bounds=RATE)
-            sec = _epoch_seconds(out, data, recipe, study.seeds)
-            cmd = (
-                _command(data, recipe, epochs, study.model, fraction)
-                if recipe != "tuned"
-                else f"smallmed train --config {out / 'tune' / name / 'best.yaml'} --seed S"
-            )
-            lines.append(
-                f"| {recipe} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(bal)} | {len(got)}/{len(ms)} | "
-                f"{'' if sec is None else f'{sec:.0f}'} | `{cmd}` |"
-            )
-            for s, m in zip(study.seeds, ms):
-                if m:
-                    rows.append(
-                        {
-                            "data": name,
-                            "recipe": recipe,
-                            "seed": s,
-                            "test_auc": m["test"]["auc"],
-                            "test_acc": m["test"]["acc"],
-                            "test_balanced_acc": m["test"]["balanced_acc"],
-                            "best_epoch": m["best_epoch"],
-                            "epochs": m["epochs"],
-                            "wall_seconds": m["wall_seconds"],
-                        }
-                    )
-        for label, auc, acc in PUBLISHED.get(name, []):
-            lines.append(
-                f"| {label} | {'' if auc is None else f'{auc:.3f}'} | {'' if acc is None else f'{acc:.3f}'} | | published | | |"
-            )
-        lines.append("")
-        # paired by seed against the first recipe (the baseline when present)
-        ref = recipes[0]
-        for recipe in recipes[1:]:
-            pairs = [(a, b) for a, b in zip(done[recipe], done[ref]) if a and b]
-            if pairs:
-                for metric, label in (("auc", "AUC"), ("acc", "accuracy")):
-                    pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
-                    lines.append(f"- {recipe} - {ref}, test {label}, paired by seed: {fmt_paired(pr)}.")
-        goal = GOALS.get(name)
-        if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
-            parts = []
-            for r in recipes:
-                ms = [m for m in done[r] if m]
-                if ms:
-                    auc_m = statistics.mean(m["test"]["auc"] for m in ms)
-                    acc_m = statistics.mean(m["test"]["acc"] for m in ms)
-                    ok = auc_m >= goal[0] and acc_m >= goal[1]
-                    parts.append(f"{r} {auc_m:.4f} / {acc_m:.4f} ({'met' if ok else 'not met'})")
-            lines.append(f"- Goal (mean test AUC >= {goal[0]}, accuracy >= {goal[1]}): " + "; ".join(parts) + ".")
-        lines.append("")
+        lines += _set_section(study, out, i, data, recipes, rows)
     if rows:
         atomic_write_csv(out / "results.csv", rows)
     if comparison_figure(
@@ -292,6 +224,74 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: list[str], rows: list) -> list[str]:
+    """One data set's table (recipes, then the published rows), its paired lines and its goal line; the
+    finished runs are appended to ``rows``."""
+    name = data_name(data)
+    epochs, fraction = _epochs(study, i), _fraction(study, data)
+    lines = [
+        f"## {name}",
+        "",
+        "| recipe | test AUC | test accuracy | balanced accuracy | runs | s / epoch | command |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    done: dict[str, list[dict | None]] = {}
+    for recipe in recipes:
+        ms = done[recipe] = _runs(out, data, recipe, study.seeds)
+        got = [m for m in ms if m]
+        if not got:
+            lines.append(f"| {recipe} | not run yet | | | 0/{len(ms)} | | |")
+            continue
+        auc, acc, bal = (mean_ci([m["test"][k] for m in got], bounds=RATE) for k in ("auc", "acc", "balanced_acc"))
+        sec = _epoch_seconds(out, data, recipe, study.seeds)
+        cmd = (
+            _command(data, recipe, epochs, study.model, fraction)
+            if recipe != "tuned"
+            else f"smallmed train --config {out / 'tune' / name / 'best.yaml'} --seed S"
+        )
+        lines.append(
+            f"| {recipe} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(bal)} | {len(got)}/{len(ms)} | "
+            f"{'' if sec is None else f'{sec:.0f}'} | `{cmd}` |"
+        )
+        rows += [
+            {
+                "data": name,
+                "recipe": recipe,
+                "seed": s,
+                "test_auc": m["test"]["auc"],
+                "test_acc": m["test"]["acc"],
+                "test_balanced_acc": m["test"]["balanced_acc"],
+                "best_epoch": m["best_epoch"],
+                "epochs": m["epochs"],
+                "wall_seconds": m["wall_seconds"],
+            }
+            for s, m in zip(study.seeds, ms)
+            if m
+        ]
+    for label, auc, acc in PUBLISHED.get(name, []):
+        shown = ["" if v is None else f"{v:.3f}" for v in (auc, acc)]
+        lines.append(f"| {label} | {shown[0]} | {shown[1]} | | published | | |")
+    lines.append("")
+    ref = recipes[0]  # paired by seed against the first recipe (the baseline when present)
+    for recipe in recipes[1:]:
+        pairs = [(a, b) for a, b in zip(done[recipe], done[ref]) if a and b]
+        for metric, label in (("auc", "AUC"), ("acc", "accuracy")) if pairs else ():
+            pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
+            lines.append(f"- {recipe} - {ref}, test {label}, paired by seed: {fmt_paired(pr)}.")
+    goal = GOALS.get(name)
+    if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
+        parts = []
+        for r in recipes:
+            ms = [m for m in done[r] if m]
+            if ms:
+                auc_m = statistics.mean(m["test"]["auc"] for m in ms)
+                acc_m = statistics.mean(m["test"]["acc"] for m in ms)
+                ok = auc_m >= goal[0] and acc_m >= goal[1]
+                parts.append(f"{r} {auc_m:.4f} / {acc_m:.4f} ({'met' if ok else 'not met'})")
+        lines.append(f"- Goal (mean test AUC >= {goal[0]}, accuracy >= {goal[1]}): " + "; ".join(parts) + ".")
+    return lines + [""]
 
 
 register_study(
