@@ -182,9 +182,94 @@ def bn_batch_effect(run_dir: str | Path, batch_sizes=(2, 8, 32, 256), split: str
     return out
 
 
-def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Path:
+def _data_section(study: BNStudy, out: Path, data: str, rows: list[dict]) -> tuple[list[str], list[str]]:
+    """One data set's table, paired comparisons and loss curves; returns (lines, verdict lines)."""
     from ..report.plots import _save, plt
 
+    lines: list[str] = []
+    verdicts: list[str] = []
+    dr = [r for r in rows if r["data"] == data]
+    target = max(np.mean([r["best_val_loss"] for r in dr if r["norm"] == n]) for n in study.norms)
+    none = {r["seed"]: r["acc"] for r in dr if r["norm"] == "none"}
+    lines += [
+        f"## {data_name(data)} ({dr[0]['train_images']} training images)",
+        "",
+        f"| norm | test accuracy | balanced accuracy | mean AUC | best val loss | epochs to target ({target:.3f}) | vs none (accuracy) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for norm in study.norms:
+        nr = sorted((r for r in dr if r["norm"] == norm), key=lambda r: r["seed"])
+        acc, bal, auc, vl = (
+            mean_ci([r[k] for r in nr], bounds=None if k == "best_val_loss" else RATE)
+            for k in ("acc", "balanced_acc", "auc", "best_val_loss")
+        )
+        reach = [epochs_to_reach(_history(r["run"])["val_loss"], target) for r in nr]
+        reach_s = "-" if any(e is None for e in reach) else f"{np.mean(reach):.1f}"
+        cmp = "-"
+        if norm != "none":
+            seeds = [r["seed"] for r in nr if r["seed"] in none]
+            pr = paired([r["acc"] for r in nr if r["seed"] in none], [none[s] for s in seeds])
+            cmp = fmt_paired(pr)
+            word = direction(pr, "higher than", "lower than")
+            boot, _ = compare_runs(
+                {r["seed"]: r["run"] for r in nr}, {r["seed"]: r["run"] for r in dr if r["norm"] == "none"}
+            )
+            if boot:
+                cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
+            verdicts.append(
+                f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; the paper: about +{SEED_GAIN * 100:.0f} with ImageNet-pretrained VGG16 on prostate biopsy tiles, 100 epochs; here from scratch, {study.epochs} epochs)"
+            )
+        lines.append(f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |")
+    lines.append("")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
+    for norm in study.norms:
+        hs = [_history(r["run"]) for r in dr if r["norm"] == norm]
+        for ax, key in zip(axes, ("train_loss", "val_loss")):
+            curve = np.mean([h[key] for h in hs], axis=0)
+            ax.plot(range(1, len(curve) + 1), curve, marker="o", label=norm)
+    for ax, title in zip(axes, ("training loss (seed 002 fig. 1)", "validation loss (fig. 2)")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel(f"{data}: mean over seeds")
+    _save(fig, out / f"loss_{data_name(data)}.png")
+    lines += [f"![loss curves {data_name(data)}](loss_{data_name(data)}.png)", ""]
+    return lines, verdicts
+
+
+def _batch_section(study: BNStudy, out: Path, rows: list[dict]) -> list[str]:
+    """BN at inference on small batches: running vs batch statistics for the first seed's bn runs."""
+    lines: list[str] = []
+    bn_runs = [r for r in rows if r["norm"] == "bn" and r["seed"] == study.seeds[0]]
+    if bn_runs:
+        lines += [
+            "## BN at inference on small batches",
+            "",
+            "A BN model evaluated in `train()` mode normalises each batch by its own statistics instead of "
+            "the running averages; with small batches (and single-class batches) that changes predictions. "
+            f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics "
+            "(the last incomplete batch is dropped, so each row covers slightly different images):",
+            "",
+            "| data | batch size | eval-mode accuracy | batch-statistics accuracy |",
+            "|---|---|---|---|",
+        ]
+        effect = {}
+        for r in bn_runs:
+            e = bn_batch_effect(r["run"])
+            effect[r["data"]] = e
+            for bs, a in e.items():
+                lines.append(f"| {data_name(r['data'])} | {bs} | {a['eval']:.4f} | {a['batch']:.4f} |")
+        atomic_write_text(out / "bn_batch_effect.json", json.dumps(effect, indent=2))
+        lines += [
+            "",
+            "Fine-tuning or predicting with tiny batches: call `model.eval()` (smallmed does) or "
+            "freeze BN statistics (`--freeze-bn-stats`).",
+            "",
+        ]
+    return lines
+
+
+def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Path:
     rows = []
     for cfg, m in zip(grid, results):
         t = m["test"]
@@ -222,81 +307,11 @@ def write_report(study: BNStudy, out: Path, grid, results, seconds: float) -> Pa
     ]
     verdicts = []
     for data in study.data:
-        dr = [r for r in rows if r["data"] == data]
-        target = max(np.mean([r["best_val_loss"] for r in dr if r["norm"] == n]) for n in study.norms)
-        none = {r["seed"]: r["acc"] for r in dr if r["norm"] == "none"}
-        lines += [
-            f"## {data_name(data)} ({dr[0]['train_images']} training images)",
-            "",
-            f"| norm | test accuracy | balanced accuracy | mean AUC | best val loss | epochs to target ({target:.3f}) | vs none (accuracy) |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for norm in study.norms:
-            nr = sorted((r for r in dr if r["norm"] == norm), key=lambda r: r["seed"])
-            acc, bal, auc, vl = (
-                mean_ci([r[k] for r in nr], bounds=None if k == "best_val_loss" else RATE)
-                for k in ("acc", "balanced_acc", "auc", "best_val_loss")
-            )
-            reach = [epochs_to_reach(_history(r["run"])["val_loss"], target) for r in nr]
-            reach_s = "-" if any(e is None for e in reach) else f"{np.mean(reach):.1f}"
-            cmp = "-"
-            if norm != "none":
-                seeds = [r["seed"] for r in nr if r["seed"] in none]
-                pr = paired([r["acc"] for r in nr if r["seed"] in none], [none[s] for s in seeds])
-                cmp = fmt_paired(pr)
-                word = direction(pr, "higher than", "lower than")
-                boot, _ = compare_runs(
-                    {r["seed"]: r["run"] for r in nr}, {r["seed"]: r["run"] for r in dr if r["norm"] == "none"}
-                )
-                if boot:
-                    cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
-                verdicts.append(
-                    f"- {data_name(data)}: {norm} accuracy {word} none ({pr['mean'] * 100:+.1f} points; the paper: about +{SEED_GAIN * 100:.0f} with ImageNet-pretrained VGG16 on prostate biopsy tiles, 100 epochs; here from scratch, {study.epochs} epochs)"
-                )
-            lines.append(
-                f"| {norm} | {fmt_ci(acc)} | {fmt_ci(bal)} | {fmt_ci(auc)} | {fmt_ci(vl)} | {reach_s} | {cmp} |"
-            )
-        lines.append("")
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=False)
-        for norm in study.norms:
-            hs = [_history(r["run"]) for r in dr if r["norm"] == norm]
-            for ax, key in zip(axes, ("train_loss", "val_loss")):
-                curve = np.mean([h[key] for h in hs], axis=0)
-                ax.plot(range(1, len(curve) + 1), curve, marker="o", label=norm)
-        for ax, title in zip(axes, ("training loss (seed 002 fig. 1)", "validation loss (fig. 2)")):
-            ax.set_xlabel("epoch")
-            ax.set_title(title)
-            ax.legend(fontsize=8)
-        axes[0].set_ylabel(f"{data}: mean over seeds")
-        _save(fig, out / f"loss_{data_name(data)}.png")
-        lines += [f"![loss curves {data_name(data)}](loss_{data_name(data)}.png)", ""]
+        section, said = _data_section(study, out, data, rows)
+        lines += section
+        verdicts += said
     lines += ["## Verdict", "", *verdicts, ""]
-    bn_runs = [r for r in rows if r["norm"] == "bn" and r["seed"] == study.seeds[0]]
-    if bn_runs:
-        lines += [
-            "## BN at inference on small batches",
-            "",
-            "A BN model evaluated in `train()` mode normalises each batch by its own statistics instead of "
-            "the running averages; with small batches (and single-class batches) that changes predictions. "
-            f"Test accuracy of the `bn` model, seed {study.seeds[0]}, running statistics (eval) vs batch statistics "
-            "(the last incomplete batch is dropped, so each row covers slightly different images):",
-            "",
-            "| data | batch size | eval-mode accuracy | batch-statistics accuracy |",
-            "|---|---|---|---|",
-        ]
-        effect = {}
-        for r in bn_runs:
-            e = bn_batch_effect(r["run"])
-            effect[r["data"]] = e
-            for bs, a in e.items():
-                lines.append(f"| {data_name(r['data'])} | {bs} | {a['eval']:.4f} | {a['batch']:.4f} |")
-        atomic_write_text(out / "bn_batch_effect.json", json.dumps(effect, indent=2))
-        lines += [
-            "",
-            "Fine-tuning or predicting with tiny batches: call `model.eval()` (smallmed does) or "
-            "freeze BN statistics (`--freeze-bn-stats`).",
-            "",
-        ]
+    lines += _batch_section(study, out, rows)
     if comparison_figure(
         [{**r, "data": data_name(r["data"])} for r in rows],
         group="data",

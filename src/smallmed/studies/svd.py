@@ -419,8 +419,75 @@ def _compare(study, fr: list[dict], method: str, base: str) -> tuple[dict | None
     )
 
 
-def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
+def _fraction_table(study: SVDStudy, rows: list[dict], frac: float, fpr: float, summary: dict) -> list[str]:
+    """One training fraction's table (every method against full fine-tuning); the paired bootstrap results
+    are added to ``summary`` by (fraction, method) for the verdict."""
     from .stats import MIN_SEEDS, fmt_bootstrap
+
+    nseeds = len(study.seeds)
+    lines: list[str] = []
+    fr = [r for r in rows if r["fraction"] == frac]
+    lines += [
+        f"## Fraction {_frac_label(frac)} ({fr[0]['train_images']} training images)",
+        "",
+        f"| method | test AUC | vs full (AUC) | DeLong p | TPR@FPR={fpr:g} | sens / spec | trainable | stored "
+        f"| best epoch | {PAPER_SCALE}; here {study.model}, {study.image_size} px, {fr[0]['train_images']} "
+        f"images, at most {study.epochs} epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in study.methods:
+        mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
+        if not mr:
+            continue
+        auc = mean_ci([r["auc"] for r in mr], bounds=RATE)
+        if nseeds < MIN_SEEDS:
+            ci = json.loads((Path(mr[0]["run"]) / "metrics.json").read_text())["test"].get("ci95", {}).get("auc")
+            auc_txt = f"{auc['mean']:.4f} (n too small; bootstrap [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else fmt_ci(auc)
+        else:
+            auc_txt = fmt_ci(auc)
+        cmp_txt, dl_txt = "-", "-"
+        if method != "full":
+            boot, dl = _compare(study, fr, method, "full")
+            if boot:
+                summary[(frac, method)] = boot
+                cmp_txt = fmt_bootstrap(boot)
+                dl_txt = ", ".join(f"{p:.2g}" for p in dl) or "-"
+        sens = np.nanmean([r["sensitivity"] for r in mr])
+        spec = np.nanmean([r["specificity"] for r in mr])
+        paper = SEED_AUC.get(round(frac, 6), {}).get(method)
+        best = "/".join(
+            f"{r['best_epoch']}" + ("*" if r["best_epoch"] == r["epochs"] >= study.epochs else "") for r in mr
+        )
+        lines.append(
+            f"| {NAMES.get(method, method)} | {auc_txt} | {cmp_txt} | {dl_txt} | "
+            f"{np.mean([r['tpr_at_fpr'] for r in mr]):.3f} | {sens:.3f} / {spec:.3f} | "
+            f"{mr[0]['trainable_params']:,} | {_kb(mr[0]['stored_bytes'])} | {best} | {paper or '-'} |"
+        )
+    lines += ["", "(best epoch per seed; * = at the cap, still improving)", ""]
+    return lines
+
+
+def _verdict_line(study: SVDStudy, rows: list[dict], frac: float, summary: dict) -> list[str]:
+    """The verdict for one fraction: each method against full fine-tuning by its paired interval."""
+    lines: list[str] = []
+    bits = []
+    for method in study.methods:
+        b = summary.get((frac, method))
+        if b:
+            word = "better than" if b["lo"] > 0 else "worse than" if b["hi"] < 0 else "not distinguishable from"
+            bits.append(f"{NAMES.get(method, method)} {word} full ({b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}])")
+    means = {m: np.mean([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == m]) for m in study.methods}
+    top = max(means, key=means.get)
+    lines.append(
+        f"- fraction {_frac_label(frac)}: highest mean AUC {NAMES.get(top, top)} ({means[top]:.4f}); "
+        + "; ".join(bits)
+        + "."
+    )
+    return lines
+
+
+def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weights: str) -> Path:
+    from .stats import MIN_SEEDS
 
     rows = _rows(grid, results)
     atomic_write_csv(out / "results.csv", rows)
@@ -465,46 +532,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
     ]
     summary: dict = {}
     for frac in study.fractions:
-        fr = [r for r in rows if r["fraction"] == frac]
-        lines += [
-            f"## Fraction {_frac_label(frac)} ({fr[0]['train_images']} training images)",
-            "",
-            f"| method | test AUC | vs full (AUC) | DeLong p | TPR@FPR={fpr:g} | sens / spec | trainable | stored "
-            f"| best epoch | {PAPER_SCALE}; here {study.model}, {study.image_size} px, {fr[0]['train_images']} "
-            f"images, at most {study.epochs} epochs |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for method in study.methods:
-            mr = sorted((r for r in fr if r["method"] == method), key=lambda r: r["seed"])
-            if not mr:
-                continue
-            auc = mean_ci([r["auc"] for r in mr], bounds=RATE)
-            if nseeds < MIN_SEEDS:
-                ci = json.loads((Path(mr[0]["run"]) / "metrics.json").read_text())["test"].get("ci95", {}).get("auc")
-                auc_txt = (
-                    f"{auc['mean']:.4f} (n too small; bootstrap [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else fmt_ci(auc)
-                )
-            else:
-                auc_txt = fmt_ci(auc)
-            cmp_txt, dl_txt = "-", "-"
-            if method != "full":
-                boot, dl = _compare(study, fr, method, "full")
-                if boot:
-                    summary[(frac, method)] = boot
-                    cmp_txt = fmt_bootstrap(boot)
-                    dl_txt = ", ".join(f"{p:.2g}" for p in dl) or "-"
-            sens = np.nanmean([r["sensitivity"] for r in mr])
-            spec = np.nanmean([r["specificity"] for r in mr])
-            paper = SEED_AUC.get(round(frac, 6), {}).get(method)
-            best = "/".join(
-                f"{r['best_epoch']}" + ("*" if r["best_epoch"] == r["epochs"] >= study.epochs else "") for r in mr
-            )
-            lines.append(
-                f"| {NAMES.get(method, method)} | {auc_txt} | {cmp_txt} | {dl_txt} | "
-                f"{np.mean([r['tpr_at_fpr'] for r in mr]):.3f} | {sens:.3f} / {spec:.3f} | "
-                f"{mr[0]['trainable_params']:,} | {_kb(mr[0]['stored_bytes'])} | {best} | {paper or '-'} |"
-            )
-        lines += ["", "(best epoch per seed; * = at the cap, still improving)", ""]
+        lines += _fraction_table(study, rows, frac, fpr, summary)
     _plot(study, rows, out / "auc_vs_fraction.png")
     lines += [
         "![AUC vs training fraction](auc_vs_fraction.png)",
@@ -516,23 +544,7 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         "",
     ]
     for frac in study.fractions:
-        bits = []
-        for method in study.methods:
-            b = summary.get((frac, method))
-            if b:
-                word = "better than" if b["lo"] > 0 else "worse than" if b["hi"] < 0 else "not distinguishable from"
-                bits.append(
-                    f"{NAMES.get(method, method)} {word} full ({b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}])"
-                )
-        means = {
-            m: np.mean([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == m]) for m in study.methods
-        }
-        top = max(means, key=means.get)
-        lines.append(
-            f"- fraction {_frac_label(frac)}: highest mean AUC {NAMES.get(top, top)} ({means[top]:.4f}); "
-            + "; ".join(bits)
-            + "."
-        )
+        lines += _verdict_line(study, rows, frac, summary)
     lines += [
         "",
         "Per run: `runs/f*/METHOD/sSEED/` holds report.md (operating point, calibration), train.log, loss "
