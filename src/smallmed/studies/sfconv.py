@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -167,11 +167,60 @@ def natural_reference() -> dict[str, float]:
     return {k: float(np.mean([s[k] for s in sts])) for k in ("skewness", "kurtosis")}
 
 
-def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -> Path:
-    from ..data import load_dataset
-    from ..data.stats import intensity_stats
+def _spectra_lines(study: SFConvStudy, out: Path, grid) -> list[str]:
+    """Singular values of the factors with and without the KL term (seed 004 fig. 3), first seed."""
     from ..report.plots import _save, plt
 
+    lines: list[str] = []
+    spectra = {
+        v: factor_spectra(next(c.out for c in grid if Path(c.out).parent.name == v and c.seed == study.seeds[0]))
+        for v in ("sfconv", "sfconv-nokl")
+        if v in study.variants
+    }
+    if spectra:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for v, s in spectra.items():
+            ax.hist(s, bins=30, range=(0, 1), alpha=0.5, label=f"{v} (median {np.median(s):.2f})")
+        ax.set_xlabel("singular value / layer max (every factor)")
+        ax.set_ylabel("count")
+        ax.legend(fontsize=8)
+        ax.set_title("factor spectra with and without KL (seed 004 fig. 3)")
+        _save(fig, out / "sv_hist.png")
+        lines += ["![singular values](sv_hist.png)", ""]
+    return lines
+
+
+def _intensity_lines(study: SFConvStudy, seg: bool) -> list[str]:
+    """Skewness and kurtosis of the training images beside natural photos (seed 004 figure 1)."""
+    from ..data import load_dataset
+    from ..data.stats import intensity_stats
+
+    if seg:
+        from ..data.masks import load_segmentation
+
+        ds = load_segmentation(study.data, data_dir=study.data_dir)
+    else:
+        ds = load_dataset(study.data, data_dir=study.data_dir)
+    st = intensity_stats(ds.splits["train"].images)
+    ref = natural_reference()
+    lines = [
+        "## Intensity statistics (seed 004 figure 1)",
+        "",
+        "| images | skewness | excess kurtosis |",
+        "|---|---|---|",
+        f"| {study.data} (train) | {st['skewness']:.3f} | {st['kurtosis']:.3f} |",
+    ]
+    if ref:
+        lines.append(
+            f"| natural photos (scikit-image camera, astronaut, coffee, chelsea) | {ref['skewness']:.3f} | {ref['kurtosis']:.3f} |"
+        )
+    else:
+        lines.append("| natural photos | (install scikit-image for the reference) | |")
+    lines.append("")
+    return lines
+
+
+def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -> Path:
     seg = results[0].get("task") == "segmentation"
     q1, q2, q1_name, q2_name = (
         ("dice", "iou", "test Dice", "test IoU") if seg else ("acc", "auc", "test accuracy", "mean AUC")
@@ -251,45 +300,8 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
             f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).",
             "",
         ]
-    # singular values with and without KL
-    spectra = {
-        v: factor_spectra(next(c.out for c in grid if Path(c.out).parent.name == v and c.seed == study.seeds[0]))
-        for v in ("sfconv", "sfconv-nokl")
-        if v in study.variants
-    }
-    if spectra:
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
-        for v, s in spectra.items():
-            ax.hist(s, bins=30, range=(0, 1), alpha=0.5, label=f"{v} (median {np.median(s):.2f})")
-        ax.set_xlabel("singular value / layer max (every factor)")
-        ax.set_ylabel("count")
-        ax.legend(fontsize=8)
-        ax.set_title("factor spectra with and without KL (seed 004 fig. 3)")
-        _save(fig, out / "sv_hist.png")
-        lines += ["![singular values](sv_hist.png)", ""]
-    if seg:
-        from ..data.masks import load_segmentation
-
-        ds = load_segmentation(study.data, data_dir=study.data_dir)
-    else:
-        ds = load_dataset(study.data, data_dir=study.data_dir)
-    st = intensity_stats(ds.splits["train"].images)
-    ref = natural_reference()
-    lines += [
-        "## Intensity statistics (seed 004 figure 1)",
-        "",
-        "| images | skewness | excess kurtosis |",
-        "|---|---|---|",
-        f"| {study.data} (train) | {st['skewness']:.3f} | {st['kurtosis']:.3f} |",
-    ]
-    if ref:
-        lines.append(
-            f"| natural photos (scikit-image camera, astronaut, coffee, chelsea) | {ref['skewness']:.3f} | {ref['kurtosis']:.3f} |"
-        )
-    else:
-        lines.append("| natural photos | (install scikit-image for the reference) | |")
-    lines.append("")
-    atomic_write_text(out / "study.json", json.dumps(asdict(study), indent=1))
+    lines += _spectra_lines(study, out, grid)
+    lines += _intensity_lines(study, seg)
     if comparison_figure(rows, group=None, arm="variant", metric=q1, path=out / "comparison.png", xlabel=q1_name):
         lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"

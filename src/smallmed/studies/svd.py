@@ -558,10 +558,6 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         lines += ["", "![the arms compared](comparison.png)", ""]
     report = out / "report.md"
     atomic_write_text(report, "\n".join(lines))
-    atomic_write_text(
-        out / "study.json",
-        json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in study.__dict__.items()}, indent=2),
-    )
     return report
 
 
