@@ -486,12 +486,35 @@ def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
     return {k: m for k, m in zip(keys, results)}
 
 
+def _final_lines(tc: TuneConfig, final: dict) -> list[str]:
+    """The final runs' test table (tuned against the starting recipe, the same seeds) and their paired line."""
+    from .studies.stats import fmt_ci, fmt_paired, mean_ci, paired
+
+    lines: list[str] = []
+    head = next(iter(final.values()))
+    metric = "auc" if "auc" in head["test"] else next(k for k in ("mae", "dice", "acc") if k in head["test"])
+    seeds = range(tc.final_seeds)
+    tv = [final[("tuned", s)]["test"][metric] for s in seeds]
+    sv = [final[("start", s)]["test"][metric] for s in seeds]
+    lines += [
+        "",
+        f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)",
+        "",
+        f"| recipe | test {metric} per seed | mean [95% t-CI] |",
+        "|---|---|---|",
+        f"| tuned (best.yaml) | {', '.join(f'{x:.4f}' for x in tv)} | {fmt_ci(mean_ci(tv))} |",
+        f"| starting recipe | {', '.join(f'{x:.4f}' for x in sv)} | {fmt_ci(mean_ci(sv))} |",
+        "",
+        f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
+        "difference; the search chose on validation only. The final model is the run folder `final/tuned/s0`.",
+    ]
+    return lines
+
+
 def _report(
     tc: TuneConfig, out: Path, study, best, start, final: dict, folds: int, ens: dict | None, end_s: float
 ) -> Path:
     import optuna
-
-    from .studies.stats import fmt_ci, fmt_paired, mean_ci, paired
 
     states = {}
     for t in study.trials:
@@ -540,23 +563,7 @@ def _report(
     except Exception as e:  # too few trials, or one value everywhere
         lines += ["", f"Importances not computed ({str(e).splitlines()[0][:120]})."]
     if final:
-        head = next(iter(final.values()))
-        metric = "auc" if "auc" in head["test"] else next(k for k in ("mae", "dice", "acc") if k in head["test"])
-        seeds = range(tc.final_seeds)
-        tv = [final[("tuned", s)]["test"][metric] for s in seeds]
-        sv = [final[("start", s)]["test"][metric] for s in seeds]
-        lines += [
-            "",
-            f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)",
-            "",
-            f"| recipe | test {metric} per seed | mean [95% t-CI] |",
-            "|---|---|---|",
-            f"| tuned (best.yaml) | {', '.join(f'{x:.4f}' for x in tv)} | {fmt_ci(mean_ci(tv))} |",
-            f"| starting recipe | {', '.join(f'{x:.4f}' for x in sv)} | {fmt_ci(mean_ci(sv))} |",
-            "",
-            f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
-            "difference; the search chose on validation only.",
-        ]
+        lines += _final_lines(tc, final)
     if ens:
         t = ens["test"]
         shown = ", ".join(f"{k} {t[k]:.4f}" for k in ("auc", "acc", "balanced_acc", "mae", "dice") if k in t)
