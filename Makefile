@@ -12,17 +12,21 @@ export OMP_NUM_THREADS ?= 2
 
 .PHONY: setup demo test clean
 
-setup: $(VENV)/.installed
-
-$(VENV)/.installed: pyproject.toml
+# what the demo needs (the package and PEFT for LoRA); the tests add every optional extra on top
+$(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: this machine's pip takes these two from local disk (~90 s).
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[peft]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(VENV)/.core
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-demo: setup
+demo: $(VENV)/.core
 	$(BIN)/smallmed demo
 
 # one pytest worker per core (pytest-xdist, idle workers steal queued tests), one torch thread per worker:

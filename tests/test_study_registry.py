@@ -79,3 +79,14 @@ def test_configure_names_an_unknown_setting_or_preset():
     with pytest.raises(SmallmedError, match="quick"):
         configure("bn", "quik")
     assert configure("bn", "quick", seeds=[3, 4]).seeds == (3, 4)
+
+
+def test_log_is_refused_by_a_study_with_no_run_folders_to_mirror(tmp_path, capsys):
+    from smallmed.cli import main
+
+    assert not get_study("rff").tracked and get_study("svd").tracked
+    out = tmp_path / "rff"
+    assert main(["study", "rff", "--log", "tensorboard", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--log tensorboard: the rff study trains its models in a loop of its own" in err
+    assert "Traceback" not in err and not out.exists()  # refused before anything is written

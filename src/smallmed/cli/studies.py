@@ -75,7 +75,9 @@ def _add_study_parsers(sub) -> None:
             nargs="+",
             choices=("tensorboard", "mlflow"),
             default=[],
-            help="mirror every run to TensorBoard and/or MLflow (the study as a parent run, one nested run per cell)",
+            help="mirror every run to TensorBoard and/or MLflow (the study as a parent run, one nested run per cell)"
+            if entry.tracked
+            else "not for this study: it trains in a loop of its own, with no run folders to mirror",
         )
         p.add_argument("--mlflow-uri", help="MLflow tracking server (default: MLFLOW_TRACKING_URI, else OUT/mlflow.db)")
         if entry.parallel:

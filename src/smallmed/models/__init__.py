@@ -116,6 +116,33 @@ def _in_chans(model: nn.Module) -> int:
     return first.in_channels
 
 
+def _resolve_weights(name: str, entry: ModelEntry, weights: str | Path | None) -> tuple[str | Path | None, bool]:
+    """``weights`` as a file or a known name (a run folder becomes its best model); whether it is a name."""
+    if (
+        weights is not None
+        and not (isinstance(weights, str) and weights in (entry.pretrained or {}))
+        and Path(weights).is_dir()
+    ):  # a run folder: start from its best model (--init RUN)
+        run = Path(weights)
+        best = run / ("folded.pt" if (run / "folded.pt").exists() else "best.pt")
+        if not best.exists():
+            raise SmallmedError(
+                f"weights={weights}: a folder without best.pt; expected a finished run folder or a weights file."
+            )
+        weights = str(best)
+    named = isinstance(weights, str) and weights in (entry.pretrained or {})
+    if (
+        isinstance(weights, str)
+        and not named
+        and not Path(weights).exists()
+        and "/" not in weights
+        and "." not in weights
+    ):
+        offers = ", ".join(entry.pretrained or {}) or "none"
+        raise SmallmedError(f"weights={weights!r} is neither a file nor a known name for {name} (offers: {offers}).")
+    return weights, named
+
+
 def create_model(
     name: str,
     num_classes: int,
@@ -159,28 +186,7 @@ def create_model(
         raise SmallmedError(f"num_classes={num_classes}: expected at least 1.")
     if in_chans < 1:
         raise SmallmedError(f"in_chans={in_chans}: expected at least 1.")
-    if (
-        weights is not None
-        and not (isinstance(weights, str) and weights in (entry.pretrained or {}))
-        and Path(weights).is_dir()
-    ):  # a run folder: start from its best model (--init RUN)
-        run = Path(weights)
-        best = run / ("folded.pt" if (run / "folded.pt").exists() else "best.pt")
-        if not best.exists():
-            raise SmallmedError(
-                f"weights={weights}: a folder without best.pt; expected a finished run folder or a weights file."
-            )
-        weights = str(best)
-    named = isinstance(weights, str) and weights in (entry.pretrained or {})
-    if (
-        isinstance(weights, str)
-        and not named
-        and not Path(weights).exists()
-        and "/" not in weights
-        and "." not in weights
-    ):
-        offers = ", ".join(entry.pretrained or {}) or "none"
-        raise SmallmedError(f"weights={weights!r} is neither a file nor a known name for {name} (offers: {offers}).")
+    weights, named = _resolve_weights(name, entry, weights)
     if stem == "auto":
         stem = "small" if (input_size is not None and input_size < 64 and not named) else "imagenet"
     if named and stem == "small":

@@ -141,6 +141,31 @@ def _predict(model, images: list[np.ndarray], size: int, k: int) -> tuple[np.nda
     return pts, conf
 
 
+def _gray(images) -> list:
+    return [im[..., 0] if im.ndim == 3 else im for im in images]
+
+
+def _detector_epoch(model, opt, x_all: list, t_all: list, cfg: DetectorConfig, epoch: int, out: Path) -> float:
+    """One reseeded pass over the training images; the mean loss."""
+    rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+    torch.manual_seed(cfg.seed * 1000 + epoch)
+    model.train()
+    total, n = 0.0, 0
+    for idx in np.array_split(rng.permutation(len(x_all)), max(1, len(x_all) // cfg.batch_size)):
+        losses = model([x_all[i] for i in idx], [t_all[i] for i in idx])
+        loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise SmallmedError(
+                f"{out}: the loss became {loss.item()} in epoch {epoch + 1}; lower --lr "
+                f"(now {cfg.lr}); the last good epoch is in last.pt."
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total, n = total + loss.item() * len(idx), n + len(idx)
+    return total / max(n, 1)
+
+
 def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
     """Train (or resume) a Keypoint R-CNN localiser on a keypoint npz; returns ``metrics.json``'s contents."""
     from ..data.keypoints import load_keypoints
@@ -170,33 +195,17 @@ def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
             history, start, best, best_epoch = ck["history"], ck["epoch"] + 1, ck["best"], ck["best_epoch"]
             log.info("resuming %s after epoch %d", out, start)
         atomic_write_json(out / "detector.json", {"config": asdict(cfg), "names": names, "kind": "keypoint-rcnn"})
-        x_all = [_as_input(im[..., 0] if im.ndim == 3 else im, cfg.image_size) for im in tr.images]
+        x_all = [_as_input(im, cfg.image_size) for im in _gray(tr.images)]
         t_all = [_targets(k, cfg.image_size, scale, cfg.margin) for k in tr.keypoints]
         for epoch in range(start, cfg.epochs):
-            rng = np.random.default_rng(cfg.seed * 1000 + epoch)
-            torch.manual_seed(cfg.seed * 1000 + epoch)
-            model.train()
-            t0, total, n = time.time(), 0.0, 0
-            for idx in np.array_split(rng.permutation(len(x_all)), max(1, len(x_all) // cfg.batch_size)):
-                losses = model([x_all[i] for i in idx], [t_all[i] for i in idx])
-                loss = sum(losses.values())
-                if not math.isfinite(loss.item()):
-                    raise SmallmedError(
-                        f"{out}: the loss became {loss.item()} in epoch {epoch + 1}; lower --lr "
-                        f"(now {cfg.lr}); the last good epoch is in last.pt."
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total, n = total + loss.item() * len(idx), n + len(idx)
+            t0 = time.time()
+            train_loss = _detector_epoch(model, opt, x_all, t_all, cfg, epoch, out)
             sched.step()
-            pv, _ = _predict(
-                model, [im[..., 0] if im.ndim == 3 else im for im in va.images], cfg.image_size, len(names)
-            )
+            pv, _ = _predict(model, _gray(va.images), cfg.image_size, len(names))
             err = keypoint_errors(pv, va.keypoints[..., :2], va.keypoints[..., 2], side)
             row = {
                 "epoch": epoch + 1,
-                "train_loss": total / max(n, 1),
+                "train_loss": train_loss,
                 "val_px_error": err["px_error"],
                 "val_frac_error": err["frac_error"],
                 "seconds": round(time.time() - t0, 2),
@@ -205,29 +214,21 @@ def train_detector(cfg: DetectorConfig, out: str | Path) -> dict:
             if err["px_error"] < best:
                 best, best_epoch = err["px_error"], epoch
                 atomic_save({"model": model.state_dict(), "epoch": epoch}, out / "best.pt")
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict()}
             atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "epoch": epoch,
-                    "history": history,
-                    "best": best,
-                    "best_epoch": best_epoch,
-                },
-                out / "last.pt",
+                {**state, "epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch}, out / "last.pt"
             )
             atomic_write_csv(out / "history.csv", history)
             log.info(
                 "epoch %d/%d  train loss %.4f  val error %.2f px  %.1fs",
                 epoch + 1,
                 cfg.epochs,
-                row["train_loss"],
+                train_loss,
                 err["px_error"],
                 row["seconds"],
             )
         model.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-        pt, _ = _predict(model, [im[..., 0] if im.ndim == 3 else im for im in te.images], cfg.image_size, len(names))
+        pt, _ = _predict(model, _gray(te.images), cfg.image_size, len(names))
         test = keypoint_errors(pt, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
         metrics = {
             "task": "keypoints",

@@ -243,6 +243,66 @@ def _train_localisers(images: dict, landmarks: str | Path, patients: list[str], 
     return trained
 
 
+def _fold_run(sc, f: int, tr: list, ho: list, data: tuple, scores_csv, out: Path, cfg: RA2Config) -> tuple | None:
+    """Train one scorer's model of fold ``f``; its held-out predictions and how its epoch was chosen (None
+    when the fold has no training or held-out joints of this scorer)."""
+    from ..config import TrainConfig
+    from ..data.dataset import ImageDataset, Split
+    from ..train import fit
+
+    X, y, pids, sel = data
+    fit_p, val_p = _validation_patients(tr, cfg.seed + f)
+    mfit, mval, mho = sel & np.isin(pids, fit_p), sel & np.isin(pids, val_p), sel & np.isin(pids, ho)
+    if not mfit.any() or not mho.any():
+        return None
+    fixed = not mval.any()
+    if fixed:
+        log.info(
+            "%s fold %d: %d training patient(s), too few to hold some out for validation; %d fixed epochs "
+            "(the held-out fold never chooses an epoch)",
+            sc.name,
+            f,
+            len(tr),
+            cfg.epochs,
+        )
+    # the held-out fold is the test split only: it scores the fold model, it never picks its epoch
+    val = Split(X[mfit], y[mfit]) if fixed else Split(X[mval], y[mval])
+    splits = {"train": Split(X[mfit], y[mfit]), "val": val, "test": Split(X[mho], y[mho])}
+    ds = ImageDataset(
+        f"ra2-{sc.name}-fold{f}",
+        "regression",
+        [],
+        splits,
+        source=str(scores_csv),
+        info={
+            "range": (sc.low, sc.high),
+            "split": f"patients held out: {', '.join(ho)}; "
+            + ("fixed epochs" if fixed else f"validation patients: {', '.join(val_p)}"),
+        },
+    )
+    tcfg = TrainConfig(
+        data=str(scores_csv),
+        model=cfg.model,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        loss=sc.loss,
+        balance=cfg.balance,
+        augment=cfg.augment,
+        normalize="sample",
+        scheduler="none",
+        weight_decay=1e-4,
+        seed=cfg.seed + f,
+        progress=False,
+        select_epoch="last" if fixed else "val_loss",
+        weights=cfg.init,
+        out=str(out / sc.name / f"fold{f}"),
+    )
+    m = fit(tcfg, dataset=ds)
+    log.info("%s fold %d: held-out MAE %.3f", sc.name, f, m["test"]["mae"])
+    return _read_scores(out / sc.name / f"fold{f}"), ("fixed epochs" if fixed else {"validation_patients": val_p})
+
+
 def train_pipeline(
     images_dir: str | Path,
     scores_csv: str | Path,
@@ -252,10 +312,7 @@ def train_pipeline(
     cfg: RA2Config | None = None,
 ) -> dict:
     """Train the three scorers (one model per fold) on a group's own data; returns ``ra2.json``'s contents."""
-    from ..config import TrainConfig
-    from ..data.dataset import ImageDataset, Split
     from ..io import atomic_write_json
-    from ..train import fit
 
     cfg = cfg or RA2Config()
     out = Path(out)
@@ -293,60 +350,14 @@ def train_pipeline(
             continue
         runs[sc.name], preds, truth = [], [], []
         for f, (tr, ho) in enumerate(folds):
-            fit_p, val_p = _validation_patients(tr, cfg.seed + f)
-            mfit, mval, mho = sel & np.isin(pids, fit_p), sel & np.isin(pids, val_p), sel & np.isin(pids, ho)
-            if not mfit.any() or not mho.any():
+            done = _fold_run(sc, f, tr, ho, (X, y, pids, sel), scores_csv, out, cfg)
+            if done is None:
                 continue
-            fixed = not mval.any()
-            if fixed:
-                log.info(
-                    "%s fold %d: %d training patient(s), too few to hold some out for validation; %d fixed epochs "
-                    "(the held-out fold never chooses an epoch)",
-                    sc.name,
-                    f,
-                    len(tr),
-                    cfg.epochs,
-                )
-            # the held-out fold is the test split only: it scores the fold model, it never picks its epoch
-            val = Split(X[mfit], y[mfit]) if fixed else Split(X[mval], y[mval])
-            splits = {"train": Split(X[mfit], y[mfit]), "val": val, "test": Split(X[mho], y[mho])}
-            ds = ImageDataset(
-                f"ra2-{sc.name}-fold{f}",
-                "regression",
-                [],
-                splits,
-                source=str(scores_csv),
-                info={
-                    "range": (sc.low, sc.high),
-                    "split": f"patients held out: {', '.join(ho)}; "
-                    + ("fixed epochs" if fixed else f"validation patients: {', '.join(val_p)}"),
-                },
-            )
-            tcfg = TrainConfig(
-                data=str(scores_csv),
-                model=cfg.model,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                loss=sc.loss,
-                balance=cfg.balance,
-                augment=cfg.augment,
-                normalize="sample",
-                scheduler="none",
-                weight_decay=1e-4,
-                seed=cfg.seed + f,
-                progress=False,
-                select_epoch="last" if fixed else "val_loss",
-                weights=cfg.init,
-                out=str(out / sc.name / f"fold{f}"),
-            )
-            m = fit(tcfg, dataset=ds)
+            p, how = done
             runs[sc.name].append(f"{sc.name}/fold{f}")
-            p = _read_scores(out / sc.name / f"fold{f}")
             preds.append(p["pred"])
             truth.append(p["label"])
-            selection.setdefault(sc.name, []).append("fixed epochs" if fixed else {"validation_patients": val_p})
-            log.info("%s fold %d: held-out MAE %.3f", sc.name, f, m["test"]["mae"])
+            selection.setdefault(sc.name, []).append(how)
         if preds:
             p, t = np.concatenate(preds), np.concatenate(truth)
             cv[sc.name] = {

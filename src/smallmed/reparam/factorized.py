@@ -188,6 +188,23 @@ class FactorizeConfig:
         check_choice("method", self.method, CONV_VARIANTS)
 
 
+def _eligible_convs(model: nn.Module, layers: list[str] | None, all_kernels: bool, skipped: list[str]) -> list:
+    """The plain ``nn.Conv2d`` layers to replace, by name; grouped convs go to ``skipped``."""
+    candidates = []
+    for name, m in model.named_modules():
+        if type(m) is not nn.Conv2d:
+            continue
+        if layers and not any(fnmatch.fnmatch(name, p) for p in layers):
+            continue
+        if not all_kernels and max(m.kernel_size) == 1:
+            continue
+        if m.groups != 1:
+            skipped.append(name)
+            continue
+        candidates.append((name, m))
+    return candidates
+
+
 def factorize(
     model: nn.Module,
     method: str | FactorizeConfig = "sfconv",
@@ -228,18 +245,7 @@ def factorize(
     if rank is None and rank_ratio is None:
         rank_ratio = 0.125
     summary = FactorizeSummary(method, params_before=_params(model))
-    candidates = []
-    for name, m in model.named_modules():
-        if type(m) is not nn.Conv2d:
-            continue
-        if layers and not any(fnmatch.fnmatch(name, p) for p in layers):
-            continue
-        if not all_kernels and max(m.kernel_size) == 1:
-            continue
-        if m.groups != 1:
-            summary.skipped.append(name)
-            continue
-        candidates.append((name, m))
+    candidates = _eligible_convs(model, layers, all_kernels, summary.skipped)
     if not candidates:
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)][:8]
         raise SmallmedError(

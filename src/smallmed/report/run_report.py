@@ -15,6 +15,46 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _metric_lines(t: dict, d: dict) -> list[str]:
+    """One table line per scalar test metric, with its bootstrap interval where there is one."""
+    lines = []
+    ci = t.get("ci95", {})
+    fpr_keys = [k for k in t if k.startswith("tpr_at_fpr_") and not k.endswith("per_class")]
+    for k, v in t.items():
+        if isinstance(v, (dict, list)) or k == "tpr_at_fpr":
+            continue
+        key = "tpr_at_fpr" if fpr_keys and k == fpr_keys[0] else k
+        band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci and None not in ci[key] else ""
+        lines.append(f"| {k} | {_fmt(v)}{band} |")
+    if len(t.get("auc_per_class", [])) > 1:
+        lines.append(
+            f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |"
+        )
+    return lines
+
+
+_FIGURES = (
+    ("loss_curves.png", "loss curves"),
+    ("roc_test.png", "test ROC"),
+    ("reliability_test.png", "test reliability"),
+    ("regression_test.png", "test: predicted vs true, residuals"),
+    ("confusion_test.png", "test confusion matrix"),
+)
+
+
+def _figures(run_dir: Path) -> list[str]:
+    """Markdown for the figures the run wrote, in a fixed order."""
+    plots = [f"![{alt}]({name})" for name, alt in _FIGURES if (run_dir / name).exists()]
+    if (run_dir / "errors_test.png").exists():
+        plots.append(
+            "![most confidently wrong test images](errors_test.png)\n\nThe test images this model gets most "
+            "confidently wrong at its operating point, with occlusion maps (rows in `errors_test.csv`)."
+        )
+    if (run_dir / "overlays").is_dir():
+        plots += [f"![{p.stem}](overlays/{p.name})" for p in sorted((run_dir / "overlays").glob("*.png"))]
+    return plots
+
+
 def write_run_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.md`` from ``config.yaml``, ``metrics.json`` and ``history.csv``.
 
@@ -46,18 +86,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         "| metric | value (interval: 1000 bootstrap resamples of the test images) |",
         "|---|---|",
     ]
-    ci = t.get("ci95", {})
-    fpr_keys = [k for k in t if k.startswith("tpr_at_fpr_") and not k.endswith("per_class")]
-    for k, v in t.items():
-        if isinstance(v, (dict, list)) or k == "tpr_at_fpr":
-            continue
-        key = "tpr_at_fpr" if fpr_keys and k == fpr_keys[0] else k
-        band = f" (95% bootstrap CI {ci[key][0]:.4f}-{ci[key][1]:.4f})" if key in ci and None not in ci[key] else ""
-        lines.append(f"| {k} | {_fmt(v)}{band} |")
-    if len(t.get("auc_per_class", [])) > 1:
-        lines.append(
-            f"| AUC per class | {', '.join(f'{c}: {v:.4f}' for c, v in zip(d['classes'], t['auc_per_class']))} |"
-        )
+    lines += _metric_lines(t, d)
     lines += clinical_lines(t, d.get("classes") or [])
     cols = [c for c in (hist[0] if hist else {}) if c not in ("epoch", "trainable_params")]
     lines += [
@@ -76,22 +105,7 @@ def write_run_report(run_dir: str | Path) -> Path:
             f"{float(r[c]):.2g}" if c == "lr" else f"{float(r[c]):.4f}" if r[c] not in ("", None) else "" for c in cols
         ]
         lines.append(f"| {r['epoch']} | " + " | ".join(vals) + " |")
-    plots = ["![loss curves](loss_curves.png)"] if (run_dir / "loss_curves.png").exists() else []
-    if (run_dir / "roc_test.png").exists():
-        plots.append("![test ROC](roc_test.png)")
-    if (run_dir / "reliability_test.png").exists():
-        plots.append("![test reliability](reliability_test.png)")
-    if (run_dir / "regression_test.png").exists():
-        plots.append("![test: predicted vs true, residuals](regression_test.png)")
-    if (run_dir / "confusion_test.png").exists():
-        plots.append("![test confusion matrix](confusion_test.png)")
-    if (run_dir / "errors_test.png").exists():
-        plots.append(
-            "![most confidently wrong test images](errors_test.png)\n\nThe test images this model gets most "
-            "confidently wrong at its operating point, with occlusion maps (rows in `errors_test.csv`)."
-        )
-    if (run_dir / "overlays").is_dir():
-        plots += [f"![{p.stem}](overlays/{p.name})" for p in sorted((run_dir / "overlays").glob("*.png"))]
+    plots = _figures(run_dir)
     lines += [
         "",
         *sum(([p, ""] for p in plots), []),

@@ -33,6 +33,8 @@ class StudyEntry:
             ``--preset``.
         run: ``run(study, out, *, fresh, [workers, backend])``, returning the report's path.
         parallel: whether ``run`` takes ``workers`` and ``backend`` (cells as processes or Ray tasks).
+        tracked: whether its cells are smallmed runs (``train.fit``) that ``--log`` can mirror; a study that trains
+            in a loop of its own has nothing to mirror and refuses ``log``.
         help: per-field help for the generated flags.
     """
 
@@ -43,6 +45,7 @@ class StudyEntry:
     parallel: bool = False
     default: str = "quick"
     help: dict[str, str] = field(default_factory=dict)
+    tracked: bool = True
 
     @property
     def settings(self) -> type:
@@ -61,12 +64,13 @@ def register_study(
     parallel: bool = False,
     default: str = "quick",
     help: dict[str, str] | None = None,
+    tracked: bool = True,
 ) -> StudyEntry:
     if name in _STUDIES:
         raise ValueError(f"study {name!r} is registered twice")
     if default not in presets:
         raise ValueError(f"study {name!r}: default preset {default!r} is not among {sorted(presets)}")
-    entry = StudyEntry(name, summary, dict(presets), run, parallel, default, dict(help or {}))
+    entry = StudyEntry(name, summary, dict(presets), run, parallel, default, dict(help or {}), tracked)
     _STUDIES[name] = entry
     return entry
 
@@ -118,6 +122,11 @@ def run_study(
     entry = get_study(name)
     if not isinstance(workers, int) or workers < 1 or backend not in ("process", "ray"):
         raise SmallmedError(f"workers={workers!r}, backend={backend!r}: expected workers >= 1 and process or ray.")
+    if log and not entry.tracked:
+        raise SmallmedError(
+            f"--log {' '.join(log)}: the {name} study trains its models in a loop of its own, not as run folders, "
+            "so there is nothing to mirror; its record is OUT/report.md and OUT/cells/."
+        )
     check_out_dir(out)  # a folder that cannot be written fails before any data is read
     study = configure(name, preset, **changes)
     if not entry.parallel and (workers != 1 or backend != "process"):

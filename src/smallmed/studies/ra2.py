@@ -138,17 +138,11 @@ def _path(study: RA2Study, name: str) -> Path:
 # ------------------------------------------------------------------------------------------ (a) localisation
 
 
-def localisation(study: RA2Study, out: Path) -> dict:
-    from ..data.keypoints import load_keypoints
-    from ..metrics.keypoints import keypoint_errors
-    from ..ra2.detector import DetectorConfig, open_localiser, train_detector
-    from ..ra2.joints import FOOT_POINTS, HAND21, flip_points, read_landmarks
-    from ..ra2.localise import hand_keypoints_npz, mean_shape, unet_localiser_config
-    from ..ra2.pipeline import _gray, find_images
+def _train_localisers(study: RA2Study, out: Path, data: Path) -> tuple[dict, dict]:
+    """Each localiser kind trained (or reused) on the pediatric hands: run folders and metrics by kind."""
+    from ..ra2.detector import DetectorConfig, train_detector
+    from ..ra2.localise import unet_localiser_config
 
-    data = out / "data" / "hand10.npz"
-    if not data.exists():
-        hand_keypoints_npz(_path(study, study.hands), data)
     runs, metrics = {}, {}
     for kind in study.localiser_kinds:
         if kind == "unet":
@@ -162,6 +156,60 @@ def localisation(study: RA2Study, out: Path) -> dict:
             metrics[kind] = train_detector(
                 DetectorConfig(data=str(data), epochs=study.localiser_epochs, image_size=128), runs[kind]
             )
+    return runs, metrics
+
+
+def _ra2_example_errors(study: RA2Study, runs: dict, first: str, shape: dict) -> tuple[list[dict], list[dict]]:
+    """Joint errors on the two adult RA2 patients: their hands by each localiser (trained on pediatric hands)
+    and the mean shape; their feet by a leave-one-image-out mean shape."""
+    from ..ra2.detector import open_localiser
+    from ..ra2.joints import FOOT_POINTS, HAND21, flip_points, read_landmarks
+    from ..ra2.localise import mean_shape
+    from ..ra2.pipeline import _gray, find_images
+
+    ex = _path(study, study.examples)
+    locs = {k: open_localiser(r) for k, r in runs.items()}
+    rows, feet = [], []
+    for _pid, limbs in find_images(ex).items():
+        for limb, p in limbs.items():
+            lm = ex / "landmarks" / f"{p.stem}.json"
+            if not lm.exists():
+                continue
+            img = _gray(p)
+            h, w = img.shape
+            truth = read_landmarks(lm, limb)
+            if not limb.endswith("H"):
+                feet.append((p.name, flip_points(truth, w) if limb.startswith("R") else truth, (w, h)))
+                continue
+            preds = {("localiser" if k == first else k): loc.locate(img, limb)[0] for k, loc in locs.items()}
+            ms = {n: (shape[n][0] * w, shape[n][1] * h) for n in HAND21}
+            preds["mean_shape"] = flip_points(ms, w) if limb.startswith("R") else ms
+            for n in HAND21:
+                if n in truth:
+                    for how, pts in preds.items():
+                        d = float(np.hypot(pts[n][0] - truth[n][0], pts[n][1] - truth[n][1]))
+                        rows.append({"image": p.name, "joint": n, "method": how, "px": d, "frac": d / w})
+    frows = []
+    for i, (name, pts, (w, h)) in enumerate(feet):  # leave one foot image out
+        shape_f = mean_shape([(q, s) for j, (_, q, s) in enumerate(feet) if j != i])
+        for n in FOOT_POINTS:
+            if n in pts and n in shape_f:
+                d = float(np.hypot(shape_f[n][0] * w - pts[n][0], shape_f[n][1] * h - pts[n][1]))
+                frows.append({"image": name, "joint": n, "method": "mean_shape", "px": d, "frac": d / w})
+    return rows, frows
+
+
+def localisation(study: RA2Study, out: Path) -> dict:
+    """The localisers on the pediatric test hands against the training mean shape, then on the RA2 patients."""
+    from ..data.keypoints import load_keypoints
+    from ..metrics.keypoints import keypoint_errors
+    from ..ra2.joints import HAND21
+    from ..ra2.localise import hand_keypoints_npz, mean_shape
+
+    data = out / "data" / "hand10.npz"
+    if not data.exists():
+        hand_keypoints_npz(_path(study, study.hands), data)
+    runs, metrics = _train_localisers(study, out, data)
     ds = load_keypoints(data)
     names = list(HAND21)
     tr, te = ds.splits["train"], ds.splits["test"]
@@ -191,40 +239,10 @@ def localisation(study: RA2Study, out: Path) -> dict:
         "localiser_run": runs[first],
         "localiser_runs": runs,
     }
-    # the two adult RA2 patients' hands: the localisers trained on pediatric hands, and the mean shape
-    ex = _path(study, study.examples)
-    locs = {k: open_localiser(r) for k, r in runs.items()}
-    rows, feet = [], []
-    for _pid, limbs in find_images(ex).items():
-        for limb, p in limbs.items():
-            lm = ex / "landmarks" / f"{p.stem}.json"
-            if not lm.exists():
-                continue
-            img = _gray(p)
-            h, w = img.shape
-            truth = read_landmarks(lm, limb)
-            if limb.endswith("H"):
-                preds = {("localiser" if k == first else k): loc.locate(img, limb)[0] for k, loc in locs.items()}
-                ms = {n: (shape[n][0] * w, shape[n][1] * h) for n in names}
-                preds["mean_shape"] = flip_points(ms, w) if limb.startswith("R") else ms
-                for n in names:
-                    if n in truth:
-                        for how, pts in preds.items():
-                            d = float(np.hypot(pts[n][0] - truth[n][0], pts[n][1] - truth[n][1]))
-                            rows.append({"image": p.name, "joint": n, "method": how, "px": d, "frac": d / w})
-            else:
-                left = flip_points(truth, w) if limb.startswith("R") else truth
-                feet.append((p.name, left, (w, h)))
-    res["hands_ra2"] = _summ(rows)
-    frows = []
-    for i, (name, pts, (w, h)) in enumerate(feet):  # leave one foot image out
-        shape_f = mean_shape([(q, s) for j, (_, q, s) in enumerate(feet) if j != i])
-        for n in FOOT_POINTS:
-            if n in pts and n in shape_f:
-                d = float(np.hypot(shape_f[n][0] * w - pts[n][0], shape_f[n][1] * h - pts[n][1]))
-                frows.append({"image": name, "joint": n, "method": "mean_shape", "px": d, "frac": d / w})
-    res["feet_ra2"] = _summ(frows)
-    atomic_write_csv(out / "localisation_ra2.csv", rows + frows) if rows or frows else None
+    rows, frows = _ra2_example_errors(study, runs, first, shape)
+    res["hands_ra2"], res["feet_ra2"] = _summ(rows), _summ(frows)
+    if rows or frows:
+        atomic_write_csv(out / "localisation_ra2.csv", rows + frows)
     return res
 
 
@@ -694,28 +712,10 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     return res
 
 
-def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Path:
-    from .ra2_scoring import GOAL, PUBLISHED, boneage_section, knee_section
-    from .stats import comparison_figure
-
-    train_y = np.load(out / "data" / "knee_subset.npz")["train_labels"].ravel()
-    ens = ensemble_predictions(study, out)
-    knee_lines, rows, summ = knee_section(study, out, train_y, ens)
-    if rows:
-        atomic_write_csv(out / "knee_results.csv", rows)
-    lines = [
-        "# RA2 joint-damage scoring (seed 003), measured on the real data available offline",
-        "",
-        f"Wall time of this invocation {seconds / 60:.1f} min on this machine (finished runs are reused); "
-        f"training time summed over the finished knee runs {summ['seconds'] / 3600:.2f} h.",
-        "",
-    ]
-    if state.get("loc"):
-        lines += _localisation_lines(study, state["loc"])
-    if state.get("adult"):
-        lines += _adult_lines(study, state["adult"])
+def _knee_protocol(study: RA2Study) -> list[str]:
+    """The knee section's heading and the protocol its table was measured with."""
     n_sizes = ", ".join(f"{z} px" for z in sorted(study.knee_sizes, reverse=True))
-    lines += [
+    return [
         "## (b) Scoring recipes on knee Kellgren-Lawrence grades",
         "",
         f"Real ordinal joint-damage grades 0-4 (OAI knees, the official patient-disjoint split): "
@@ -744,6 +744,31 @@ def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Pat
         "test knees (2,000 resamples; predictions averaged over seeds) of the difference to predicting the training "
         "median for every knee (negative ΔMAE and positive ΔQWK = better than the constant).",
         "",
+    ]
+
+
+def write_report(study: RA2Study, out: Path, state: dict, seconds: float) -> Path:
+    from .ra2_scoring import GOAL, PUBLISHED, boneage_section, knee_section
+    from .stats import comparison_figure
+
+    train_y = np.load(out / "data" / "knee_subset.npz")["train_labels"].ravel()
+    ens = ensemble_predictions(study, out)
+    knee_lines, rows, summ = knee_section(study, out, train_y, ens)
+    if rows:
+        atomic_write_csv(out / "knee_results.csv", rows)
+    lines = [
+        "# RA2 joint-damage scoring (seed 003), measured on the real data available offline",
+        "",
+        f"Wall time of this invocation {seconds / 60:.1f} min on this machine (finished runs are reused); "
+        f"training time summed over the finished knee runs {summ['seconds'] / 3600:.2f} h.",
+        "",
+    ]
+    if state.get("loc"):
+        lines += _localisation_lines(study, state["loc"])
+    if state.get("adult"):
+        lines += _adult_lines(study, state["adult"])
+    lines += [
+        *_knee_protocol(study),
         *knee_lines,
         f"Convergence: {summ['at_cap']} of {summ['runs']} finished knee runs had their best epoch at the cap"
         + (

@@ -239,6 +239,104 @@ def _ci(d: dict) -> str:
     return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
+_METRICS = ("acc", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse", "mae")
+_HEADER = [
+    "| recipe | seeds | accuracy | MAE (grade) | QWK | balanced acc. | weighted RMSE | MAE (score) | "
+    "vs training median: ΔMAE, ΔQWK (test knees) | epochs (best / run / cap) | CPU min per run |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+]
+
+
+def _finished_runs(study, out: Path, size: int, missing: list[str]) -> dict[str, list[dict]]:
+    """The finished runs at ``size`` by recipe (each with its predictions, metrics and timing); the
+    unfinished ones are appended to ``missing``."""
+    table: dict[str, list[dict]] = {}
+    for r in study.variants:
+        if size not in _sizes(study, r):
+            continue
+        for s in _seeds(study, r):
+            run = out / "runs" / f"knee{size}" / r / f"s{s}"
+            if not (run / "metrics.json").exists():
+                missing.append(f"{r} at {size} px seed {s}")
+                continue
+            p = read_predictions(run)
+            sec, ep, best, cap = run_seconds(run)
+            m = graded(p["label"], p["score"], p["grade"])
+            table.setdefault(r, []).append(
+                {"seed": s, "run": run, "pred": p, "m": m, "sec": sec, "epochs": ep, "best": best, "cap": cap}
+            )
+    return table
+
+
+def _one_row(size: int, name: str, m: dict, line: str, rows: list[dict]) -> str:
+    """The markdown line for one model with no seeds (a constant, an ensemble); its CSV row into ``rows``."""
+    rows.append({"size": size, "recipe": name, "seed": "", **{k: m[k] for k in _METRICS}})
+    return line
+
+
+def _recipe_line(size: int, r: str, runs: list[dict], label: np.ndarray, ref: dict, rows: list[dict]) -> tuple:
+    """One recipe's line over its seeds, its per-seed CSV rows, its summary and its mean validation MAE."""
+    ms = [x["m"] for x in runs]
+    vs = paired_bootstrap(label, _mean_pred(runs), ref)
+    v = float(np.mean([val_mae(x["run"]) for x in runs]))
+    line = (
+        f"| {r}: {LABELS.get(r, r)} | {len(runs)} | "
+        + " | ".join(_fmt([m[k] for m in ms]) for k in _METRICS)
+        + f" | {_ci(vs['mae'])}, {_ci(vs['qwk'])} | {_epochs(runs)} | {np.mean([x['sec'] for x in runs]) / 60:.0f} |"
+    )
+    for x in runs:
+        rows.append(
+            {
+                "size": size,
+                "recipe": r,
+                "seed": x["seed"],
+                **{k: x["m"][k] for k in _METRICS},
+                "best_epoch": x["best"],
+                "epochs": x["epochs"],
+                "seconds": x["sec"],
+            }
+        )
+    summ = {
+        "acc": float(np.mean([m["acc"] for m in ms])),
+        "mae_rounded": float(np.mean([m["mae_rounded"] for m in ms])),
+        "qwk": float(np.mean([m["qwk"] for m in ms])),
+        "seeds": len(runs),
+        "vs_median": vs,
+        "val_mae": v,
+    }
+    return line, summ, v
+
+
+def _mean_pred(runs: list[dict]) -> dict:
+    return seed_mean([x["pred"] for x in runs]) if len(runs) > 1 else runs[0]["pred"]
+
+
+def _ensemble_lines(size: int, ensemble: dict, label: np.ndarray, ref: dict, rows: list[dict], summ: dict) -> list:
+    """The fold ensemble's lines (plain and with flip TTA)."""
+    lines = []
+    for key, name in (("plain", "ensemble"), ("flip", "ensemble + flip TTA")):
+        if key not in ensemble:
+            continue
+        p = ensemble[key]
+        m = graded(label, p["score"], p["grade"])
+        vs = paired_bootstrap(label, p, ref)
+        lines.append(
+            _one_row(
+                size,
+                name,
+                m,
+                f"| {name}: {ensemble['folds']} fold models of {ensemble['recipe']} (seed {ensemble['seeds']}) | "
+                f"{len(ensemble['seeds'])} | "
+                + " | ".join(f"{m[k]:.3f}" for k in _METRICS)
+                + f" | {_ci(vs['mae'])}, {_ci(vs['qwk'])} | - | "
+                f"{ensemble['seconds'] / 60 / max(1, ensemble['folds']):.0f} |",
+                rows,
+            )
+        )
+        summ[name] = {"acc": m["acc"], "mae_rounded": m["mae_rounded"], "qwk": m["qwk"], "vs_median": vs}
+    return lines
+
+
 def knee_section(
     study, out: Path, train_labels: np.ndarray, ensemble: dict | None
 ) -> tuple[list[str], list[dict], dict]:
@@ -249,133 +347,31 @@ def knee_section(
     med = float(np.median(train_labels))
     vals, counts = np.unique(train_labels, return_counts=True)
     mode = float(vals[counts.argmax()])
-    caps: list[tuple[int, int]] = []
     missing: list[str] = []
-    seconds = 0.0
-
+    done: list[dict] = []
     for size in sorted(study.knee_sizes, reverse=True):
-        table: dict[str, list[dict]] = {}
-        for r in study.variants:
-            if size not in _sizes(study, r):
-                continue
-            for s in _seeds(study, r):
-                run = out / "runs" / f"knee{size}" / r / f"s{s}"
-                if not (run / "metrics.json").exists():
-                    missing.append(f"{r} at {size} px seed {s}")
-                    continue
-                p = read_predictions(run)
-                sec, ep, best, cap = run_seconds(run)
-                seconds += sec
-                caps.append((best, cap))
-                table.setdefault(r, []).append(
-                    {
-                        "seed": s,
-                        "pred": p,
-                        "m": graded(p["label"], p["score"], p["grade"]),
-                        "sec": sec,
-                        "epochs": ep,
-                        "best": best,
-                        "cap": cap,
-                    }
-                )
+        table = _finished_runs(study, out, size, missing)
         if not table:
             continue
+        done += [x for runs in table.values() for x in runs]
         label = next(iter(table.values()))[0]["pred"]["label"]
         ref = constant(label, med)
-        lines += [
-            f"### {size} px",
-            "",
-            "| recipe | seeds | accuracy | MAE (grade) | QWK | balanced acc. | weighted RMSE | MAE (score) | "
-            "vs training median: ΔMAE, ΔQWK (test knees) | epochs (best / run / cap) | CPU min per run |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
+        lines += [f"### {size} px", "", *_HEADER]
         for name, value in (("training median (constant)", med), ("training mode (constant)", mode)):
             c = constant(label, value)
             m = graded(label, c["score"], c["grade"])
-            lines.append(
-                f"| {name}: grade {value:g} | - | {m['acc']:.3f} | {m['mae_rounded']:.3f} | {m['qwk']:.3f} | "
-                f"{m['balanced_acc']:.3f} | {m['weighted_rmse']:.3f} | {m['mae']:.3f} | - | - | 0 |"
-            )
-            rows.append(
-                {
-                    "size": size,
-                    "recipe": name,
-                    "seed": "",
-                    **{k: m[k] for k in ("acc", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse", "mae")},
-                }
-            )
-        best_name, best_mae = None, np.inf  # chosen by validation MAE: the test split chooses nothing
+            cells = " | ".join(f"{m[k]:.3f}" for k in _METRICS)
+            lines.append(_one_row(size, name, m, f"| {name}: grade {value:g} | - | {cells} | - | - | 0 |", rows))
+        summ = summary["sizes"].setdefault(size, {})
+        val = {}  # mean validation MAE per recipe: the test split chooses nothing
         for r, runs in table.items():
-            ms = [x["m"] for x in runs]
-            mean_p = seed_mean([x["pred"] for x in runs]) if len(runs) > 1 else runs[0]["pred"]
-            vs = paired_bootstrap(label, mean_p, ref)
-            g = float(np.mean([m["mae_rounded"] for m in ms]))
-            v = float(np.mean([val_mae(out / "runs" / f"knee{size}" / r / f"s{x['seed']}") for x in runs]))
-            if v < best_mae:
-                best_name, best_mae = r, v
-            lines.append(
-                f"| {r}: {LABELS.get(r, r)} | {len(runs)} | {_fmt([m['acc'] for m in ms])} | "
-                f"{_fmt([m['mae_rounded'] for m in ms])} | {_fmt([m['qwk'] for m in ms])} | "
-                f"{_fmt([m['balanced_acc'] for m in ms])} | {_fmt([m['weighted_rmse'] for m in ms])} | "
-                f"{_fmt([m['mae'] for m in ms])} | {_ci(vs['mae'])}, {_ci(vs['qwk'])} | "
-                f"{_epochs(runs)} | "
-                f"{np.mean([x['sec'] for x in runs]) / 60:.0f} |"
-            )
-            for x in runs:
-                rows.append(
-                    {
-                        "size": size,
-                        "recipe": r,
-                        "seed": x["seed"],
-                        **{k: x["m"][k] for k in ("acc", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse", "mae")},
-                        "best_epoch": x["best"],
-                        "epochs": x["epochs"],
-                        "seconds": x["sec"],
-                    }
-                )
-            summary["sizes"].setdefault(size, {})[r] = {
-                "acc": float(np.mean([m["acc"] for m in ms])),
-                "mae_rounded": g,
-                "qwk": float(np.mean([m["qwk"] for m in ms])),
-                "seeds": len(runs),
-                "vs_median": vs,
-                "val_mae": v,
-            }
+            line, summ[r], val[r] = _recipe_line(size, r, runs, label, ref, rows)
+            lines.append(line)
         if ensemble and ensemble.get("size") == size:
-            for key, name in (("plain", "ensemble"), ("flip", "ensemble + flip TTA")):
-                if key not in ensemble:
-                    continue
-                p = ensemble[key]
-                m = graded(label, p["score"], p["grade"])
-                vs = paired_bootstrap(label, p, ref)
-                lines.append(
-                    f"| {name}: {ensemble['folds']} fold models of {ensemble['recipe']} (seed {ensemble['seeds']}) | "
-                    f"{len(ensemble['seeds'])} | {m['acc']:.3f} | {m['mae_rounded']:.3f} | {m['qwk']:.3f} | "
-                    f"{m['balanced_acc']:.3f} | {m['weighted_rmse']:.3f} | {m['mae']:.3f} | "
-                    f"{_ci(vs['mae'])}, {_ci(vs['qwk'])} | - | {ensemble['seconds'] / 60 / max(1, ensemble['folds']):.0f} |"
-                )
-                rows.append(
-                    {
-                        "size": size,
-                        "recipe": name,
-                        "seed": "",
-                        **{k: m[k] for k in ("acc", "mae_rounded", "qwk", "balanced_acc", "weighted_rmse", "mae")},
-                    }
-                )
-                summary["sizes"][size][name] = {
-                    "acc": m["acc"],
-                    "mae_rounded": m["mae_rounded"],
-                    "qwk": m["qwk"],
-                    "vs_median": vs,
-                }
-        if "base" in table and best_name and best_name != "base":
-            b = seed_mean([x["pred"] for x in table["base"]]) if len(table["base"]) > 1 else table["base"][0]["pred"]
-            a = (
-                seed_mean([x["pred"] for x in table[best_name]])
-                if len(table[best_name]) > 1
-                else table[best_name][0]["pred"]
-            )
-            vs = paired_bootstrap(label, a, b)
+            lines += _ensemble_lines(size, ensemble, label, ref, rows, summ)
+        best_name = min(val, key=val.get)
+        if "base" in table and best_name != "base":
+            vs = paired_bootstrap(label, _mean_pred(table[best_name]), _mean_pred(table["base"]))
             lines += [
                 "",
                 f"Lowest mean validation MAE at {size} px: {best_name}; on the test knees against the seed's base "
@@ -383,9 +379,10 @@ def knee_section(
             ]
         plot_confusions(table, out / f"confusion_knee{size}.png", size)
         lines += ["", f"Confusion matrices (first seed of each recipe): `confusion_knee{size}.png`.", ""]
-    at_cap = sum(1 for b, c in caps if b >= c)
+    at_cap = sum(1 for x in done if x["best"] >= x["cap"])
+    seconds = float(sum(x["sec"] for x in done))
     summary.update(
-        {"runs": len(caps), "at_cap": at_cap, "seconds": seconds, "missing": missing, "median": med, "mode": mode}
+        {"runs": len(done), "at_cap": at_cap, "seconds": seconds, "missing": missing, "median": med, "mode": mode}
     )
     return lines, rows, summary
 

@@ -113,25 +113,11 @@ def _accuracy(model, x, y) -> float:
     return float(sum((model(x[i : i + 256]).argmax(1) == y[i : i + 256]).sum() for i in range(0, len(y), 256)) / len(y))
 
 
-def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: int) -> dict:
-    from ..models import create_model, reset_classifier
-    from ..schedules import RFFreeze, following_norms, rff_layers
+def _branches(study: RFFStudy, model, opt, layers: list[str], norms, bx, by, g) -> dict:
+    """One more epoch of base training from the same state, plain and with the RFF freeze, on identical
+    batches: each branch's model and its seconds."""
+    from ..schedules import RFFreeze
 
-    g = torch.Generator().manual_seed(seed)
-    bmask = torch.isin(y, torch.tensor(base))
-    bx, by = x[bmask], y[bmask]
-    by = torch.tensor([base.index(int(v)) for v in by])
-    if study.max_train and len(by) > study.max_train:
-        keep = torch.randperm(len(by), generator=g)[: study.max_train]
-        bx, by = bx[keep], by[keep]
-    torch.manual_seed(seed)
-    size = (x.shape[1], study.image_size, study.image_size)
-    model = create_model(study.model, len(base), in_chans=x.shape[1], input_size=study.image_size)
-    opt = torch.optim.Adam(model.parameters(), lr=study.lr)
-    for _ in range(study.base_epochs):
-        _epoch(model, bx, by, opt, g, study.batch_size)
-    layers = rff_layers(model, size)
-    norms = following_norms(model, layers, size)
     branch = {}
     state = g.get_state()
     for name in ("normal", "rff"):
@@ -151,20 +137,49 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
         t = time.perf_counter()
         _epoch(m, bx, by, o, gb, study.batch_size, trainable)
         branch[name] = (m, time.perf_counter() - t)
-    # transfer: a new classifier only, 80/20 per class, same init and generator for both
-    tmask = torch.isin(y, torch.tensor(transfer))
-    tx, ty = x[tmask], torch.tensor([transfer.index(int(v)) for v in y[tmask]])
+    return branch
+
+
+def _transfer_split(ty, classes: int, seed: int, max_train: int):
+    """80/20 per class of the transfer images (validation first), the training part capped at ``max_train``."""
     gt = torch.Generator().manual_seed(1000 + seed)
     val_idx, train_idx = [], []
-    for c in range(len(transfer)):
+    for c in range(classes):
         idx = torch.nonzero(ty == c).flatten()
         idx = idx[torch.randperm(len(idx), generator=gt)]
         k = max(1, int(round(0.2 * len(idx))))
         val_idx.append(idx[:k])
         train_idx.append(idx[k:])
     vi, ti = torch.cat(val_idx), torch.cat(train_idx)
-    if study.max_train and len(ti) > study.max_train:
-        ti = ti[torch.randperm(len(ti), generator=gt)[: study.max_train]]
+    if max_train and len(ti) > max_train:
+        ti = ti[torch.randperm(len(ti), generator=gt)[:max_train]]
+    return vi, ti
+
+
+def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: int) -> dict:
+    from ..models import create_model, reset_classifier
+    from ..schedules import following_norms, rff_layers
+
+    g = torch.Generator().manual_seed(seed)
+    bmask = torch.isin(y, torch.tensor(base))
+    bx, by = x[bmask], y[bmask]
+    by = torch.tensor([base.index(int(v)) for v in by])
+    if study.max_train and len(by) > study.max_train:
+        keep = torch.randperm(len(by), generator=g)[: study.max_train]
+        bx, by = bx[keep], by[keep]
+    torch.manual_seed(seed)
+    size = (x.shape[1], study.image_size, study.image_size)
+    model = create_model(study.model, len(base), in_chans=x.shape[1], input_size=study.image_size)
+    opt = torch.optim.Adam(model.parameters(), lr=study.lr)
+    for _ in range(study.base_epochs):
+        _epoch(model, bx, by, opt, g, study.batch_size)
+    layers = rff_layers(model, size)
+    norms = following_norms(model, layers, size)
+    branch = _branches(study, model, opt, layers, norms, bx, by, g)
+    # transfer: a new classifier only, 80/20 per class, same init and generator for both
+    tmask = torch.isin(y, torch.tensor(transfer))
+    tx, ty = x[tmask], torch.tensor([transfer.index(int(v)) for v in y[tmask]])
+    vi, ti = _transfer_split(ty, len(transfer), seed, study.max_train)
     head_init = None
     out = {
         "base": base,
@@ -336,6 +351,7 @@ register_study(
     summary="seed 001: receptive-field freeze, transfer to held-out classes",
     presets=PRESETS,
     run=run_rff_study,
+    tracked=False,  # its cells train in this file's own loop: no run folders for --log to mirror
     help={
         "data": "a multi-class data set (default: rsna-boneage, 5 age groups)",
         "splits": "number of class splits",

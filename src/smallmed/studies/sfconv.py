@@ -220,6 +220,42 @@ def _intensity_lines(study: SFConvStudy, seg: bool) -> list[str]:
     return lines
 
 
+def _vs_conv(rows: list[dict], vr: list[dict], q1: str, q2: str, seg: bool) -> tuple[dict, str]:
+    """A variant against plain conv, paired over seeds on both metrics (and by a paired bootstrap over the
+    test images for classification): the first metric's paired result and the table cell."""
+    base = {r["seed"]: r for r in rows if r["variant"] == "conv"}
+    pr = paired([r[q1] for r in vr], [base[r["seed"]][q1] for r in vr])
+    pr2 = paired([r[q2] for r in vr], [base[r["seed"]][q2] for r in vr])
+    cmp = fmt_paired(pr, wins=False) + f"; {q2}: " + fmt_paired(pr2, wins=False)
+    if not seg:
+        boot, _ = compare_runs({r["seed"]: r["run"] for r in vr}, {s: r["run"] for s, r in base.items()})
+        if boot:
+            cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
+    return pr, cmp
+
+
+def _claims_lines(study: SFConvStudy, rows: list[dict], verdict: dict, costs: dict, q1: str, seg: bool) -> list:
+    """The verdict on the seed's three claims (KL helps, quality matches conv, speed)."""
+    if "sfconv" not in verdict or "sfconv-nokl" not in study.variants:
+        return []
+    kl = paired(
+        [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
+        [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])],
+    )
+    sf, cv = verdict["sfconv"], costs["sfconv"]
+    return [
+        "## Verdict on the seed's claims",
+        "",
+        f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
+        f"p={kl['p_t']:.2g} -> {direction(kl, 'yes', 'no', 'not shown')} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
+        f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
+        f"{direction(sf, 'better', 'worse', 'not distinguishable')} here, with "
+        f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
+        f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).",
+        "",
+    ]
+
+
 def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -> Path:
     seg = results[0].get("task") == "segmentation"
     q1, q2, q1_name, q2_name = (
@@ -241,7 +277,6 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
     atomic_write_csv(out / "results.csv", rows)
     costs = variant_costs(study, grid)
     atomic_write_text(out / "costs.json", json.dumps(costs, indent=1))
-    base_acc = {r["seed"]: r[q1] for r in rows if r["variant"] == "conv"}
     lines = [
         f"# SFConv and cheap convolutions (seed 004) on {study.data}",
         "",
@@ -265,41 +300,14 @@ def write_report(study: SFConvStudy, out: Path, grid, results, seconds: float) -
         c = costs[v]
         cmp = "-"
         if v != "conv":
-            pr = paired([r[q1] for r in vr], [base_acc[r["seed"]] for r in vr])
-            verdict[v] = pr
-            cmp = fmt_paired(pr, wins=False)
-            base_q2 = {r["seed"]: r[q2] for r in rows if r["variant"] == "conv"}
-            pr2 = paired([r[q2] for r in vr], [base_q2[r["seed"]] for r in vr])
-            cmp += f"; {q2}: " + fmt_paired(pr2, wins=False)
-            if not seg:
-                boot, dl = compare_runs(
-                    {r["seed"]: r["run"] for r in vr}, {r["seed"]: r["run"] for r in rows if r["variant"] == "conv"}
-                )
-                if boot:
-                    cmp += f"; AUC, paired bootstrap over test images: {fmt_bootstrap(boot)}"
+            verdict[v], cmp = _vs_conv(rows, vr, q1, q2, seg)
         seed = (SEED_DICE.get(v),) if seg else SEED_TABLE.get(v)
         lines.append(
             f"| {v} | {c['params']:,} | {c['gmacs']:.4f} | {c['images_per_s']:.0f} | {c['speed_ratio']:.2f} | "
             f"{fmt_ci(acc)} | {fmt_ci(auc)} | {cmp} | {' / '.join(map(str, seed)) if seed else '-'} |"
         )
     lines.append("")
-    if "sfconv" in verdict and "sfconv-nokl" in study.variants:
-        kl = paired(
-            [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv"), key=lambda r: r["seed"])],
-            [r[q1] for r in sorted((r for r in rows if r["variant"] == "sfconv-nokl"), key=lambda r: r["seed"])],
-        )
-        sf, cv = verdict["sfconv"], costs["sfconv"]
-        lines += [
-            "## Verdict on the seed's claims",
-            "",
-            f"- KL helps (sfconv - sfconv w/o KL, {q1}): {kl['mean']:+.4f} [{kl['lo']:+.4f}, {kl['hi']:+.4f}], "
-            f"p={kl['p_t']:.2g} -> {direction(kl, 'yes', 'no', 'not shown')} here (seed: {'+0.03 Dice' if seg else '+0.12 accuracy'}).",
-            f"- SFConv matches plain conv quality: {sf['mean']:+.4f} [{sf['lo']:+.4f}, {sf['hi']:+.4f}] -> "
-            f"{direction(sf, 'better', 'worse', 'not distinguishable')} here, with "
-            f"{costs['conv']['params'] / cv['params']:.1f}x fewer parameters in total.",
-            f"- Speed ~0.7x plain conv: measured {cv['speed_ratio']:.2f}x on this CPU (goal >= 0.9x).",
-            "",
-        ]
+    lines += _claims_lines(study, rows, verdict, costs, q1, seg)
     lines += _spectra_lines(study, out, grid)
     lines += _intensity_lines(study, seg)
     if comparison_figure(rows, group=None, arm="variant", metric=q1, path=out / "comparison.png", xlabel=q1_name):

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +229,13 @@ def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict
         if setup.device.type == "cuda":
             torch.cuda.set_device(setup.device)
     try:
+        ranks = _Ranks(distributed, rank, world)
         if not main:
-            return _fit(setup, run_dir, resuming, list(callbacks), distributed, rank, world, main)
+            return _fit(setup, run_dir, resuming, list(callbacks), ranks)
         existed = run_dir.exists()
         try:
             with RunLock(run_dir):
-                return _fit(setup, run_dir, resuming, list(callbacks), distributed, rank, world, main)
+                return _fit(setup, run_dir, resuming, list(callbacks), ranks)
         except BaseException:
             # a failure before the first checkpoint leaves no half-written folder behind; a killed or
             # interrupted run with a last.pt keeps it, so that it can be resumed
@@ -355,8 +357,57 @@ def _check_finite(
     )
 
 
-def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, rank, world, main) -> dict:
-    cfg, task, device = setup.cfg, setup.task, setup.device
+@dataclass
+class _Ranks:
+    """Where this process sits in a (possibly distributed) run."""
+
+    distributed: bool
+    rank: int
+    world: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class _State:
+    """What a checkpoint holds between epochs: the optimisation state and the history so far."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    on_val: bool
+    ema: nn.Module | None
+    history: list[dict] = field(default_factory=list)
+    start: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = -1
+
+
+def _init_state(setup: Setup, model: nn.Module, run_dir: Path, resuming: bool) -> _State:
+    """The optimizer, schedule and weight average, restored from ``last.pt`` when resuming."""
+    cfg = setup.cfg
+    optimizer = build_optimizer(model, cfg)
+    scheduler, on_val = build_scheduler(optimizer, cfg)
+    st = _State(optimizer, scheduler, on_val, _ema(model, cfg))
+    last = run_dir / "last.pt"
+    if not (resuming and last.exists()):
+        return st
+    ckpt = load_checkpoint(last)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt.get("scheduler"):
+        scheduler.load_state_dict(ckpt["scheduler"])
+    st.history, st.start = ckpt["history"], ckpt["epoch"] + 1
+    st.best_loss, st.best_epoch = ckpt["best_val_loss"], ckpt["best_epoch"]
+    if st.ema is not None and ckpt.get("ema"):
+        st.ema.load_state_dict(ckpt["ema"])
+    log.info("resuming %s after epoch %d", run_dir, st.start)
+    return st
+
+
+def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _Ranks) -> dict:
+    cfg, task, device, main = setup.cfg, setup.task, setup.device, ranks.main
     model = setup.model.to(device)
     names = setup.built.trainable_names
     schedule = TwoStage(head_name(model), cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
@@ -368,171 +419,182 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks, distributed, ra
     _loss_weights(setup)
     if not resuming:
         task.init_head(model, getattr(setup.train_split, "labels", None))
-    optimizer = build_optimizer(model, cfg)
-    scheduler, on_val = build_scheduler(optimizer, cfg)
-    mix = _batch_mix(cfg, task)
-    ema = _ema(model, cfg)
-    history: list[dict] = []
-    start, best_loss, best_epoch = 0, math.inf, -1
-    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
-    if resuming and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        history, start = ckpt["history"], ckpt["epoch"] + 1
-        best_loss, best_epoch = ckpt["best_val_loss"], ckpt["best_epoch"]
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        log.info("resuming %s after epoch %d", run_dir, start)
+    st = _init_state(setup, model, run_dir, resuming)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg.to_dict()))
     train_model: nn.Module = model
-    if distributed:
+    if ranks.distributed:
         train_model = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.head_epochs > 0,
         )
     val_loader = setup.loader("val", train=False)
-    amp = cfg.amp and device.type == "cuda"
-    check = dict(history=history, resuming=resuming, run_dir=run_dir, main=main, device=device, distributed=distributed)
-    for epoch in range(start, cfg.epochs):
-        if cfg.early_stop and best_epoch >= 0 and epoch - 1 - best_epoch >= cfg.early_stop:  # also on resume
+    check = dict(
+        history=st.history, resuming=resuming, run_dir=run_dir, main=main, device=device, distributed=ranks.distributed
+    )
+    for epoch in range(st.start, cfg.epochs):
+        if cfg.early_stop and st.best_epoch >= 0 and epoch - 1 - st.best_epoch >= cfg.early_stop:  # also on resume
             log.info(
                 "early stop after epoch %d: %d epochs without validation-loss improvement (best epoch %d)",
                 epoch,
                 cfg.early_stop,
-                best_epoch + 1,
+                st.best_epoch + 1,
             )
             break
-        es = _epoch_seed(cfg.seed, epoch)
-        seed_everything(es)
-        gen = torch.Generator().manual_seed(es)
-        train_ds = _balance(setup, setup.dataset_for("train", train=True), es)
-        sampler = None
-        if distributed:
-            sampler = DistributedSampler(
-                train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True
-            )
-            sampler.set_epoch(epoch)
-        train_loader = setup.loader("train", train=True, sampler=sampler, generator=gen, dataset=train_ds)
-        train_model.train()
-        for cb in callbacks:
-            cb.on_epoch_start(epoch, model)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         t0 = time.time()
-        total, seen, reg_total = 0.0, 0, 0.0
-        bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and main)
-        for step, (x, y) in enumerate(bar):
-            x, y = x.to(device, non_blocking=True), to_device(y, device)
-            if mix is not None:
-                x, y = mix(x, y)  # soft targets: class probabilities that sum to one
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                out = train_model(x)
-            loss = task.loss(out.float(), y)
-            value = loss.item()
-            _check_finite(value, "loss", epoch, step, **check)
-            reg = _regulariser(model, cfg)  # a visible term of the loss, logged as its own column
-            if reg is not None:
-                r = reg.item()
-                _check_finite(r, "regulariser", epoch, step, **check)
-                reg_total += r * len(x)
-                loss = loss + reg
-                _check_finite(loss.item(), "total loss", epoch, step, **check)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            total += value * len(x)
-            seen += len(x)
-            for cb in callbacks:
-                cb.on_batch_end(epoch, step, value)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-        if distributed:  # the epoch's training loss over every rank's shard
-            t = torch.tensor([total, float(seen)], device=device)
-            dist.all_reduce(t)
-            total, seen = t[0].item(), int(t[1].item())
+        trained = _train_epoch(setup, model, train_model, st, epoch, callbacks, ranks, check)
         # with an EMA the averaged weights are the model that is validated, chosen and saved
-        evaluated = ema.module if ema is not None else model
-        val = evaluate(evaluated, val_loader, task)
-        _check_finite(val["loss"], "validation loss", epoch, None, **check)
-        lr = optimizer.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step(val["loss"]) if on_val else scheduler.step()
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": total / max(seen, 1),
-            "val_loss": val["loss"],
-            **{f"val_{k}": val[k] for k in task.columns},
-            "trainable_params": trainable,
-            "seconds": round(time.time() - t0, 3),
-        }
-        if ema is not None:  # the raw weights' validation loss beside the average's
-            row["val_loss_raw"] = evaluate(model, val_loader, task)["loss"]
-        if cfg.kl_weight or cfg.fd_weight:
-            row["reg_loss"] = reg_total / max(seen, 1)
-        history.append(row)
+        evaluated = st.ema.module if st.ema is not None else model
+        row = _validate(setup, model, evaluated, val_loader, st, epoch, trained, t0, check)
+        st.history.append(row)
         # select_epoch="last": a fixed number of epochs; validation is only watched, never chooses
-        improved = val["loss"] < best_loss or cfg.select_epoch == "last"
+        improved = row["val_loss"] < st.best_loss or cfg.select_epoch == "last"
         if improved:
-            best_loss, best_epoch = val["loss"], epoch
+            st.best_loss, st.best_epoch = row["val_loss"], epoch
         log.info(
             "epoch %d/%d  train loss %.4f  val loss %.4f  val %s %.4f  %.1fs%s",
             epoch + 1,
             cfg.epochs,
             row["train_loss"],
-            val["loss"],
+            row["val_loss"],
             task.headline,
-            val.get(task.headline, float("nan")),
+            row.get(f"val_{task.headline}", float("nan")),
             row["seconds"],
             "  *best" if improved else "",
         )
         if main:
-            if improved:
-                atomic_save(
-                    {
-                        "model": evaluated.state_dict(),
-                        "epoch": epoch,
-                        "val_loss": best_loss,
-                        "weights": "ema" if ema is not None else "raw",
-                        **setup.checkpoint_meta(),
-                    },
-                    best_path,
-                )
-            atomic_save(
-                {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "epoch": epoch,
-                    "history": history,
-                    "best_val_loss": best_loss,
-                    "best_epoch": best_epoch,
-                },
-                last_path,
-            )
-            atomic_write_csv(run_dir / "history.csv", history)
+            _save_epoch(setup, run_dir, model, evaluated, st, epoch, improved)
         for cb in callbacks:  # optional hook: callbacks written before it existed have none
             if hasattr(cb, "on_epoch_end"):
                 cb.on_epoch_end(epoch, row)
-    if distributed:
+    if ranks.distributed:
         dist.barrier()
     if not main:
         return {}
-    if best_epoch < 0:
+    if st.best_epoch < 0:
         raise SmallmedError(f"{run_dir}: no epoch finished; nothing to evaluate.")
-    metrics = _finish(setup, run_dir, model, history, best_epoch)
+    metrics = _finish(setup, run_dir, model, st.history, st.best_epoch)
     for cb in callbacks:
         if hasattr(cb, "on_run_end"):
             cb.on_run_end(metrics, run_dir)
     return metrics
+
+
+def _train_epoch(
+    setup: Setup, model: nn.Module, train_model: nn.Module, st: _State, epoch: int, callbacks, ranks: _Ranks, check
+) -> dict:
+    """One pass over the epoch's (reseeded) training set: its mean loss and regulariser, the trainable count."""
+    cfg, task, device = setup.cfg, setup.task, setup.device
+    es = _epoch_seed(cfg.seed, epoch)
+    seed_everything(es)
+    gen = torch.Generator().manual_seed(es)
+    train_ds = _balance(setup, setup.dataset_for("train", train=True), es)
+    sampler = None
+    if ranks.distributed:
+        sampler = DistributedSampler(
+            train_ds, num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
+        sampler.set_epoch(epoch)
+    train_loader = setup.loader("train", train=True, sampler=sampler, generator=gen, dataset=train_ds)
+    train_model.train()
+    for cb in callbacks:  # after the epoch's reseeding: a callback that draws random numbers draws the same on resume
+        cb.on_epoch_start(epoch, model)
+    mix = _batch_mix(cfg, task)
+    amp = cfg.amp and device.type == "cuda"
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total, seen, reg_total = 0.0, 0, 0.0
+    bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ranks.main)
+    for step, (x, y) in enumerate(bar):
+        x, y = x.to(device, non_blocking=True), to_device(y, device)
+        if mix is not None:
+            x, y = mix(x, y)  # soft targets: class probabilities that sum to one
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = train_model(x)
+        loss = task.loss(out.float(), y)
+        value = loss.item()
+        _check_finite(value, "loss", epoch, step, **check)
+        reg = _regulariser(model, cfg)  # a visible term of the loss, logged as its own column
+        if reg is not None:
+            r = reg.item()
+            _check_finite(r, "regulariser", epoch, step, **check)
+            reg_total += r * len(x)
+            loss = loss + reg
+            _check_finite(loss.item(), "total loss", epoch, step, **check)
+        st.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        st.optimizer.step()
+        if st.ema is not None:
+            st.ema.update_parameters(model)
+        total += value * len(x)
+        seen += len(x)
+        for cb in callbacks:
+            cb.on_batch_end(epoch, step, value)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{total / seen:.4f}")
+    if ranks.distributed:  # the epoch's training loss over every rank's shard
+        t = torch.tensor([total, float(seen)], device=device)
+        dist.all_reduce(t)
+        total, seen = t[0].item(), int(t[1].item())
+    return {"train_loss": total / max(seen, 1), "reg_loss": reg_total / max(seen, 1), "trainable_params": trainable}
+
+
+def _validate(
+    setup: Setup, model: nn.Module, evaluated: nn.Module, val_loader, st: _State, epoch: int, trained: dict, t0, check
+) -> dict:
+    """Validate the epoch's model, step the schedule; the epoch's history row."""
+    cfg, task = setup.cfg, setup.task
+    val = evaluate(evaluated, val_loader, task)
+    _check_finite(val["loss"], "validation loss", epoch, None, **check)
+    lr = st.optimizer.param_groups[0]["lr"]
+    if st.scheduler is not None:
+        st.scheduler.step(val["loss"]) if st.on_val else st.scheduler.step()
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": trained["train_loss"],
+        "val_loss": val["loss"],
+        **{f"val_{k}": val[k] for k in task.columns},
+        "trainable_params": trained["trainable_params"],
+        "seconds": round(time.time() - t0, 3),
+    }
+    if st.ema is not None:  # the raw weights' validation loss beside the average's
+        row["val_loss_raw"] = evaluate(model, val_loader, task)["loss"]
+    if cfg.kl_weight or cfg.fd_weight:
+        row["reg_loss"] = trained["reg_loss"]
+    return row
+
+
+def _save_epoch(
+    setup: Setup, run_dir: Path, model: nn.Module, evaluated: nn.Module, st: _State, epoch: int, improved: bool
+) -> None:
+    """``best.pt`` when the epoch improved, ``last.pt`` and ``history.csv`` always."""
+    if improved:
+        atomic_save(
+            {
+                "model": evaluated.state_dict(),
+                "epoch": epoch,
+                "val_loss": st.best_loss,
+                "weights": "ema" if st.ema is not None else "raw",
+                **setup.checkpoint_meta(),
+            },
+            run_dir / "best.pt",
+        )
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "ema": st.ema.state_dict() if st.ema is not None else None,
+            "optimizer": st.optimizer.state_dict(),
+            "scheduler": st.scheduler.state_dict() if st.scheduler is not None else None,
+            "epoch": epoch,
+            "history": st.history,
+            "best_val_loss": st.best_loss,
+            "best_epoch": st.best_epoch,
+        },
+        run_dir / "last.pt",
+    )
+    atomic_write_csv(run_dir / "history.csv", st.history)
 
 
 def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], best_epoch: int) -> dict:
