@@ -34,6 +34,7 @@ demo: $(VENV)/.core
 test: setup
 	$(BIN)/ruff check src tests
 	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:

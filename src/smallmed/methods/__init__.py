@@ -11,7 +11,7 @@
 - ``ssf``: SSF (Lian et al. 2022), a learned per-channel scale and shift after each conv, folded into it.
 
 Every module in this folder is imported when the package is, so a new method is one new file
-here; the contract tests (``tests/test_methods.py``) run it through apply, merge, adapters and
+here; the contract tests (``tests/methods/test_contract.py``) run it through apply, merge, adapters and
 export.
 """
 

@@ -74,7 +74,8 @@ def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "proc
 
         with quiet_console() if bar else contextlib.nullcontext():
             for i in tqdm(todo, desc="runs", unit="run", disable=not bar, dynamic_ncols=True):
-                results[i] = run_cell(dicts[i])
+                # under the bar over runs, each run's own bar per epoch: progress at least every epoch
+                results[i] = run_cell({**dicts[i], "progress": True} if bar else dicts[i])
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:

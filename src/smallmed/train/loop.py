@@ -681,11 +681,17 @@ def _split_counts(setup: Setup) -> dict:
 
 
 def _progress(it, desc: str, enabled: bool):
+    """A bar per epoch on a terminal; in a log file or a pipe (``make demo | tee``) an update every 30 s, so a
+    long epoch never looks hung."""
     if not enabled:
         return it
+    import sys
+
     from tqdm import tqdm
 
-    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    if sys.stderr.isatty():
+        return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
+    return tqdm(it, desc=desc, leave=False, ncols=100, mininterval=30)
 
 
 __all__ = ["evaluate", "fit", "resume", "run_loader", "seed_everything", "unwrap"]

@@ -13,7 +13,7 @@ from PIL import Image
 from smallmed.cli import main
 from tests.conftest import make_medmnist
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
 def _train_args(data, out, *extra):

@@ -17,7 +17,7 @@ import torch
 from smallmed import fit, resume
 from tests.conftest import make_medmnist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}:{ROOT / 'src'}"}
 
 # Run the CLI, but after the N-th CSV written through atomic_write_csv (history rows per epoch, a study's

@@ -18,7 +18,7 @@ from torch import nn
 from smallmed import SmallmedError, TrainConfig, fit, resume
 from smallmed.errors import NonFiniteLossError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------------- numbers
