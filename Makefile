@@ -16,8 +16,8 @@ export OMP_NUM_THREADS ?= 2
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: this machine's pip takes these two from local disk (~90 s).
-	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[peft]'
+	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -e '.[peft]'
 	touch $@
 
 setup: $(VENV)/.installed
