@@ -140,3 +140,11 @@ def test_every_package_docstring_names_each_of_its_modules():
         mods = sorted(p.stem for p in init.parent.glob("*.py") if p.stem not in ("__init__", "__main__"))
         missing = [m for m in mods if f"``{m}``" not in doc]
         assert not missing, f"{init.parent.name}/__init__.py does not describe {missing}"
+
+
+def test_the_tests_mirror_the_package():
+    """tests/ has one folder per package of src/smallmed (tests of top-level modules sit in tests/ itself)."""
+    tests = Path(__file__).resolve().parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and any(p.glob("test_*.py"))}
+    packages = {p.name for p in SRC.iterdir() if (p / "__init__.py").exists()}
+    assert folders and folders <= packages, sorted(folders - packages)

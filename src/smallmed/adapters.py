@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -150,8 +151,11 @@ def load_adapter(base_model: nn.Module, path: str | Path) -> nn.Module:
         )
     head = head_name(base_model)
     w = tensors.get(f"{head}.weight")
-    if w is not None and tuple(unwrap(base_model).get_submodule(head).weight.shape) != tuple(w.shape):
-        reset_classifier(base_model, int(w.shape[0]))
+    if w is not None:
+        # the head's weight is a tensor; torch's stub reads any module attribute as Tensor | Module
+        current = cast(torch.Tensor, unwrap(base_model).get_submodule(head).weight)
+        if tuple(current.shape) != tuple(w.shape):
+            reset_classifier(base_model, int(w.shape[0]))
     s = meta["settings"]
     apply_method(base_model, meta["method"], s)
     extra = [k for k in tensors if k not in base_model.state_dict()]

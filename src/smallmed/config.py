@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 
@@ -30,6 +30,21 @@ def _convs() -> tuple[str, ...]:
 
 
 SEED = {"ge": 0, "lt": 2**32}
+
+T = TypeVar("T")
+
+
+def resolved(value: T | None, name: str) -> T:
+    """A field declared ``X | None`` that construction fills (``TrainConfig._resolve_protocol``: the recipe's or
+    the method's default when unset), read where it is known to be set.
+
+    Example:
+        >>> resolved(TrainConfig().lr, "lr")
+        0.001
+    """
+    if value is None:
+        raise SmallmedError(f"{name}=None: a TrainConfig sets it on construction; it was cleared afterwards.")
+    return value
 
 
 @dataclass
@@ -182,14 +197,16 @@ class TrainConfig:
             raise SmallmedError(
                 f"rff_epochs={list(self.rff_epochs)}: epoch {bad[0]} is outside 1..epochs ({self.epochs})."
             )
-        if self.head_epochs > self.epochs:
+        if resolved(self.head_epochs, "head_epochs") > self.epochs:
             raise SmallmedError(f"head_epochs={self.head_epochs}: expected 0..epochs ({self.epochs}).")
         if not self.fprs:
             raise SmallmedError("fprs=[]: expected at least one false-positive rate in [0, 1).")
         from .metrics.clinical import parse_rule
 
         parse_rule(self.operating_point)
-        if self.warmup_epochs >= self.epochs or (self.warmup_epochs and self.scheduler != "cosine"):
+        if resolved(self.warmup_epochs, "warmup_epochs") >= self.epochs or (
+            self.warmup_epochs and self.scheduler != "cosine"
+        ):
             raise SmallmedError(
                 f"warmup_epochs={self.warmup_epochs}: expected 0..epochs-1 ({self.epochs - 1}), with "
                 "scheduler='cosine' (the warmup leads into it)."
@@ -236,7 +253,9 @@ class TrainConfig:
             if k in unset:
                 setattr(self, k, v)
         # the recipe's warmup leads into its cosine schedule: with another schedule, or too few epochs, it is dropped
-        if "warmup_epochs" in unset and (self.scheduler != "cosine" or self.warmup_epochs >= self.epochs):
+        if "warmup_epochs" in unset and (
+            self.scheduler != "cosine" or resolved(self.warmup_epochs, "warmup_epochs") >= self.epochs
+        ):
             self.warmup_epochs = 0
         if "weight_decay" in unset and self.optimizer != "adamw" and self.recipe == "strong":
             self.weight_decay = 0.0  # the strong recipe's decay is AdamW's decoupled one, not an L2 term for Adam/SGD
@@ -271,7 +290,8 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["betas"], d["fprs"], d["svd_train"] = list(self.betas), list(self.fprs), list(self.svd_train)
+        d["betas"], d["fprs"] = list(resolved(self.betas, "betas")), list(self.fprs)
+        d["svd_train"] = list(self.svd_train)
         d["log"] = list(self.log)
         return d
 

@@ -32,6 +32,7 @@ def explain_run(
     if run.task.kind not in ("binary", "multiclass"):
         raise SmallmedError(f"{run_dir}: occlusion maps need a single-label classification run, not {run.task.kind}.")
     size = run.meta["image_size"]
+    labels: list[int | None]  # None: an image file's label is unknown, its prediction stands in
     if images:
         chans = 1 if run.in_chans == 1 else 3
         arrays = np.stack([read_image(p, channels=chans, size=size) for p in images])
@@ -57,7 +58,8 @@ def explain_run(
         with torch.no_grad():
             logits = run.model(x[None].to(dev)).float()
         pred = int(logits.argmax(1)) if logits.shape[1] > 1 else int(logits[0, 0] > 0)
-        target = labels[k] if labels[k] is not None else pred
+        label = labels[k]
+        target = label if label is not None else pred
         heat = occlusion_map(run.model, x, target if logits.shape[1] > 1 else 0, patch=patch, stride=stride)
         title = f"class '{classes[target]}' (predicted '{classes[pred]}'): drop when occluded"
         written.append(save_overlay(x.numpy(), heat, out_dir / f"{names[k]}_occlusion.png", title))

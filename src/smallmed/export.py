@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -114,7 +115,8 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, *, opset: int = 18, meta
             opset_version=opset,
             verbose=False,
         )
-    proto = prog.model_proto
+    # dynamo=True always returns the ONNXProgram; torch's stub allows None (the TorchScript exporter's result)
+    proto = cast("torch.onnx.ONNXProgram", prog).model_proto
     for k, v in (metadata or {}).items():
         proto.metadata_props.add(key=k, value=v)
     return proto.SerializeToString()

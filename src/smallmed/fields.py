@@ -57,9 +57,9 @@ class Spec:
             for op, b in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
             if b is not None
         ]
-        if len(parts) == 2 and (self.ge is not None or self.gt is not None):
-            lo, hi = (self.ge, "[") if self.ge is not None else (self.gt, "(")
-            top, end = (self.le, "]") if self.le is not None else (self.lt, ")")
+        lo, hi = (self.ge, "[") if self.ge is not None else (self.gt, "(")
+        top, end = (self.le, "]") if self.le is not None else (self.lt, ")")
+        if len(parts) == 2 and lo is not None and top is not None:  # one bound on each side: an interval
             return f"in {hi}{_num(lo)}, {_num(top)}{end}"
         return " and ".join(parts)
 
@@ -213,7 +213,7 @@ def default_of(obj_or_cls, name: str) -> Any:
 
 
 def declared_applies(cls) -> dict[str, tuple[str, tuple]]:
-    return {f.name: spec_of(f).applies for f in dataclasses.fields(cls) if spec_of(f).applies}
+    return {f.name: applies for f in dataclasses.fields(cls) if (applies := spec_of(f).applies)}
 
 
 class Checked:

@@ -13,7 +13,7 @@ declares ``role = "sigma"``), never by name substrings. The head is found as tim
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 from torch import nn
 
@@ -49,12 +49,21 @@ class ModelInfo:
     base_hash: str | None = None
 
 
+@overload
+def model_info(model: nn.Module, *, create: Literal[True] = True) -> ModelInfo: ...
+
+
+@overload
+def model_info(model: nn.Module, *, create: bool) -> ModelInfo | None: ...
+
+
 def model_info(model: nn.Module, *, create: bool = True) -> ModelInfo | None:
-    """The model's :class:`ModelInfo` (made empty on first use unless ``create`` is False)."""
+    """The model's :class:`ModelInfo` (made empty on first use unless ``create`` is False, so None only then)."""
     info = getattr(model, "smallmed_info", None)
     if info is None and create:
         info = ModelInfo()
-        model.smallmed_info = info
+        # nn.Module.__setattr__ takes any value; torch's stub declares only tensors and modules
+        model.smallmed_info = info  # type: ignore[assignment]
     return info
 
 

@@ -30,7 +30,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from .config import TrainConfig, dump_yaml, load_yaml
 from .errors import SmallmedError
@@ -38,6 +38,9 @@ from .fields import check_fields, setting
 from .io import atomic_write_csv, atomic_write_text, check_out_dir
 from .registry import check_choice
 from .schedules.freezing import Callback
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,9 @@ def check_space(space: dict) -> None:
                 raise SmallmedError(f"search space {k}: an empty list of choices.")
         elif isinstance(v, dict):
             extra = set(v) - {"low", "high", "log"}
-            lo, hi = v.get("low"), v.get("high")
+            # anything the YAML file holds: lo < hi is only compared once both are known to be numbers
+            lo: Any = v.get("low")
+            hi: Any = v.get("high")
             ok = not extra and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (lo, hi))
             if not ok or not lo < hi or (v.get("log") and lo <= 0):
                 raise SmallmedError(
@@ -460,7 +465,7 @@ def _plots(study, out: Path) -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = draw(study)
-            fig = ax.figure
+            fig = cast("Figure", ax.figure)  # an Axes of its own figure, never of a SubFigure
             fig.set_size_inches(7, 4)
             fig.tight_layout()
             _atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=100))
@@ -516,7 +521,7 @@ def _report(
 ) -> Path:
     import optuna
 
-    states = {}
+    states: dict[str, int] = {}  # trial state name -> count
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     search_s = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
@@ -597,7 +602,7 @@ def distributions(space: dict) -> dict:
     """The search space as Optuna distributions (what :func:`sample` draws from)."""
     import optuna.distributions as od
 
-    out = {}
+    out: dict[str, od.BaseDistribution] = {}
     for k, v in space.items():
         if isinstance(v, list):
             out[k] = od.CategoricalDistribution(v)

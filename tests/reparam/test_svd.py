@@ -309,4 +309,4 @@ def test_source_auto_prefers_chestmnist_then_bone_age_and_says_what_is_missing(t
     assert (chosen.source_data, chosen.source_fraction) == ("chestmnist_64", 0.15)
     # one cached source per recipe and data file, shared by every preset with the same source settings
     assert source_dir(chosen) == source_dir(dc.replace(chosen, methods=("full",), seeds=(5,)))
-    assert source_dir(chosen) != source_dir(dc.replace(chosen, source_epochs=3))
+    assert source_dir(chosen) != source_dir(dc.replace(chosen, source_epochs=chosen.source_epochs + 1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,7 +77,7 @@ def cost(
     models = {"model": model.eval()}
     if baseline is not None:
         models["baseline"] = baseline.eval().to(dev)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for k, m in models.items():
         flops = flops_per_image(m, x)
         out[k] = {

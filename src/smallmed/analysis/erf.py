@@ -10,6 +10,7 @@ probability drops: where the model looks.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -40,15 +41,16 @@ def effective_receptive_field(
         inputs = torch.randn(n, *inputs, generator=g)
     size = tuple(inputs.shape[1:])
     if layer is None:
-        layer = receptive_field(model, size)[-1].name.split("[")[0]
+        # inputs is a batch [N, C, H, W] here, so size is (C, H, W)
+        layer = receptive_field(model, cast("tuple[int, int, int]", size))[-1].name.split("[")[0]
         if layer == "(model)":
             layer = ""
     try:
         target = model.get_submodule(layer) if layer else model
     except AttributeError:
         raise SmallmedError(f"layer {layer!r} is not a module of {type(model).__name__}.") from None
-    feats = {}
-    h = target.register_forward_hook(lambda m, i, o: feats.__setitem__("y", o) and None)
+    feats: dict[str, torch.Tensor] = {}
+    h = target.register_forward_hook(lambda m, i, o: feats.__setitem__("y", o))
     was = model.training
     model.eval()
     dev = next(model.parameters()).device

@@ -20,7 +20,9 @@ centres (or strides) is flagged as misaligned. Global/adaptive pooling ends the 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,6 +31,11 @@ from torch.overrides import TorchFunctionMode
 from ..errors import SmallmedError
 
 Pair = tuple[float, float]
+
+
+def _hw(values: Iterable[float]) -> Pair:
+    """``tuple(values)`` for a (height, width) pair built by a generator (whose length the type checker cannot see)."""
+    return cast(Pair, tuple(values))
 
 
 @dataclass
@@ -43,22 +50,22 @@ class RF:
     def layer(self, k, s, p, d) -> RF:
         keff = tuple(d[i] * (k[i] - 1) + 1 for i in range(2))
         return RF(
-            r=tuple(self.r[i] + (keff[i] - 1) * self.S[i] for i in range(2)),
-            S=tuple(self.S[i] * s[i] for i in range(2)),
-            P=tuple(self.P[i] + p[i] * self.S[i] for i in range(2)),
+            r=_hw(self.r[i] + (keff[i] - 1) * self.S[i] for i in range(2)),
+            S=_hw(self.S[i] * s[i] for i in range(2)),
+            P=_hw(self.P[i] + p[i] * self.S[i] for i in range(2)),
             aligned=self.aligned,
         )
 
     @property
     def u0(self) -> Pair:
-        return tuple(-x for x in self.P)
+        return _hw(-x for x in self.P)
 
     @property
     def v0(self) -> Pair:
-        return tuple(-self.P[i] + self.r[i] - 1 for i in range(2))
+        return _hw(-self.P[i] + self.r[i] - 1 for i in range(2))
 
     def center(self) -> Pair:
-        return tuple(-self.P[i] + (self.r[i] - 1) / 2 for i in range(2))
+        return _hw(-self.P[i] + (self.r[i] - 1) / 2 for i in range(2))
 
 
 def merge(fields: list[RF]) -> tuple[RF, bool]:
@@ -68,8 +75,8 @@ def merge(fields: list[RF]) -> tuple[RF, bool]:
     aligned = (
         len({f.center() for f in fields}) == 1 and len({f.S for f in fields}) == 1 and all(f.aligned for f in fields)
     )
-    S = tuple(max(f.S[i] for f in fields) for i in range(2))
-    return RF(r=tuple(v0[i] - u0[i] + 1 for i in range(2)), S=S, P=tuple(-x for x in u0), aligned=aligned), aligned
+    S = _hw(max(f.S[i] for f in fields) for i in range(2))
+    return RF(r=_hw(v0[i] - u0[i] + 1 for i in range(2)), S=S, P=_hw(-x for x in u0), aligned=aligned), aligned
 
 
 @dataclass
@@ -341,6 +348,7 @@ def gradient_extent(model: nn.Module, input_size: tuple[int, int, int], unit: tu
     if unit is None:
         unit = (y.shape[-2] // 2, y.shape[-1] // 2)
     y[0, :, unit[0], unit[1]].sum().backward()
+    assert x.grad is not None  # filled by the backward pass just above (x requires grad)
     nz = x.grad[0].abs().sum(0) > 0
     rows = torch.nonzero(nz.any(1)).flatten()
     cols = torch.nonzero(nz.any(0)).flatten()

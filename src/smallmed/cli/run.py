@@ -8,10 +8,14 @@ import dataclasses
 import json
 import logging
 import sys
+from typing import TYPE_CHECKING, cast
 
 from ..errors import SmallmedError
 from ..fields import add_flags, coerce
 from ._common import check_outputs, summary_line
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 log = logging.getLogger("smallmed")
 
@@ -149,7 +153,8 @@ def cmd_predict(a) -> int:
     from ..train.ensemble import predict_images
 
     runs, images = _runs_then_images(a.items)
-    rows = predict_images(runs, images, device=a.device, tta=a.tta)
+    # a list of str is a list of paths; list's invariance is all that mypy objects to
+    rows = predict_images(runs, cast("list[str | Path]", images), device=a.device, tta=a.tta)
     w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)

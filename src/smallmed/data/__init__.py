@@ -96,8 +96,8 @@ def load_dataset(
     if path.suffix.lower() == ".csv":
         return load_csv(path, image_size=image_size, split_seed=split_seed)
     if path.suffix.lower() == ".npz":
-        name = str(spec) if not Path(str(spec)).exists() else None
-        return load_npz(path, name=name, split_seed=split_seed)
+        known = str(spec) if not Path(str(spec)).exists() else None
+        return load_npz(path, name=known, split_seed=split_seed)
     from ..errors import SmallmedError
 
     raise SmallmedError(f"{path}: unsupported data; expected an .npz file, a .csv manifest or a folder of images.")

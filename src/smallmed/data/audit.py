@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -191,7 +192,8 @@ def fix_duplicates(ds, findings: dict, how: str, out: str | Path) -> dict:
         for s, i in g:
             if [s, i] != list(keep):
                 remove[s].add(i)
-    arrays = {}
+    # values: arrays; typed Any because numpy's stub would check ** items against savez's allow_pickle: bool
+    arrays: dict[str, Any] = {}
     for s in SPLIT_ORDER:
         sp = ds.splits[s]
         idx = np.array([i for i in range(len(sp.images)) if i not in remove[s]], dtype=np.int64)

@@ -41,7 +41,7 @@ def read_image(path: str | Path, *, channels: int | None = None, size: int | Non
         arr = np.repeat(arr, 3, axis=-1)
     if size is not None and arr.shape[:2] != (size, size):
         mode_arr = arr[..., 0] if arr.shape[-1] == 1 else arr
-        arr = np.asarray(Image.fromarray(mode_arr).resize((size, size), Image.BILINEAR))
+        arr = np.asarray(Image.fromarray(mode_arr).resize((size, size), Image.Resampling.BILINEAR))
         if arr.ndim == 2:
             arr = arr[..., None]
     return np.ascontiguousarray(arr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -26,8 +27,9 @@ class CheckedNpz:
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self.files:
             raise KeyError(key)
-        member = self._npz.zip.getinfo(f"{key}.npy")
-        with self._npz.zip.open(member) as f:
+        zf = cast(zipfile.ZipFile, self._npz.zip)  # numpy's stub allows None: only once the file is closed
+        member = zf.getinfo(f"{key}.npy")
+        with zf.open(member) as f:
             try:
                 version = np.lib.format.read_magic(f)
                 shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)

@@ -33,7 +33,7 @@ def dataset_stats(ds: ImageDataset) -> dict:
         >>> dataset_stats(load_dataset("retinamnist"))["splits"]["test"]["n"]   # doctest: +SKIP
         400
     """
-    out = {
+    out: dict = {
         "name": ds.name,
         "source": ds.source,
         "task": ds.task,

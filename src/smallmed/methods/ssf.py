@@ -10,6 +10,7 @@ so applying the method leaves the model's outputs unchanged.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -35,13 +36,14 @@ class SSFConv2d(nn.Module):
 
     def merged(self) -> nn.Conv2d:
         conv = self.base_layer
+        # nn.Conv2d stores its geometry as tuple[int, ...] but its constructor is typed for the 2-tuples they are
         out = nn.Conv2d(
             conv.in_channels,
             conv.out_channels,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            cast(tuple[int, int], conv.kernel_size),
+            cast(tuple[int, int], conv.stride),
+            cast("str | tuple[int, int]", conv.padding),
+            cast(tuple[int, int], conv.dilation),
             conv.groups,
             bias=True,
             padding_mode=conv.padding_mode,
@@ -50,6 +52,7 @@ class SSFConv2d(nn.Module):
             g = self.ssf_scale.detach()
             out.weight.copy_(conv.weight * g.view(-1, 1, 1, 1))
             bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(g)
+            assert out.bias is not None  # built with bias=True above
             out.bias.copy_(g * bias + self.ssf_shift.detach())
         return out
 

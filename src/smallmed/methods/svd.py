@@ -16,6 +16,7 @@ and the smallest 90 % of each matrix's singular values fixed at 0 (pruned).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from .base import Method, register_method
 
@@ -43,7 +44,8 @@ class _SVD(Method):
         from ..reparam.svd import SVDConfig
 
         if settings.get("svd"):
-            return SVDConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in settings["svd"].items()})
+            fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in settings["svd"].items()}
+            return SVDConfig(**fields)
         return SVDConfig(mode=self.mode, prune=self.prune, train=tuple(settings.get("svd_train", ("sigma", "head"))))
 
     def trained_roles(self, settings: dict) -> set[str]:

@@ -71,7 +71,8 @@ def classification_metrics(
             bal = float(balanced_accuracy_score(y_true, pred))
     onehot = _one_vs_rest(task, y_true, k)
     classes = [1] if task == "binary" else list(range(k))
-    auc_pc, tpr_pc = [], {f: [] for f in fprs}
+    auc_pc: list[float] = []
+    tpr_pc: dict[float, list[float]] = {f: [] for f in fprs}
     for j in classes:
         yj = onehot[:, j]
         if yj.min() == yj.max():

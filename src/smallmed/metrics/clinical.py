@@ -59,7 +59,7 @@ def choose_threshold(y_val, score_val, rule: str = "youden") -> float:
         raise SmallmedError("the validation split has only one class; no operating threshold can be chosen on it.")
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop sklearn's +inf point (nothing predicted positive)
-    if name == "youden":
+    if name == "youden" or target is None:  # parse_rule gives every other rule its target
         j = tpr - fpr
         i = int(np.flatnonzero(j == j.max())[0])  # the highest threshold reaching the best J
     elif name == "sensitivity":
@@ -163,7 +163,7 @@ def calibration(y, probs, bins: int = 10) -> dict:
     """Brier score and ECE (binary: of the positive class; multi-class: mean one-vs-rest ECE, per class too)."""
     y = np.asarray(y).astype(int).ravel()
     p = np.asarray(probs, dtype=float)
-    out = {"brier": brier_score(y, p), "ece_bins": int(bins)}
+    out: dict = {"brier": brier_score(y, p), "ece_bins": int(bins)}
     if p.shape[1] == 2:
         out["ece"] = expected_calibration_error(y, p[:, 1], bins)
     else:
@@ -232,7 +232,7 @@ def clinical_summary(
     if kind == "binary":
         out["operating_point"] = operating_point(val_y, val_p[:, 1], test_p[:, 1], test_y, rule=rule, n=n, seed=seed)
     else:
-        per = []
+        per: list[dict | None] = []  # None: a class absent from, or alone in, validation
         for k in range(test_p.shape[1]):
             if (val_y == k).all() or not (val_y == k).any():
                 per.append(None)

@@ -99,7 +99,8 @@ def timm_entry(arch: str) -> ModelEntry:
         return load_weights(model, state, source=f"timm:{arch} (pretrained)")
 
     try:
-        mean = tuple(timm.models.get_pretrained_cfg(arch).mean)
+        cfg = timm.models.get_pretrained_cfg(arch)
+        mean = tuple(cfg.mean) if cfg is not None else None  # no pretrained config: no mean, as in the except
     except Exception:
         mean = None
     return ModelEntry(
@@ -203,6 +204,7 @@ def create_model(
     info = model_info(model)
     info.head, info.stem = entry.head or None, stem
     if named:
+        assert entry.pretrained is not None and isinstance(weights, str)  # named: a key of entry.pretrained
         report = entry.pretrained[weights](model)
     elif weights is not None:
         # BN statistics fitted before a ReLU do not describe activations after it: keep them fresh,

@@ -9,8 +9,10 @@ a grayscale one (timm's ``adapt_input_conv``), anything else that does not fit i
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -29,6 +31,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise SmallmedError(f"{path}: weights file not found.")
+    state: object  # whatever the file holds (a wrapper, a state dict, anything): checked below
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -160,7 +163,9 @@ def load_weights(
         state = read_state_dict(state)
     source = source or "state dict"
     if hasattr(model, "smallmed_remap_state"):
-        state = model.smallmed_remap_state(state)
+        # a model's own renaming of checkpoint keys (vgg), found by name: Module.__getattr__ types it Tensor | Module
+        remap = cast("Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]", model.smallmed_remap_state)
+        state = remap(state)
     head = head_name(model) + "."
     own = model.state_dict()
     report = LoadReport()

@@ -96,7 +96,7 @@ class RA2DenseNet(nn.Module):
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, width, stem_kernel, 1, stem_kernel // 2, bias=False), nn.BatchNorm2d(width), act
         )
-        stages = []
+        stages: list[nn.Module] = []
         for i, n in enumerate(blocks):
             stages.append(_DenseBlock(n, width, growth, act, p_max))
             width += n * growth

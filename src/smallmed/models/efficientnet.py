@@ -10,6 +10,8 @@ Preprocessing for these weights: mean = std = 0.5, 224 px.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -44,7 +46,8 @@ def lite0_weights_path() -> str:
 
 def rename_lukemelas(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Map ``_blocks.N._expand_conv.weight`` style keys onto timm's ``blocks.S.I.conv_pw.weight``."""
-    flat = [(s, i, type(b).__name__) for s, stage in enumerate(model.blocks) for i, b in enumerate(stage)]
+    stages = cast("Iterable[nn.Sequential]", model.blocks)  # timm's EfficientNet: a Sequential of stages of blocks
+    flat = [(s, i, type(b).__name__) for s, stage in enumerate(stages) for i, b in enumerate(stage)]
     out = {}
     for key, v in state.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,7 +133,7 @@ def convert_pickled_model(src: str | Path, dst: str | Path) -> Path:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(src))
     except Exception as e:
         raise SmallmedError(f"{src}: not a readable PyTorch file ({e}); delete it to download again.") from None
-    allow = []
+    allow: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = []  # torch.serialization.safe_globals's type
     for q in names:
         if not q.startswith(_ALLOWED_PREFIXES):
             raise SmallmedError(f"{src}: holds {q}, which is not a model class; refusing to unpickle it.")

@@ -116,7 +116,7 @@ def _as_input(image: np.ndarray, size: int) -> torch.Tensor:
     """A gray uint8 image squashed to ``size`` x ``size`` as a 3-channel float tensor in [0, 1]."""
     from PIL import Image
 
-    small = np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.float32) / 255.0
+    small = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     return torch.from_numpy(small)[None].expand(3, -1, -1).contiguous()
 
 

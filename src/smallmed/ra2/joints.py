@@ -111,7 +111,7 @@ def write_landmarks(
     """A labelme dict of points in original pixels (the format the RA2 examples use; labelme 5's shape fields,
     ``imageData`` null so labelme reads the image from ``image_path``, relative to the JSON file)."""
     w, h = size
-    shapes = [
+    shapes: list[dict[str, object]] = [
         {
             "label": LABELME_NAMES.get(n, n),
             "points": [[float(x), float(y)]],
@@ -193,7 +193,7 @@ def crop(image: np.ndarray, center: tuple[float, float], side: float, out: int) 
     xe, ye = min(w, x0 + s), min(h, y0 + s)
     if xe > xs and ye > ys:
         canvas[ys - y0 : ye - y0, xs - x0 : xe - x0] = image[ys:ye, xs:xe]
-    return np.asarray(Image.fromarray(canvas).resize((out, out), Image.BILINEAR))
+    return np.asarray(Image.fromarray(canvas).resize((out, out), Image.Resampling.BILINEAR))
 
 
 def _crop_centres(points: dict[str, tuple[float, float]], limb: str):

@@ -8,12 +8,16 @@ scaled back to the original pixels. Right limbs are mirrored to the left first.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 
 from ..errors import SmallmedError
 from .joints import HAND21, to_left
+
+if TYPE_CHECKING:
+    from ..train.tasks import KeypointTask
 
 
 def unet_localiser_config(data: str | Path, out: str | Path, *, epochs: int, image_size: int, seed: int = 0):
@@ -67,7 +71,7 @@ class Localiser:
         self.run = load_run(run_dir, device)
         if self.run.task.kind != "keypoints":
             raise SmallmedError(f"{run_dir}: a {self.run.task.kind} run, not a joint localiser.")
-        self.names = list(self.run.task.names)
+        self.names = list(cast("KeypointTask", self.run.task).names)  # a keypoints run: checked just above
         self.transform = self.run.transform()
 
     @torch.no_grad()
@@ -80,7 +84,7 @@ class Localiser:
         h, w = image.shape[:2]
         left = to_left(image, limb)
         s = self.run.image_size
-        small = np.asarray(Image.fromarray(left).resize((s, s), Image.BILINEAR))
+        small = np.asarray(Image.fromarray(left).resize((s, s), Image.Resampling.BILINEAR))
         x = self.transform(torch.from_numpy(small.copy())[None])[None].to(next(self.run.model.parameters()).device)
         logits = self.run.model(x).float()
         xy = soft_argmax(logits)[0].cpu().numpy()
@@ -120,12 +124,15 @@ def landmark_npz(train: list, val: list, test: list, names: list[str], size: int
         for img, pts, limb in samples:
             h, w = img.shape[:2]
             left = flip_points(pts, w) if limb.startswith("R") else pts
-            images.append(np.asarray(Image.fromarray(to_left(img, limb)).resize((size, size), Image.BILINEAR)))
+            images.append(
+                np.asarray(Image.fromarray(to_left(img, limb)).resize((size, size), Image.Resampling.BILINEAR))
+            )
             kps.append(
                 [[left[n][0] * size / w, left[n][1] * size / h, 2.0] if n in left else [0.0, 0.0, 0.0] for n in names]
             )
             split.append(part)
-    arrays = {
+    # Any: numpy's stub of savez would match a key of **arrays against its allow_pickle: bool
+    arrays: dict[str, Any] = {
         "images": np.stack(images).astype(np.uint8),
         "keypoints_xyv": np.array(kps, np.float32),
         "keypoint_names": np.array(names),

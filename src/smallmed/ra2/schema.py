@@ -141,8 +141,9 @@ def read_scores(path: str | Path, *, require_all: bool = True) -> ScoreTable:
         given = {t: (row.get(t) or "").strip() for t in TOTALS if t in header}
         sums = _sums(vals)
         for t, raw in given.items():
-            if raw and sums[t] is not None and abs(float(raw) - sums[t]) > 1e-3:
-                raise SmallmedError(f"{path}, line {line}, column {t}: {raw} but the joints sum to {sums[t]:g}.")
+            total = sums[t]
+            if raw and total is not None and abs(float(raw) - total) > 1e-3:
+                raise SmallmedError(f"{path}, line {line}, column {t}: {raw} but the joints sum to {total:g}.")
     if not scores:
         raise SmallmedError(f"{path}: no patient rows.")
     return ScoreTable(scores, str(path))

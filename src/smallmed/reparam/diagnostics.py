@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .svd import SVDWeight, svd_modules
+from .svd import SVDWeight, _weight_parametrizations, svd_modules
 
 
 def r_ratio(pretrained: torch.Tensor, other: torch.Tensor, mode: str = "full", groups: int = 1) -> float:
@@ -67,7 +67,7 @@ def sigma_dynamics(model: nn.Module, zero: float = 0.01) -> dict:
     """
     before, after, per_layer = [], [], {}
     for name, m, p in svd_modules(model):
-        theta = m.parametrizations.weight.original.detach()
+        theta = _weight_parametrizations(m).original.detach()
         s_new = p.sigma(theta).flatten()
         s_old = p.sigma0.flatten()
         active = p.mask.flatten() > 0

@@ -26,12 +26,14 @@ import fnmatch
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 import torch
 from torch import nn
 
 from ..errors import SmallmedError
 from ..registry import check_choice
+from .svd import _weight_parametrizations
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ CONV_VARIANTS = (
 class FactorizedConv2d(nn.Module):
     """k x k conv (in -> rank) then 1x1 conv (rank -> out). ``kind``: sfconv, fconv or fconvsn."""
 
+    gain: torch.Tensor  # a buffer, registered for kind fconvsn only
+
     def __init__(
         self,
         in_channels: int,
@@ -58,7 +62,7 @@ class FactorizedConv2d(nn.Module):
         padding=0,
         dilation=1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",  # nn.Conv2d's choices
         kind: str = "sfconv",
     ) -> None:
         super().__init__()
@@ -67,7 +71,8 @@ class FactorizedConv2d(nn.Module):
             in_channels, rank, kernel_size, stride, padding, dilation, bias=False, padding_mode=padding_mode
         )
         self.second = nn.Conv2d(rank, out_channels, 1, bias=bias)
-        self.first.smallmed_role = self.second.smallmed_role = "factor"  # smallmed.roles
+        # smallmed.roles; a plain str attribute, which Module.__setattr__'s annotation (Tensor | Module) leaves out
+        self.first.smallmed_role = self.second.smallmed_role = "factor"  # type: ignore[assignment]
         # fconvsn: spectral normalisation divides each factor by its top singular value; the product of
         # the two values at construction is carried as a fixed gain so the layer starts equal to the dense conv
         if kind == "fconvsn":
@@ -95,6 +100,7 @@ class FactorizedConv2d(nn.Module):
             f.first.weight.copy_((root[:, None] * Vh[:rank]).reshape(rank, cin, kh, kw).to(w.dtype))
             f.second.weight.copy_((U[:, :rank] * root).reshape(out, rank, 1, 1).to(w.dtype))
             if conv.bias is not None:
+                assert f.second.bias is not None  # built with bias=True just above
                 f.second.bias.copy_(conv.bias.detach())
         f.to(w.device)
         if kind == "fconvsn":
@@ -105,8 +111,8 @@ class FactorizedConv2d(nn.Module):
             with torch.no_grad():
                 was = f.training
                 f.eval()  # eval mode: the normalised weight is W / sigma_hat with the stored power-iteration vectors
-                s1 = f.first.parametrizations.weight.original.norm() / f.first.weight.norm()
-                s2 = f.second.parametrizations.weight.original.norm() / f.second.weight.norm()
+                s1 = _weight_parametrizations(f.first).original.norm() / f.first.weight.norm()
+                s2 = _weight_parametrizations(f.second).original.norm() / f.second.weight.norm()
                 f.gain.fill_(float(s1 * s2))
                 f.train(was)
         return f
@@ -131,14 +137,15 @@ class FactorizedConv2d(nn.Module):
 def depthwise_separable(conv: nn.Conv2d) -> nn.Sequential:
     """Depthwise k x k (stride, padding, dilation kept) + pointwise 1x1 (with the conv's bias)."""
     c = conv.in_channels
+    # nn.Conv2d stores its geometry as tuple[int, ...] but its constructor is typed for the 2-tuples they are
     return nn.Sequential(
         nn.Conv2d(
             c,
             c,
-            conv.kernel_size,
-            conv.stride,
-            conv.padding,
-            conv.dilation,
+            cast(tuple[int, int], conv.kernel_size),
+            cast(tuple[int, int], conv.stride),
+            cast("str | tuple[int, int]", conv.padding),
+            cast(tuple[int, int], conv.dilation),
             groups=c,
             bias=False,
             padding_mode=conv.padding_mode,
@@ -256,6 +263,7 @@ def factorize(
         summary.params_after = summary.params_before
         return summary
     for name, conv in candidates:
+        new: nn.Module
         out, cin, kh, kw = conv.weight.shape
         full = min(out, cin * kh * kw)
         if method == "dpc":

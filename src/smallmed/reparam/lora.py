@@ -13,6 +13,7 @@ only the factors (and whatever else the method sets, e.g. the head) train. PEFT'
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 from torch import nn
 
@@ -61,8 +62,10 @@ def apply_lora(model: nn.Module, rank: int = 4, alpha: float | None = None, *, d
     peft.inject_adapter_in_model(cfg, model)
     for m in lora_modules(model):
         for part in (m.lora_A, m.lora_B, getattr(m, "lora_magnitude_vector", {})):
-            for sub in part.values():
-                sub.smallmed_role = "lora"
+            # PEFT's per-adapter nn.ModuleDicts (the {} default: no DoRA magnitudes)
+            for sub in cast("nn.ModuleDict | dict[str, nn.Module]", part).values():
+                # a plain str attribute, which Module.__setattr__'s annotation (Tensor | Module) leaves out
+                sub.smallmed_role = "lora"  # type: ignore[assignment]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "rank": int(rank),

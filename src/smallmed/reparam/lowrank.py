@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +51,10 @@ def _split_conv(conv: nn.Conv2d, r_max: int | None, energy: float | None, in_fir
     r = max(_rank_for(S[i], r_max, energy) for i in range(g))
     U, S, Vh = U[:, :, :r], S[:, :r], Vh[:, :r, :]
     dt = w.dtype
-    kw_ = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, padding_mode=conv.padding_mode)
+    # keywords of nn.Conv2d, whose constructor is typed for 2-tuples where the conv stores tuple[int, ...]
+    kw_: dict[str, Any] = dict(
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, padding_mode=conv.padding_mode
+    )
     if in_first:
         first = nn.Conv2d(in_g * g, r * g, 1, groups=g, bias=False)
         first.weight.data = U.transpose(1, 2).reshape(g * r, in_g, 1, 1).to(dt)
@@ -64,6 +68,7 @@ def _split_conv(conv: nn.Conv2d, r_max: int | None, energy: float | None, in_fir
         second = nn.Conv2d(r * g, out, 1, groups=g, bias=conv.bias is not None)
         second.weight.data = (U * S[:, None, :]).reshape(out, r, 1, 1).to(dt)
     if conv.bias is not None:
+        assert second.bias is not None  # built with bias=True above
         second.bias.data = conv.bias.detach().clone()
     return nn.Sequential(first, second), r
 

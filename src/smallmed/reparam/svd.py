@@ -22,6 +22,7 @@ import fnmatch
 import logging
 import types
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,6 +50,17 @@ class SVDWeight(nn.Module):
     """
 
     role = "sigma"  # smallmed.roles: the tensor this parametrization owns is a vector of singular values
+
+    # buffers, registered in __init__ and _slice_factors (declared so they read as tensors, not Module.__getattr__'s
+    # Tensor | Module); Vt, Ut exist for mode "spatial" only, Uk, Vhk are None when every singular value is kept
+    U: torch.Tensor
+    Vh: torch.Tensor
+    mask: torch.Tensor
+    sigma0: torch.Tensor
+    Vt: torch.Tensor
+    Ut: torch.Tensor
+    Uk: torch.Tensor | None
+    Vhk: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor, groups: int = 1, mode: str = "full", prune: float = 0.0) -> None:
         super().__init__()
@@ -89,7 +101,8 @@ class SVDWeight(nn.Module):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, Vh) restricted to the kept singular vectors."""
-        return (self.U, self.Vh) if self.Uk is None else (self.Uk, self.Vhk)
+        # Uk and Vhk are set together (both tensors or both None); testing both lets the checker see it
+        return (self.U, self.Vh) if self.Uk is None or self.Vhk is None else (self.Uk, self.Vhk)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -145,6 +158,12 @@ class SVDWeight(nn.Module):
 FACTORED_PATH = "auto"  # "always" / "never": force one path (tests, benchmarks)
 
 
+def _weight_parametrizations(module: nn.Module) -> parametrize.ParametrizationList:
+    """``module.parametrizations.weight``: the list ``parametrize`` adds at runtime (which the type checker only
+    sees through ``Module.__getattr__``, as ``Tensor | Module``)."""
+    return cast(parametrize.ParametrizationList, cast(nn.Module, module.parametrizations).weight)
+
+
 def _factored_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """A wrapped conv's forward that runs the factors as two convs when that is cheaper.
 
@@ -154,7 +173,7 @@ def _factored_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     layers favour the factors, large activations favour the rebuild; the cheaper is chosen per
     call from the input's shape. Both compute the same function (float tolerance).
     """
-    p: SVDWeight = self.parametrizations.weight[0]
+    p = cast(SVDWeight, _weight_parametrizations(self)[0])
     if parametrize._cache_enabled or not p.factorable or x.dim() != 4:
         return self._conv_forward(x, self.weight, self.bias)
     out, in_g, kh, kw, g, out_g = p._dims()
@@ -168,7 +187,7 @@ def _factored_conv_forward(self: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         factor = n * ho * wo * g * k * (out_g + in_g * kh * kw) - n * ho * wo * out * in_g * kh * kw
     if (factor >= rebuild and FACTORED_PATH != "always") or FACTORED_PATH == "never":
         return self._conv_forward(x, self.weight, self.bias)
-    theta = self.parametrizations.weight.original
+    theta = _weight_parametrizations(self).original
     sig = p.sigma(theta)[:, :k]  # [g, k]
     U, Vh = p.factors()
     if p.mode == "full":
@@ -216,12 +235,12 @@ class SVDSummary:
         )
 
 
-def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[str, nn.Module]]:
+def _eligible(model: nn.Module, include, exclude, linear: bool) -> list[tuple[str, nn.Conv2d | nn.Linear]]:
     from ..roles import _maybe_head
 
     head = _maybe_head(model)
     kinds = (nn.Conv2d, nn.Linear) if linear else (nn.Conv2d,)
-    out = []
+    out: list[tuple[str, nn.Conv2d | nn.Linear]] = []
     for name, m in model.named_modules():
         if not isinstance(m, kinds) or name == head or parametrize.is_parametrized(m, "weight"):
             continue
@@ -313,8 +332,10 @@ def apply_svd(
         p = SVDWeight(m.weight, groups, mode, prune)
         parametrize.register_parametrization(m, "weight", p, unsafe=True)
         if p.factorable and factored:
-            m.forward = types.MethodType(_factored_conv_forward, m)
-        theta = m.parametrizations.weight.original
+            # an instance attribute of its own (fold pops it again): assigned through nn.Module, which declares
+            # forward as an assignable attribute, where Conv2d's is a method
+            cast(nn.Module, m).forward = types.MethodType(_factored_conv_forward, m)
+        theta = _weight_parametrizations(m).original
         summary.rows.append(
             {
                 "name": name,
@@ -327,7 +348,7 @@ def apply_svd(
             }
         )
     _set_trainable(model, train)
-    sigma = [m.parametrizations.weight.original for _, m, _ in svd_modules(model)]
+    sigma = [_weight_parametrizations(m).original for _, m, _ in svd_modules(model)]
     summary.sigma_params = sum(t.numel() for t in sigma)
     summary.sigma_active = sum(r["active"] for r in summary.rows)
     summary.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -125,7 +125,7 @@ def following_norms(model: nn.Module, layers: list[str], input_size: tuple[int, 
     model = _unwrap(model)
     order: list[str] = []
     hooks = [
-        m.register_forward_hook(lambda mod, i, o, n=n: order.append(n) and None)
+        m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
         for n, m in model.named_modules()
         if not list(m.children())
     ]

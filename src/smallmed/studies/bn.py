@@ -204,7 +204,8 @@ def _data_section(study: BNStudy, out: Path, data: str, rows: list[dict]) -> tup
             for k in ("acc", "balanced_acc", "auc", "best_val_loss")
         )
         reach = [epochs_to_reach(_history(r["run"])["val_loss"], target) for r in nr]
-        reach_s = "-" if any(e is None for e in reach) else f"{np.mean(reach):.1f}"
+        reached = [e for e in reach if e is not None]
+        reach_s = "-" if len(reached) < len(reach) else f"{np.mean(reached):.1f}"
         cmp = "-"
         if norm != "none":
             seeds = [r["seed"] for r in nr if r["seed"] in none]

@@ -17,6 +17,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast
 
 from ..config import TrainConfig, load_yaml
 from ..errors import SmallmedError
@@ -108,7 +109,7 @@ def recipe_config(study: MedMNISTStudy, data: str, recipe: str, epochs: int, fra
         data=data,
         data_dir=study.data_dir,
         model=study.model,
-        recipe=recipe,
+        recipe=cast(Literal["baseline", "strong"], recipe),  # one of RECIPES: the study checks its choices
         epochs=epochs,
         fraction=fraction,
         progress=False,
@@ -175,8 +176,8 @@ def run_medmnist_study(
     return report
 
 
-def _runs(out: Path, data: str, recipe: str, seeds) -> list[dict]:
-    res = []
+def _runs(out: Path, data: str, recipe: str, seeds) -> list[dict | None]:
+    res: list[dict | None] = []  # None: the seed's run has not finished
     for s in seeds:
         p = out / "runs" / data_name(data) / recipe / f"s{s}" / "metrics.json"
         res.append(json.loads(p.read_text()) if p.exists() else None)
@@ -270,8 +271,8 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
             for s, m in zip(study.seeds, ms)
             if m
         ]
-    for label, auc, acc in PUBLISHED.get(name, []):
-        shown = ["" if v is None else f"{v:.3f}" for v in (auc, acc)]
+    for label, pub_auc, pub_acc in PUBLISHED.get(name, []):
+        shown = ["" if v is None else f"{v:.3f}" for v in (pub_auc, pub_acc)]
         lines.append(f"| {label} | {shown[0]} | {shown[1]} | | published | | |")
     lines.append("")
     ref = recipes[0]  # paired by seed against the first recipe (the baseline when present)
@@ -284,10 +285,10 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
     if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
         parts = []
         for r in recipes:
-            ms = [m for m in done[r] if m]
-            if ms:
-                auc_m = statistics.mean(m["test"]["auc"] for m in ms)
-                acc_m = statistics.mean(m["test"]["acc"] for m in ms)
+            finished = [m for m in done[r] if m]
+            if finished:
+                auc_m = statistics.mean(m["test"]["auc"] for m in finished)
+                acc_m = statistics.mean(m["test"]["acc"] for m in finished)
                 ok = auc_m >= goal[0] and acc_m >= goal[1]
                 parts.append(f"{r} {auc_m:.4f} / {acc_m:.4f} ({'met' if ok else 'not met'})")
         lines.append(f"- Goal (mean test AUC >= {goal[0]}, accuracy >= {goal[1]}): " + "; ".join(parts) + ".")

@@ -21,6 +21,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ from ..fields import Checked, setting
 from ..io import _atomic, atomic_write_csv, atomic_write_text
 from .base import register_study
 from .ra2_scoring import RECIPES, _is_densenet, _seeds, _sizes, check_recipes, recipe_config, val_mae
-from .runner import run_grid
+from .runner import cell_dir, run_grid
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +393,8 @@ def _knee_subset(study: RA2Study, out: Path) -> tuple[Path, list[Path]]:
     vidx = np.arange(len(va))
     if study.knee_max_val and study.knee_max_val < len(va):
         vidx = nested_fraction(va.labels, study.knee_max_val / len(va), seed=0)
-    arrays = {
+    # Any: numpy's stub of savez would match a key of **arrays against its allow_pickle: bool
+    arrays: dict[str, Any] = {
         "val_images": va.images[vidx][..., 0],
         "val_labels": va.labels[vidx],
         "test_images": ds.splits["test"].images[..., 0],
@@ -484,7 +486,7 @@ def ensemble_recipe(study: RA2Study, out: Path) -> str:
             scores[r] = float(np.mean([val_mae(x) for x in done]))
     if not scores:
         raise SmallmedError("no finished recipe at the largest size to choose the ensemble's recipe from.")
-    best = min(scores, key=scores.get)
+    best = min(scores, key=scores.__getitem__)
     atomic_write_text(path, json.dumps({"recipe": best, "size": size, "val_mae": scores}, indent=2) + "\n")
     return best
 
@@ -533,7 +535,7 @@ def hand_source_path(study: RA2Study) -> str | None:
     """Where the bone-age hand source's weights are (trained or not); None when no recipe starts from it."""
     if not any(RECIPES[r][1] for r in study.variants):
         return None
-    return str(Path(_source_config(study).out) / "best.pt")
+    return str(cell_dir(_source_config(study)) / "best.pt")
 
 
 def hand_source(study: RA2Study) -> str | None:
@@ -544,7 +546,7 @@ def hand_source(study: RA2Study) -> str | None:
     from .runner import run_cell
 
     src = _source_config(study)
-    if not (Path(src.out) / "metrics.json").exists():
+    if not (cell_dir(src) / "metrics.json").exists():
         print(f"pretraining the bone-age hand source once (cached in {src.out})")
     run_cell(src.to_dict())
     return path
@@ -588,19 +590,21 @@ def end_to_end(study: RA2Study, out: Path, localiser_run: str) -> dict:
                 shutil.copy(path, work / "test" / path.name)
             predict_pipeline(work / "run", work / "test", work / "pred.csv", joints_out=work / "joints.json")
             pred = read_scores(work / "pred.csv", require_all=False)
-        t, p = table.scores[held], pred.scores[held]
-        err = {k: [] for k in ("erosion", "narrowing")}
-        zero = {k: [] for k in ("erosion", "narrowing")}
+        t, pr = table.scores[held], pred.scores[held]
+        err: dict[str, list[float]] = {k: [] for k in ("erosion", "narrowing")}
+        zero: dict[str, list[float]] = {k: [] for k in ("erosion", "narrowing")}
         for a in SCHEMA:
-            if p.get(a.column) is not None and t.get(a.column) is not None:
-                err[a.kind].append(abs(p[a.column] - t[a.column]))
-                zero[a.kind].append(abs(t[a.column]))
+            pv, tv = pr.get(a.column), t.get(a.column)
+            if pv is not None and tv is not None:
+                err[a.kind].append(abs(pv - tv))
+                zero[a.kind].append(abs(tv))
         tt, tp = totals(table)[held]["Overall_Tol"], totals(pred)[held]["Overall_Tol"]
         res[held] = {
             "trained_on": train_p,
             "total_true": tt,
             "total_pred": tp,
-            "total_error": None if tp is None else abs(tp - tt),
+            # no error where either total is undefined (training.csv may leave a joint of the held-out patient empty)
+            "total_error": None if tp is None or tt is None else abs(tp - tt),
             **{f"mae_{k}": float(np.mean(v)) if v else None for k, v in err.items()},
             **{f"mae_{k}_if_zero": float(np.mean(v)) if v else None for k, v in zero.items()},
         }
@@ -647,11 +651,11 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
         return write_report(study, out, state, time.time() - t0)
 
     def grid(cells: list[TrainConfig]) -> list[dict]:
-        if any(c.weights == source and not (Path(c.out) / "metrics.json").exists() for c in cells):
+        if any(c.weights == source and not (cell_dir(c) / "metrics.json").exists() for c in cells):
             hand_source(study)
         return run_grid(cells)
 
-    if any((Path(c.out) / "metrics.json").exists() for st in stages for c in st):
+    if any((cell_dir(c) / "metrics.json").exists() for st in stages for c in st):
         report()  # what earlier invocations finished, before anything new runs
     grid(stages[0])
     grid(boneage_cells(study, out, study.boneage_seeds[:1]))  # no source needed: runs while it is still cold

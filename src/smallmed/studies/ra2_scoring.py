@@ -121,7 +121,7 @@ def qwk_matrix(y: np.ndarray, g: np.ndarray, k: int = 5) -> np.ndarray:
     """Quadratic weighted kappa of many resamples at once: ``y``, ``g`` are [R, N] integer grades 0..k-1;
     the same formula as scikit-learn's ``cohen_kappa_score(weights="quadratic")`` (NaN where undefined)."""
     r, n = y.shape
-    cm = np.zeros((r, k * k))
+    cm: np.ndarray = np.zeros((r, k * k))  # flat counts, reshaped to [R, k, k] below
     np.add.at(cm, (np.repeat(np.arange(r), n), (y * k + g).ravel()), 1.0)
     cm = cm.reshape(r, k, k)
     w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
@@ -363,13 +363,13 @@ def knee_section(
             cells = " | ".join(f"{m[k]:.3f}" for k in _METRICS)
             lines.append(_one_row(size, name, m, f"| {name}: grade {value:g} | - | {cells} | - | - | 0 |", rows))
         summ = summary["sizes"].setdefault(size, {})
-        val = {}  # mean validation MAE per recipe: the test split chooses nothing
+        val: dict[str, float] = {}  # mean validation MAE per recipe: the test split chooses nothing
         for r, runs in table.items():
             line, summ[r], val[r] = _recipe_line(size, r, runs, label, ref, rows)
             lines.append(line)
         if ensemble and ensemble.get("size") == size:
             lines += _ensemble_lines(size, ensemble, label, ref, rows, summ)
-        best_name = min(val, key=val.get)
+        best_name = min(val, key=val.__getitem__)
         if "base" in table and best_name != "base":
             vs = paired_bootstrap(label, _mean_pred(table[best_name]), _mean_pred(table["base"]))
             lines += [

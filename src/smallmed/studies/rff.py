@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -181,7 +182,7 @@ def run_cell(study: RFFStudy, x, y, base: list[int], transfer: list[int], seed: 
     tx, ty = x[tmask], torch.tensor([transfer.index(int(v)) for v in y[tmask]])
     vi, ti = _transfer_split(ty, len(transfer), seed, study.max_train)
     head_init = None
-    out = {
+    out: dict[str, Any] = {
         "base": base,
         "transfer": transfer,
         "seed": seed,

@@ -37,6 +37,13 @@ def quiet_console():
             h.setLevel(lv)
 
 
+def cell_dir(cfg: TrainConfig) -> Path:
+    """The run folder of a study's cell: every cell a study builds has its ``out`` set."""
+    if cfg.out is None:
+        raise SmallmedError("a study cell without an out folder: the study must set each cell's run folder.")
+    return Path(cfg.out)
+
+
 def run_grid(cells: list[TrainConfig], *, workers: int = 1, backend: str = "process", bar: bool = False) -> list[dict]:
     """Run every cell; returns metrics in the cells' order.
 

@@ -15,10 +15,14 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import yaml
 
 from ..errors import SmallmedError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 # fields that choose which cells exist, not how a cell is trained
 GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits"}
@@ -27,7 +31,9 @@ NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "
 
 
 def _plain(obj) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj, default=str))
+    # a settings object is a dataclass instance or a dict; is_dataclass also accepts the class itself, never passed here
+    data = dataclasses.asdict(cast("DataclassInstance", obj)) if dataclasses.is_dataclass(obj) else obj
+    return json.loads(json.dumps(data, default=str))
 
 
 def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
@@ -51,7 +57,7 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
         except ValueError:
             raise SmallmedError(f"{saved_path}: not readable JSON; pass --fresh to start the study over.") from None
         # a field added to smallmed after the study ran had its default then
-        defaults = _plain(type(study)()) if dataclasses.is_dataclass(study) else {}
+        defaults = _plain(type(cast("DataclassInstance", study))()) if dataclasses.is_dataclass(study) else {}
         saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diffs = _diff(saved, now, GRID_FIELDS)
         if diffs:

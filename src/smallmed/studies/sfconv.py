@@ -15,6 +15,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,8 +27,12 @@ from .base import register_study
 from .runner import run_grid
 from .stats import RATE, compare_runs, comparison_figure, direction, fmt_bootstrap, fmt_ci, fmt_paired, mean_ci, paired
 
+if TYPE_CHECKING:
+    from ..data.dataset import ImageDataset
+    from ..data.masks import SegmentationDataset
+
 # name -> TrainConfig overrides
-VARIANTS = {
+VARIANTS: dict[str, dict[str, Any]] = {
     "conv": {"conv": "conv"},
     "fconv": {"conv": "fconv", "fd_weight": 1e-4},
     "fconvsn": {"conv": "fconvsn"},
@@ -195,6 +200,7 @@ def _intensity_lines(study: SFConvStudy, seg: bool) -> list[str]:
     from ..data import load_dataset
     from ..data.stats import intensity_stats
 
+    ds: ImageDataset | SegmentationDataset
     if seg:
         from ..data.masks import load_segmentation
 

@@ -145,9 +145,9 @@ def paired_bootstrap(y_true, scores_a, scores_b, *, n: int = 2000, level: float 
     for _ in range(n):
         idx = rng.integers(0, len(y), len(y))
         yb = y[idx]
-        d = [_macro_auc(yb, sa[idx]) - _macro_auc(yb, sb[idx]) for sa, sb in zip(a, b)]
-        if all(math.isfinite(v) for v in d):
-            draws.append(float(np.mean(d)))
+        per_seed = [_macro_auc(yb, sa[idx]) - _macro_auc(yb, sb[idx]) for sa, sb in zip(a, b)]
+        if all(math.isfinite(v) for v in per_seed):
+            draws.append(float(np.mean(per_seed)))
     d = np.asarray(draws)
     lo, hi = np.percentile(d, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
     p = min(1.0, 2 * max(min((d <= 0).mean(), (d >= 0).mean()), 1 / len(d))) if np.any(d != 0) else 1.0

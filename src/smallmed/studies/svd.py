@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from ..fields import Checked, setting
 from ..io import atomic_write_csv, atomic_write_text
 from ..methods import get_method
 from .base import register_study
-from .runner import run_cell, run_grid
+from .runner import cell_dir, run_cell, run_grid
 from .stats import RATE, comparison_figure, fmt_ci, mean_ci
 
 log = logging.getLogger(__name__)
@@ -288,7 +289,8 @@ def run_svd_study(
         study = resolve_source(study)
         print(f"source: {study.source_data} (fraction {study.source_fraction:g} of its training split)")
         src = source_config(study)
-    weights = study.weights or str(Path(src.out) / "best.pt")
+    # src was made above whenever study.weights is None
+    weights = study.weights or str(cell_dir(cast(TrainConfig, src)) / "best.pt")
     grid = cells(study, out, weights)
     from .settings import check_settings
 
@@ -296,7 +298,7 @@ def run_svd_study(
     if fresh:
         grid = cells(study, out, weights)
     if src is not None:
-        done = (Path(src.out) / "metrics.json").exists()
+        done = (cell_dir(src) / "metrics.json").exists()
         log.info(
             "source model %s: %s",
             src.out,
@@ -478,7 +480,7 @@ def _verdict_line(study: SVDStudy, rows: list[dict], frac: float, summary: dict)
             word = "better than" if b["lo"] > 0 else "worse than" if b["hi"] < 0 else "not distinguishable from"
             bits.append(f"{NAMES.get(method, method)} {word} full ({b['diff']:+.4f} [{b['lo']:+.4f}, {b['hi']:+.4f}])")
     means = {m: np.mean([r["auc"] for r in rows if r["fraction"] == frac and r["method"] == m]) for m in study.methods}
-    top = max(means, key=means.get)
+    top = max(means, key=means.__getitem__)
     lines.append(
         f"- fraction {_frac_label(frac)}: highest mean AUC {NAMES.get(top, top)} ({means[top]:.4f}); "
         + "; ".join(bits)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..errors import SmallmedError
 from .loop import fit, resume
 
 
@@ -24,6 +25,8 @@ def run_cell(cfg_dict: dict, threads: int | None = None, callbacks=()) -> dict:
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(cfg_dict)
+    if cfg.out is None:  # a cell is its folder: every caller names one
+        raise SmallmedError("a cell needs its run folder: out is unset.")
     out = Path(cfg.out)
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,8 +80,9 @@ class Ensemble:
     def _views(self, model: nn.Module) -> list[nn.Module]:
         return [model, _Flipped(model)] if self.tta == "flip" else [model]
 
-    def kept(self, split_for) -> tuple[np.ndarray, np.ndarray]:
-        """(mean kept over members and views, targets); ``split_for(run)`` gives each member its split."""
+    def kept(self, split_for) -> tuple[np.ndarray, Any]:
+        """(mean kept over members and views, targets: the task's, an array or a dict of arrays); ``split_for(run)``
+        gives each member its split."""
         from .loop import run_loader
 
         outs, targets = [], None
@@ -122,6 +124,8 @@ class Ensemble:
             split, sizes = read_for_prediction(run, images)
             per_run[id(run)] = split
         kept, _ = self.kept(lambda run: per_run[id(run)])
+        if sizes is None:  # Ensemble.load refuses an empty list of runs
+            raise SmallmedError("an ensemble of no runs has nothing to predict with.")
         return [{"path": str(p), **self.task.prediction(k, s)} for p, k, s in zip(images, kept, sizes)]
 
 

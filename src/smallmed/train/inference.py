@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from .loop import evaluate, run_loader
 from .recipe import rebuild
 from .setup import resolve_device
 from .tasks import Task, task_from_info
+
+if TYPE_CHECKING:
+    from .tasks import KeypointTask
 
 
 @dataclass
@@ -190,7 +194,8 @@ def read_for_prediction(run: LoadedRun, images) -> tuple:
     if run.task.kind == "keypoints":
         from ..data.keypoints import KeypointSplit
 
-        return KeypointSplit(np.stack(arrays), np.zeros((len(arrays), len(run.task.names), 3), np.float32)), sizes
+        names = cast("KeypointTask", run.task).names  # a keypoints run's task
+        return KeypointSplit(np.stack(arrays), np.zeros((len(arrays), len(names), 3), np.float32)), sizes
     return Split(np.stack(arrays), np.zeros(len(arrays), dtype=np.int64)), sizes
 
 

@@ -20,6 +20,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..config import TrainConfig, dump_yaml, load_yaml
+from ..config import TrainConfig, dump_yaml, load_yaml, resolved
 from ..errors import NonFiniteLossError, SmallmedError
 from ..io import atomic_save, atomic_write_csv, atomic_write_json, atomic_write_text, load_checkpoint
 from ..metrics import loss_variance
@@ -39,6 +40,12 @@ from ..schedules import Callback, TwoStage
 from .optim import build_optimizer, build_scheduler
 from .setup import Setup, prepare
 from .tasks import ClassificationTask, Task
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+    from torch.optim.swa_utils import AveragedModel
+
+    from .tasks import RegressionTask
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +73,18 @@ def _cat(parts: list):
     return torch.cat(parts).numpy()
 
 
+class Scoring(Protocol):
+    """What :func:`run_loader` needs of a task: a :class:`~smallmed.train.tasks.Task`, or a view of one (a
+    prediction's, whose loss is 0)."""
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
+    def collect(self, outputs: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.no_grad()
 def run_loader(
-    model: nn.Module, loader: DataLoader, task: Task, device: torch.device | None = None, keep_inputs: int = 0
+    model: nn.Module, loader: DataLoader, task: Scoring, device: torch.device | None = None, keep_inputs: int = 0
 ) -> dict:
     """Mean loss, what the task keeps of every batch, the targets (and the first inputs) in eval mode.
 
@@ -77,6 +93,7 @@ def run_loader(
     """
     device = device or next(model.parameters()).device
     model.eval()
+    xs: list[torch.Tensor]  # the first inputs, kept for figures
     total, n, kept, ys, xs = 0.0, 0, [], [], []
     with parametrize.cached():  # rebuild reparametrised weights once, not once per batch
         for x, y in loader:
@@ -290,7 +307,8 @@ def _loss_weights(setup: Setup):
     """``balance=weights``: inverse-frequency weights in the task's loss (training and validation alike)."""
     if setup.cfg.balance != "weights":
         return
-    setup.task.weights = setup.task.loss_weights(setup.train_split.labels)
+    # Task.loss_weights refuses every task but these two, the ones with loss weights
+    cast("ClassificationTask | RegressionTask", setup.task).weights = setup.task.loss_weights(setup.train_split.labels)
 
 
 def _batch_mix(cfg: TrainConfig, task):
@@ -375,9 +393,9 @@ class _State:
     """What a checkpoint holds between epochs: the optimisation state and the history so far."""
 
     optimizer: torch.optim.Optimizer
-    scheduler: object | None
+    scheduler: LRScheduler | None  # ReduceLROnPlateau included
     on_val: bool
-    ema: nn.Module | None
+    ema: AveragedModel | None
     history: list[dict] = field(default_factory=list)
     start: int = 0
     best_loss: float = math.inf
@@ -410,7 +428,12 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
     cfg, task, device, main = setup.cfg, setup.task, setup.device, ranks.main
     model = setup.model.to(device)
     names = setup.built.trainable_names
-    schedule = TwoStage(head_name(model), cfg.head_epochs, rest=lambda n: n in names, freeze_bn=cfg.freeze_bn_stats)
+    schedule = TwoStage(
+        head_name(model),
+        resolved(cfg.head_epochs, "head_epochs"),
+        rest=lambda n: n in names,
+        freeze_bn=bool(cfg.freeze_bn_stats),  # set on construction; TwoStage reads only its truth
+    )
     callbacks = [schedule, *_rff_callbacks(setup, model), *callbacks]
     if main and cfg.log:  # TensorBoard / MLflow mirror the run folder (train.tracking)
         from .tracking import loggers_for
@@ -428,7 +451,7 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
         train_model = DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.head_epochs > 0,
+            find_unused_parameters=resolved(cfg.head_epochs, "head_epochs") > 0,
         )
     val_loader = setup.loader("val", train=False)
     check = dict(
@@ -491,7 +514,7 @@ def _train_epoch(
     seed_everything(es)
     gen = torch.Generator().manual_seed(es)
     train_ds = _balance(setup, setup.dataset_for("train", train=True), es)
-    sampler = None
+    sampler: DistributedSampler | None = None
     if ranks.distributed:
         sampler = DistributedSampler(
             train_ds, num_replicas=ranks.world, rank=ranks.rank, shuffle=True, seed=cfg.seed, drop_last=True

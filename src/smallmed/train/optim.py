@@ -7,7 +7,7 @@ import logging
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolved
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +32,19 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    # the recipe's or the method's values when unset (filled when the config is built)
+    lr, weight_decay = resolved(cfg.lr, "lr"), resolved(cfg.weight_decay, "weight_decay")
+    groups = param_groups(model, weight_decay)
     sizes = ", ".join(
         f"{g['name']} {sum(p.numel() for p in g['params'] if p.requires_grad):,}"
         f"/{sum(p.numel() for p in g['params']):,}"
         for g in groups
     )
-    log.info("optimizer %s lr %g, groups (trainable/all): %s", cfg.optimizer, cfg.lr, sizes)
+    log.info("optimizer %s lr %g, groups (trainable/all): %s", cfg.optimizer, lr, sizes)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=weight_decay)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=lr, betas=resolved(cfg.betas, "betas"), weight_decay=weight_decay)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig):

@@ -6,13 +6,14 @@ import functools
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import TrainConfig
+from ..config import TrainConfig, resolved
 from ..data import nested_fraction
 from ..data.transforms import build_transform, dataset_mean_std
 from ..errors import SmallmedError
@@ -20,13 +21,19 @@ from ..models import model_entry
 from .recipe import Built, build_model
 from .tasks import Task, task_for
 
+if TYPE_CHECKING:
+    from ..data.dataset import ImageDataset
+    from ..data.keypoints import KeypointDataset
+    from ..data.masks import SegmentationDataset
+    from .tasks import ClassificationTask
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Setup:
     cfg: TrainConfig
-    dataset: object  # ImageDataset (classification, regression) or SegmentationDataset
+    dataset: ImageDataset | SegmentationDataset | KeypointDataset  # labelled images, image + mask or keypoint data
     task: Task
     train_idx: np.ndarray
     built: Built
@@ -50,7 +57,7 @@ class Setup:
             normalize=self.normalize,
             mean=self.mean,
             std=self.std,
-            fit=self.cfg.fit,
+            fit=resolved(self.cfg.fit, "fit"),
         )
 
     @functools.cached_property
@@ -71,7 +78,7 @@ class Setup:
             sampler=sampler,
             generator=generator,
             num_workers=self.cfg.num_workers,
-            drop_last=train and len(ds) > self.cfg.batch_size,  # no 1-image batch for BatchNorm
+            drop_last=train and len(ds) > resolved(self.cfg.batch_size, "batch_size"),  # no 1-image batch for BatchNorm
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
@@ -129,6 +136,7 @@ def load_data(cfg: TrainConfig, task_hint: str | None = None):
         path = resolve_data(cfg.data, cfg.data_dir)
     except SmallmedError:
         path = None
+    ds: ImageDataset | SegmentationDataset | KeypointDataset
     if path is not None and is_keypoint_file(path):
         ds = load_keypoints(path, split_seed=cfg.split_seed)
     elif task_hint == "segmentation" or (task_hint is None and model_entry(cfg.model).task == "segmentation"):
@@ -219,14 +227,15 @@ def prepare(cfg: TrainConfig, *, model: nn.Module | None = None, dataset=None) -
     if task.single_label:
         present = np.unique(np.asarray(train.labels)[train_idx])
         if len(present) < 2:
+            only = cast("ClassificationTask", task).class_names[int(present[0])]  # single-label: a classification task
             raise SmallmedError(
                 f"{getattr(ds, 'source', '') or cfg.data}: the training split (fraction {cfg.fraction}) "
-                f"holds one class only ({task.class_names[int(present[0])]}); a classifier needs at least two."
+                f"holds one class only ({only}); a classifier needs at least two."
             )
     image_size = cfg.image_size or ds.image_size
     in_chans = ds.in_chans
     built = build_model(cfg, num_classes=task.outputs(ds), in_chans=in_chans, input_size=image_size, model=model)
-    normalize = cfg.normalize
+    normalize: str = cfg.normalize
     if normalize == "auto":
         normalize = model_entry(cfg.model).normalize_for(cfg.weights) if built.named_weights else "dataset"
     mean = std = None

@@ -19,6 +19,11 @@ import logging
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+    from mlflow import ActiveRun
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +140,7 @@ class MLflowLogger(_Mirror):
         mlflow.set_tracking_uri(uri)
         # a local store keeps its artifacts in the run folder too (MLflow's default is ./mlruns of the cwd)
         self.artifacts = (run_dir / "mlartifacts").resolve().as_uri() if uri == local else None
-        self.run = None
+        self.run: ActiveRun | None = None
         self._guard(self._start, cfg, run_dir)
 
     def _start(self, cfg, run_dir: Path) -> None:
@@ -188,7 +193,10 @@ class StudyRun:
 
     def __init__(self, name: str, study, out: Path, loggers: tuple[str, ...], mlflow_uri: str | None) -> None:
         self.name, self.study, self.out, self.loggers, self.uri = name, study, out, loggers, mlflow_uri
-        self.mlflow, self.run, self.started, self._env = None, None, False, None
+        self.mlflow: Any = None  # the mlflow module, once the parent run has started
+        self.run: ActiveRun | None = None
+        self.started = False
+        self._env: str | None = None
 
     def overrides(self) -> dict:
         if "mlflow" in self.loggers and not self.started:
@@ -214,7 +222,12 @@ class StudyRun:
                 mlflow.create_experiment("smallmed", artifact_location=(self.out / "mlartifacts").resolve().as_uri())
             mlflow.set_experiment("smallmed")
             self.run = mlflow.start_run(run_name=f"study {self.name}")
-            settings = dataclasses.asdict(self.study) if dataclasses.is_dataclass(self.study) else {}
+            # a study's settings object (an instance, as every study passes)
+            settings = (
+                dataclasses.asdict(cast("DataclassInstance", self.study))
+                if dataclasses.is_dataclass(self.study)
+                else {}
+            )
             mlflow.log_params({k: str(v)[:500] for k, v in settings.items()})
             self._env = os.environ.get(PARENT_ENV)
             os.environ[PARENT_ENV] = self.run.info.run_id
