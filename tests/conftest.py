@@ -20,6 +20,8 @@ if os.environ.get("SMALLMED_DATA_DIR"):
 
 # tests never touch the network: every smallmed download refuses, but those served from 127.0.0.1
 os.environ["SMALLMED_OFFLINE"] = "1"
+# runs write no figures (seconds each) unless a test asks for them with the `figures` fixture
+os.environ["SMALLMED_FIGURES"] = "0"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -109,3 +111,9 @@ def http_root(tmp_path):
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     yield root, f"http://127.0.0.1:{srv.server_address[1]}/"
     srv.shutdown()
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Runs in this test write their figures (the suite turns them off through SMALLMED_FIGURES=0)."""
+    monkeypatch.setenv("SMALLMED_FIGURES", "1")

@@ -5,8 +5,9 @@ already on disk): a ResNet-18 pretrained here on chest X-rays (ChestMNIST) or, w
 cannot be had, on RSNA bone-age hand radiographs, then the linear probe, full fine-tuning, SVD
 fine-tuning and LoRA on 1/8 of the training split, with early stopping. The verdicts come from a
 paired bootstrap over the 624 test images. The console shows one progress bar over runs and the
-final table; each run's log is its folder's ``train.log``. The source model is cached and shared
-with ``smallmed study svd``. A second call reuses finished runs; ``--fresh`` starts over.
+final table (the study's ``summary.md``); each run's log is its folder's ``train.log``. The source model
+(3 epochs here, to keep a first demo on a fresh 2-core machine under 10 minutes) is cached in
+``~/.cache/smallmed/sources``. A second call reuses finished runs; ``--fresh`` starts over.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ def run_demo(out: str = "runs/demo", *, fresh: bool = False, workers: int = 1) -
     if fresh and out_path.exists():
         shutil.rmtree(out_path)
     report = run_svd_study(study, out_path, workers=workers, bar=True)
-    text = report.read_text().splitlines()
-    start = next(i for i, line in enumerate(text) if line.startswith("## Fraction"))
-    end = next(i for i, line in enumerate(text) if line.startswith("## Verdict"))
-    print("\n".join(text[start:end] + text[end : end + 6]))
+    print((report.parent / "summary.md").read_text().rstrip())
     print(f"\nreport: {report} (results.csv, auc_vs_fraction.png and every run's folder beside it)")
     return report

@@ -124,7 +124,7 @@ def _noisy_npz(path, flip_test=False):
     return path
 
 
-def test_run_threshold_does_not_depend_on_test_labels(tmp_path, tiny_cfg):
+def test_run_threshold_does_not_depend_on_test_labels(tmp_path, tiny_cfg, figures):
     from smallmed import fit
 
     got = []

@@ -207,6 +207,9 @@ def test_svd_study_tiny_grid_resumes_and_reports(tmp_path, tiny_npz, monkeypatch
         and "vs full" in text
     )
     assert "Convergence check" in text and "DeLong p" in text
+    summary = (tmp_path / "study" / "summary.md").read_text()  # what smallmed demo prints: tables and verdicts only
+    assert summary.startswith("## Fraction 1 ") and "## Verdict per fraction" in summary
+    assert "Convergence check" not in summary and all(line in text for line in summary.splitlines())
     rows = (tmp_path / "study" / "results.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 2 * 2 * 2
     # the same subset for every method at a fraction and seed

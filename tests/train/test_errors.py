@@ -29,7 +29,7 @@ def test_most_wrong_picks_the_most_confident_mistakes_of_each_kind():
     assert confusion(np.array([0, 0, 1]), predicted(three, None), 3).tolist() == [[1, 1, 0], [0, 0, 1], [0, 0, 0]]
 
 
-def test_a_run_writes_its_confusion_matrix_and_gallery_from_its_own_predictions(tiny_cfg, tiny_npz, tmp_path):
+def test_a_run_writes_its_confusion_matrix_and_gallery_from_its_own_predictions(tiny_cfg, tiny_npz, tmp_path, figures):
     from smallmed import fit
 
     arrays = dict(np.load(tiny_npz))

@@ -378,7 +378,7 @@ def test_loss_option_refused_for_classification(tiny_cfg):
         fit(tiny_cfg(loss="logcosh"))
 
 
-def test_integer_grades_as_regression(tmp_path):
+def test_integer_grades_as_regression(tmp_path, figures):
     from conftest import make_medmnist
 
     from smallmed import load_run

@@ -61,7 +61,7 @@ def test_unet_shapes_and_factorizes():
     assert len(s.rows) == 18 and m(x).shape == (2, 1, 40, 40)
 
 
-def test_fit_trains_a_unet_and_writes_overlays(tmp_path):
+def test_fit_trains_a_unet_and_writes_overlays(tmp_path, figures):
     data = make_seg(tmp_path / "disks.npz", n=48)
     cfg = TrainConfig(
         data=str(data), model="unet", epochs=3, batch_size=8, lr=3e-3, out=str(tmp_path / "seg"), progress=False

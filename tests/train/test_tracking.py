@@ -10,7 +10,7 @@ import pytest
 from smallmed import SmallmedError, TrainConfig, fit
 
 
-def test_tensorboard_gets_every_epoch_and_the_final_metrics(tiny_cfg, tmp_path):
+def test_tensorboard_gets_every_epoch_and_the_final_metrics(tiny_cfg, tmp_path, figures):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

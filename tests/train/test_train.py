@@ -10,7 +10,7 @@ from smallmed.errors import NonFiniteLossError
 from smallmed.schedules import Callback, TwoStage, freeze_bn_stats, set_trainable
 
 
-def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path):
+def test_fit_writes_a_complete_run_and_learns(tiny_cfg, tmp_path, figures):
     m = fit(tiny_cfg(epochs=4, figures=True))
     run = tmp_path / "run"
     for f in (
@@ -192,7 +192,7 @@ def test_multilabel_training(tmp_path):
     assert len(m["test"]["auc_per_class"]) == 3
 
 
-def test_a_run_without_figures_writes_the_same_numbers_and_no_image(tiny_cfg, tmp_path):
+def test_a_run_without_figures_writes_the_same_numbers_and_no_image(tiny_cfg, tmp_path, figures):
     a = fit(tiny_cfg(epochs=2, out=str(tmp_path / "a"), figures=True))
     b = fit(tiny_cfg(epochs=2, out=str(tmp_path / "b")))
     assert a["test"]["auc"] == b["test"]["auc"] and a["test"]["ci95"] == b["test"]["ci95"]

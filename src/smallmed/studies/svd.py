@@ -534,12 +534,11 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         "",
     ]
     summary: dict = {}
+    tables: list[str] = []
     for frac in study.fractions:
-        lines += _fraction_table(study, rows, frac, fpr, summary)
+        tables += _fraction_table(study, rows, frac, fpr, summary)
     _plot(study, rows, out / "auc_vs_fraction.png")
-    lines += [
-        "![AUC vs training fraction](auc_vs_fraction.png)",
-        "",
+    verdicts = [
         "## Verdict per fraction",
         "",
         "Against full fine-tuning, by the paired bootstrap over test images (better / worse: the 95% interval "
@@ -547,7 +546,10 @@ def write_report(study: SVDStudy, out: Path, grid, results, seconds: float, weig
         "",
     ]
     for frac in study.fractions:
-        lines += _verdict_line(study, rows, frac, summary)
+        verdicts += _verdict_line(study, rows, frac, summary)
+    # the tables and verdicts alone, for the console (smallmed demo prints this file)
+    atomic_write_text(out / "summary.md", "\n".join([*tables, *verdicts]) + "\n")
+    lines += [*tables, "![AUC vs training fraction](auc_vs_fraction.png)", "", *verdicts]
     lines += [
         "",
         "Per run: `runs/f*/METHOD/sSEED/` holds report.md (operating point, calibration), train.log, loss "

@@ -235,6 +235,8 @@ def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict
     distributed, rank, world = _distributed()
     if cfg.out:
         check_out_dir(cfg.out)  # before the data is even loaded
+    if os.environ.get("SMALLMED_FIGURES") == "0":  # CI and large grids: every number, no pictures
+        cfg.figures = False
     seed_everything(cfg.seed)
     setup = prepare(cfg, model=model, dataset=dataset)  # every input check happens here, before any write
     run_dir = _prepare_run_dir(cfg, resuming)
