@@ -38,4 +38,4 @@ test: setup
 	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 
 def run_demo(out: str = "runs/demo", *, fresh: bool = False, workers: int = 1) -> Path:
     from .data import fetch, resolve_data
-    from .errors import SmallmedError
+    from .errors import SettingsChangedError, SmallmedError
     from .studies.svd import PRESETS, resolve_source, run_svd_study
 
     study = PRESETS["demo"]
@@ -31,7 +31,12 @@ def run_demo(out: str = "runs/demo", *, fresh: bool = False, workers: int = 1) -
     out_path = Path(out)
     if fresh and out_path.exists():
         shutil.rmtree(out_path)
-    report = run_svd_study(study, out_path, workers=workers, bar=True)
+    try:
+        report = run_svd_study(study, out_path, workers=workers, bar=True)
+    except SettingsChangedError:
+        # the demo's own folder from an earlier smallmed (e.g. its source had 6 epochs): a demo is redone, not refused
+        print(f"{out_path}: a demo run with other settings (an earlier smallmed); starting it over.")
+        report = run_svd_study(study, out_path, workers=workers, bar=True, fresh=True)
     print((report.parent / "summary.md").read_text().rstrip())
     print(f"\nreport: {report} (results.csv, auc_vs_fraction.png and every run's folder beside it)")
     return report

@@ -14,5 +14,9 @@ class SmallmedError(Exception):
     """
 
 
+class SettingsChangedError(SmallmedError):
+    """A study folder holds cells run with other settings (``--fresh`` starts it over)."""
+
+
 class NonFiniteLossError(SmallmedError):
     """Training produced NaN or inf; the last good checkpoint is kept."""

@@ -59,9 +59,11 @@ def choose_threshold(y_val, score_val, rule: str = "youden") -> float:
         raise SmallmedError("the validation split has only one class; no operating threshold can be chosen on it.")
     fpr, tpr, thr = roc_curve(y, s, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop sklearn's +inf point (nothing predicted positive)
-    if name == "youden" or target is None:  # parse_rule gives every other rule its target
+    if name == "youden":
         j = tpr - fpr
         i = int(np.flatnonzero(j == j.max())[0])  # the highest threshold reaching the best J
+    elif target is None:
+        raise SmallmedError(f"operating point {rule!r}: no target rate for {name}; expected e.g. {name}=0.95.")
     elif name == "sensitivity":
         i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
     else:

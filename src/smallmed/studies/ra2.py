@@ -959,12 +959,15 @@ def _e2e_lines(study: RA2Study, e2e: dict) -> list[str]:
         "| held-out patient | true total | predicted total | |error| | erosion MAE (if all 0) | narrowing MAE (if all 0) |",
         "|---|---|---|---|---|---|",
     ]
+
+    def f(v, fmt: str) -> str:  # an undefined value (an empty joint in training.csv) prints as "-"
+        return "-" if v is None else format(v, fmt)
+
     for pid, r in e2e.items():
-        pt = "-" if r["total_pred"] is None else f"{r['total_pred']:.1f}"
-        te = "-" if r["total_error"] is None else f"{r['total_error']:.1f}"
         lines.append(
-            f"| {pid} | {r['total_true']:.0f} | {pt} | {te} | {r['mae_erosion']:.3f} ({r['mae_erosion_if_zero']:.3f}) | "
-            f"{r['mae_narrowing']:.3f} ({r['mae_narrowing_if_zero']:.3f}) |"
+            f"| {pid} | {f(r['total_true'], '.0f')} | {f(r['total_pred'], '.1f')} | {f(r['total_error'], '.1f')} | "
+            f"{f(r['mae_erosion'], '.3f')} ({f(r['mae_erosion_if_zero'], '.3f')}) | "
+            f"{f(r['mae_narrowing'], '.3f')} ({f(r['mae_narrowing_if_zero'], '.3f')}) |"
         )
     return lines + [""]
 

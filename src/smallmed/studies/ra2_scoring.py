@@ -369,8 +369,9 @@ def knee_section(
             lines.append(line)
         if ensemble and ensemble.get("size") == size:
             lines += _ensemble_lines(size, ensemble, label, ref, rows, summ)
-        best_name = min(val, key=val.__getitem__)
-        if "base" in table and best_name != "base":
+        finite = {r: v for r, v in val.items() if np.isfinite(v)}
+        best_name = min(finite, key=finite.__getitem__) if finite else None
+        if "base" in table and best_name and best_name != "base":
             vs = paired_bootstrap(label, _mean_pred(table[best_name]), _mean_pred(table["base"]))
             lines += [
                 "",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 
 import yaml
 
-from ..errors import SmallmedError
+from ..errors import SettingsChangedError, SmallmedError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -61,7 +61,7 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
         saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
         diffs = _diff(saved, now, GRID_FIELDS)
         if diffs:
-            raise SmallmedError(
+            raise SettingsChangedError(
                 f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "
                 "saved settings, choose another --out, or pass --fresh to start over."
             )

@@ -235,8 +235,6 @@ def _run(cfg: TrainConfig, *, resuming: bool, model, dataset, callbacks) -> dict
     distributed, rank, world = _distributed()
     if cfg.out:
         check_out_dir(cfg.out)  # before the data is even loaded
-    if os.environ.get("SMALLMED_FIGURES") == "0":  # CI and large grids: every number, no pictures
-        cfg.figures = False
     seed_everything(cfg.seed)
     setup = prepare(cfg, model=model, dataset=dataset)  # every input check happens here, before any write
     run_dir = _prepare_run_dir(cfg, resuming)
@@ -468,11 +466,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
                 st.best_epoch + 1,
             )
             break
-        t0 = time.time()
         trained = _train_epoch(setup, model, train_model, st, epoch, callbacks, ranks, check)
         # with an EMA the averaged weights are the model that is validated, chosen and saved
         evaluated = st.ema.module if st.ema is not None else model
-        row = _validate(setup, model, evaluated, val_loader, st, epoch, trained, t0, check)
+        row = _validate(setup, model, evaluated, val_loader, st, epoch, trained, check)
         st.history.append(row)
         # select_epoch="last": a fixed number of epochs; validation is only watched, never chooses
         improved = row["val_loss"] < st.best_loss or cfg.select_epoch == "last"
@@ -529,6 +526,7 @@ def _train_epoch(
     mix = _batch_mix(cfg, task)
     amp = cfg.amp and device.type == "cuda"
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    t0 = time.time()  # the epoch's seconds: its batches and its validation
     total, seen, reg_total = 0.0, 0, 0.0
     bar = _progress(train_loader, f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and ranks.main)
     for step, (x, y) in enumerate(bar):
@@ -562,11 +560,16 @@ def _train_epoch(
         t = torch.tensor([total, float(seen)], device=device)
         dist.all_reduce(t)
         total, seen = t[0].item(), int(t[1].item())
-    return {"train_loss": total / max(seen, 1), "reg_loss": reg_total / max(seen, 1), "trainable_params": trainable}
+    return {
+        "train_loss": total / max(seen, 1),
+        "reg_loss": reg_total / max(seen, 1),
+        "trainable_params": trainable,
+        "t0": t0,
+    }
 
 
 def _validate(
-    setup: Setup, model: nn.Module, evaluated: nn.Module, val_loader, st: _State, epoch: int, trained: dict, t0, check
+    setup: Setup, model: nn.Module, evaluated: nn.Module, val_loader, st: _State, epoch: int, trained: dict, check
 ) -> dict:
     """Validate the epoch's model, step the schedule; the epoch's history row."""
     cfg, task = setup.cfg, setup.task
@@ -582,7 +585,7 @@ def _validate(
         "val_loss": val["loss"],
         **{f"val_{k}": val[k] for k in task.columns},
         "trainable_params": trained["trainable_params"],
-        "seconds": round(time.time() - t0, 3),
+        "seconds": round(time.time() - trained["t0"], 3),
     }
     if st.ema is not None:  # the raw weights' validation loss beside the average's
         row["val_loss_raw"] = evaluate(model, val_loader, task)["loss"]
@@ -624,18 +627,18 @@ def _save_epoch(
 
 def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], best_epoch: int) -> dict:
     cfg, ds, task = setup.cfg, setup.dataset, setup.task
+    # SMALLMED_FIGURES=0 (CI, large grids): every number, no pictures; the run's config keeps what was asked
+    figures = cfg.figures and os.environ.get("SMALLMED_FIGURES") != "0"
     model.load_state_dict(load_checkpoint(run_dir / "best.pt")["model"])
     test_loader = setup.loader("test", train=False)
-    res = run_loader(model, test_loader, task, setup.device, keep_inputs=8 if cfg.figures else 0)
+    res = run_loader(model, test_loader, task, setup.device, keep_inputs=8 if figures else 0)
     test = {"loss": res["loss"], **task.metrics(res["kept"], res["targets"])}
     val = None
     if getattr(task, "wants_val", False):  # operating threshold and calibration are fitted on validation only
         v = run_loader(model, setup.loader("val", train=False), task, setup.device)
         val = (v["kept"], v["targets"])
     test.update(
-        task.finish(
-            run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val, figures=cfg.figures
-        )
+        task.finish(run_dir, res["kept"], res["targets"], cfg.seed, inputs=res.get("inputs"), val=val, figures=figures)
     )
     best = history[best_epoch]
     metrics = {
@@ -668,14 +671,14 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
 
     example = next(iter(test_loader))[0]
     metrics.update(finish_run(model, cfg=cfg, built=setup.built, run_dir=run_dir, example=example))
-    if cfg.figures:
+    if figures:
         plot_history(
             history,
             run_dir / "loss_curves.png",
             best_epoch=best_epoch + 1,
             title=f"{cfg.model} on {ds.name} (dashed: best epoch by validation loss)",
         )
-    if cfg.figures and getattr(task, "single_label", False):
+    if figures and getattr(task, "single_label", False):
         from .errors import error_figures
 
         try:  # pictures of the errors: a failure here is one warning, never a lost run
@@ -714,7 +717,7 @@ def _progress(it, desc: str, enabled: bool):
 
     from tqdm import tqdm
 
-    if sys.stderr.isatty():
+    if getattr(sys.stderr, "isatty", lambda: False)():
         return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
     return tqdm(it, desc=desc, leave=False, ncols=100, mininterval=30)
 
