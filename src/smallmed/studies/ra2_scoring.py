@@ -378,6 +378,14 @@ def knee_section(
                 f"Lowest mean validation MAE at {size} px: {best_name}; on the test knees against the seed's base "
                 f"(paired over the test knees, predictions averaged over seeds): ΔMAE {_ci(vs['mae'])}, ΔQWK {_ci(vs['qwk'])}.",
             ]
+        if "r18-hands" in table and "r18" in table:  # the SVD paper's question: does the in-domain source help?
+            vs = paired_bootstrap(label, _mean_pred(table["r18-hands"]), _mean_pred(table["r18"]))
+            summary.setdefault("hands_vs_scratch", {})[size] = vs
+            lines += [
+                "",
+                f"Hand source against from scratch at {size} px (r18-hands - r18, paired over the test knees, "
+                f"predictions averaged over seeds): ΔMAE {_ci(vs['mae'])}, ΔQWK {_ci(vs['qwk'])}.",
+            ]
         plot_confusions(table, out / f"confusion_knee{size}.png", size)
         lines += ["", f"Confusion matrices (first seed of each recipe): `confusion_knee{size}.png`.", ""]
     at_cap = sum(1 for x in done if x["best"] >= x["cap"])
