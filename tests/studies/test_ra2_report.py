@@ -1,0 +1,47 @@
+"""The RA2 study's knee table, from run folders written here: constants, recipes over seeds, the paired
+comparisons (against the median, hand source against scratch), and the runs still missing."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import yaml
+
+from smallmed.studies import configure
+from smallmed.studies.ra2_scoring import knee_section
+
+
+def _run(folder, label, pred, *, val_mae, best=3, epochs=4):
+    folder.mkdir(parents=True)
+    rows = "\n".join(f"{i},{y:g},{p:.4f}" for i, (y, p) in enumerate(zip(label, pred)))
+    (folder / "test_predictions.csv").write_text("index,label,pred\n" + rows + "\n")
+    (folder / "metrics.json").write_text(
+        json.dumps({"wall_seconds": 60.0, "epochs": epochs, "best_epoch": best, "val": {"val_mae": val_mae}})
+    )
+    (folder / "config.yaml").write_text(yaml.safe_dump({"data": "knees.npz", "task": "regression", "epochs": 4}))
+
+
+def test_knee_table_pairs_recipes_with_the_constant_and_the_hand_source_with_scratch(tmp_path):
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 5, 300).astype(float)
+    study = dataclasses.replace(
+        configure("ra2", "quick"), knee_sizes=(32,), variants=("r18-hands", "r18"), seeds=(0,), one_seed=()
+    )
+    runs = tmp_path / "runs" / "knee32"
+    # the hand source close to the truth, scratch noisier: both beat the median, the source beats scratch
+    _run(runs / "r18-hands" / "s0", label, label + rng.normal(0, 0.3, 300), val_mae=0.3)
+    _run(runs / "r18" / "s0", label, label + rng.normal(0, 0.9, 300), val_mae=0.7)
+    lines, rows, summary = knee_section(study, tmp_path, np.ones(1000), None)
+    text = "\n".join(lines)
+    assert "| training median (constant): grade 1 |" in text and "| r18-hands:" in text and "| r18:" in text
+    assert [r["recipe"] for r in rows if r["seed"] != ""] == ["r18-hands", "r18"]
+    hands = summary["sizes"][32]["r18-hands"]
+    assert hands["vs_median"]["mae"]["hi"] < 0 < hands["vs_median"]["qwk"]["lo"]  # skill over the constant
+    vs = summary["hands_vs_scratch"][32]
+    assert vs["mae"]["hi"] < 0 and "Hand source against from scratch at 32 px" in text
+    assert summary["runs"] == 2 and summary["missing"] == [] and (tmp_path / "confusion_knee32.png").exists()
+    # a recipe without its run is listed as missing, not silently dropped
+    lines, rows, summary = knee_section(dataclasses.replace(study, seeds=(0, 1)), tmp_path, np.ones(1000), None)
+    assert summary["missing"] == ["r18-hands at 32 px seed 1", "r18 at 32 px seed 1"]
