@@ -139,13 +139,13 @@ def _path(study: RA2Study, name: str) -> Path:
 # ------------------------------------------------------------------------------------------ (a) localisation
 
 
-def _train_localisers(study: RA2Study, out: Path, data: Path) -> tuple[dict, dict]:
+def _train_localisers(study: RA2Study, out: Path, data: Path, kinds: tuple[str, ...]) -> tuple[dict, dict]:
     """Each localiser kind trained (or reused) on the pediatric hands: run folders and metrics by kind."""
     from ..ra2.detector import DetectorConfig, train_detector
     from ..ra2.localise import unet_localiser_config
 
     runs, metrics = {}, {}
-    for kind in study.localiser_kinds:
+    for kind in kinds:
         if kind == "unet":
             cfg = unet_localiser_config(
                 data, out / "runs" / "localiser-hands", epochs=study.localiser_epochs, image_size=study.localiser_size
@@ -200,8 +200,9 @@ def _ra2_example_errors(study: RA2Study, runs: dict, first: str, shape: dict) ->
     return rows, frows
 
 
-def localisation(study: RA2Study, out: Path) -> dict:
-    """The localisers on the pediatric test hands against the training mean shape, then on the RA2 patients."""
+def localisation(study: RA2Study, out: Path, kinds: tuple[str, ...] | None = None) -> dict:
+    """The localisers (``kinds``, default the study's) on the pediatric test hands against the training mean
+    shape, then on the RA2 patients."""
     from ..data.keypoints import load_keypoints
     from ..metrics.keypoints import keypoint_errors
     from ..ra2.joints import HAND21
@@ -210,7 +211,7 @@ def localisation(study: RA2Study, out: Path) -> dict:
     data = out / "data" / "hand10.npz"
     if not data.exists():
         hand_keypoints_npz(_path(study, study.hands), data)
-    runs, metrics = _train_localisers(study, out, data)
+    runs, metrics = _train_localisers(study, out, data, kinds or study.localiser_kinds)
     ds = load_keypoints(data)
     names = list(HAND21)
     tr, te = ds.splits["train"], ds.splits["test"]
@@ -220,7 +221,7 @@ def localisation(study: RA2Study, out: Path) -> dict:
         np.array([[shape[n][0] * side, shape[n][1] * side] for n in names]), te.keypoints[..., :2].shape
     )
     base = keypoint_errors(base_pred, te.keypoints[..., :2], te.keypoints[..., 2], side, names)
-    first = study.localiser_kinds[0]
+    first = next(iter(runs))
     res = {
         "hands_test": {
             "localiser": {
@@ -459,14 +460,17 @@ def knee_cell(study: RA2Study, out: Path, recipe: str, size: int, seed: int, sou
 
 def knee_stages(study: RA2Study, out: Path, source: str | None) -> list[list[TrainConfig]]:
     """The knee runs in the order they are worth having: the first seed of the recipes run with every seed,
-    then the first seed of the rest, then the other seeds."""
+    then the first seed of the rest at the largest size, then at the other sizes, then the other seeds."""
     main = [r for r in study.variants if r not in study.one_seed]
     rest = [r for r in study.variants if r in study.one_seed]
     first = study.seeds[0]
     s1 = [knee_cell(study, out, r, z, first, source) for r in main for z in _sizes(study, r)]
-    s2 = [knee_cell(study, out, r, z, first, source) for r in rest for z in _sizes(study, r)]
+    # the one-seed recipes at the largest size first (the ensemble's recipe is chosen there), then the smaller sizes
+    top = max(study.knee_sizes)
+    s2 = [knee_cell(study, out, r, top, first, source) for r in rest if top in _sizes(study, r)]
+    s2b = [knee_cell(study, out, r, z, first, source) for r in rest for z in _sizes(study, r) if z != top]
     s3 = [knee_cell(study, out, r, z, s, source) for s in study.seeds[1:] for r in main for z in _sizes(study, r)]
-    return [s1, s2, s3]
+    return [s1, s2, s2b, s3]
 
 
 def ensemble_recipe(study: RA2Study, out: Path) -> str:
@@ -660,14 +664,20 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     grid(stages[0])
     grid(boneage_cells(study, out, study.boneage_seeds[:1]))  # no source needed: runs while it is still cold
     report()
-    state["loc"] = localisation(study, out)
+    # the U-Net first (minutes); the Keypoint R-CNN (about an hour on 2 cores) after the largest knee size's recipes
+    quick = ("unet",) if "unet" in study.localiser_kinds else study.localiser_kinds
+    state["loc"] = localisation(study, out, quick)
     if study.adult_epochs:
-        state["adult"] = adult_localisation(
-            study, out, state["loc"]["localiser_runs"].get("unet", state["loc"]["localiser_run"])
-        )
+        state["adult"] = adult_localisation(study, out, state["loc"]["localiser_runs"]["unet"])
+    report()
     grid(stages[1])
     report()
+    if quick != study.localiser_kinds:
+        state["loc"] = localisation(study, out, study.localiser_kinds)
+        report()
     grid(stages[2])
+    report()
+    grid(stages[3])
     report()
     grid(ensemble_cells(study, out, source))
     report()
