@@ -45,3 +45,23 @@ def test_knee_table_pairs_recipes_with_the_constant_and_the_hand_source_with_scr
     # a recipe without its run is listed as missing, not silently dropped
     lines, rows, summary = knee_section(dataclasses.replace(study, seeds=(0, 1)), tmp_path, np.ones(1000), None)
     assert summary["missing"] == ["r18-hands at 32 px seed 1", "r18 at 32 px seed 1"]
+
+
+def test_cutpoints_fitted_on_validation_fix_a_biased_scorer(tmp_path):
+    """A scorer whose outputs sit 0.6 grades too high: rounding misgrades most knees, cut-points fitted on the
+    validation knees' scores (val_scores.npy) recover the grades on the test knees."""
+    rng = np.random.default_rng(1)
+    label, vlab = rng.integers(0, 5, 400).astype(float), rng.integers(0, 5, 200).astype(float)
+    study = dataclasses.replace(configure("ra2", "quick"), knee_sizes=(32,), variants=("r18",), seeds=(0,))
+    run = tmp_path / "runs" / "knee32" / "r18" / "s0"
+    _run(run, label, label + 0.6 + rng.normal(0, 0.1, 400), val_mae=0.6)
+    np.save(run / "val_scores.npy", (vlab + 0.6 + rng.normal(0, 0.1, 200)).astype(np.float32))
+    lines, _, summary = knee_section(study, tmp_path, np.ones(1000), None, (np.zeros((200, 8, 8)), vlab))
+    r18 = summary["sizes"][32]["r18"]
+    assert r18["acc"] < 0.7 and r18["cutpoints"]["acc"] > 0.95  # rounding vs fitted cut-points on test
+    assert r18["cutpoints"]["vs_rounding"]["mae"]["hi"] < 0
+    assert "Grades from cut-points fitted on the 200 validation knees" in "\n".join(lines)
+    # no validation scores and no checkpoint: no cut-point table, nothing invented
+    (run / "val_scores.npy").unlink()
+    lines, _, summary = knee_section(study, tmp_path, np.ones(1000), None, (np.zeros((200, 8, 8)), vlab))
+    assert "cutpoints" not in summary["sizes"][32]["r18"] and "cut-points" not in "\n".join(lines)

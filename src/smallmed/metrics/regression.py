@@ -143,3 +143,62 @@ def quadratic_kappa(y_true: np.ndarray, grade: np.ndarray) -> float:
         warnings.simplefilter("ignore")  # undefined (one grade on both sides): NaN below, not a warning
         k = cohen_kappa_score(a, b, weights="quadratic")
     return float(k) if np.isfinite(k) else float("nan")
+
+
+def qwk_matrix(y: np.ndarray, g: np.ndarray, k: int = 5) -> np.ndarray:
+    """Quadratic weighted kappa of many resamples at once: ``y``, ``g`` are [R, N] integer grades 0..k-1;
+    the same formula as scikit-learn's ``cohen_kappa_score(weights="quadratic")`` (NaN where undefined)."""
+    r, n = y.shape
+    cm: np.ndarray = np.zeros((r, k * k))  # flat counts, reshaped to [R, k, k] below
+    np.add.at(cm, (np.repeat(np.arange(r), n), (y * k + g).ravel()), 1.0)
+    cm = cm.reshape(r, k, k)
+    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
+    expected = cm.sum(2)[:, :, None] * cm.sum(1)[:, None, :] / n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 1 - (w * cm).sum((1, 2)) / (w * expected).sum((1, 2))
+
+
+def apply_cutpoints(score: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Integer grades of continuous scores: grade g where ``cuts[g-1] <= score < cuts[g]``.
+
+    Example:
+        >>> apply_cutpoints(np.array([0.2, 0.7, 3.9]), np.array([0.5, 1.5, 2.5, 3.5]))
+        array([0, 1, 4])
+    """
+    return np.searchsorted(np.asarray(cuts, dtype=float), np.asarray(score, dtype=float), side="right")
+
+
+def fit_cutpoints(y: np.ndarray, score: np.ndarray, k: int, *, steps: int = 101, rounds: int = 3) -> np.ndarray:
+    """The k-1 increasing cut-points between k grades that maximise the quadratic weighted kappa of
+    ``apply_cutpoints(score, cuts)`` against ``y`` (integer grades 0..k-1): coordinate ascent from the
+    rounding points 0.5, 1.5, ..., each cut searched on a grid between its neighbours. Deterministic.
+    Fit on validation predictions only; the test split then reads the grades once.
+
+    Example:
+        >>> y, score = np.array([0, 0, 1, 1, 2, 2]), np.array([0.1, 0.2, 0.3, 0.4, 1.0, 1.1])
+        >>> apply_cutpoints(score, np.array([0.5, 1.5])).tolist()  # rounding
+        [0, 0, 0, 0, 1, 1]
+        >>> apply_cutpoints(score, fit_cutpoints(y, score, 3)).tolist()
+        [0, 0, 1, 1, 2, 2]
+    """
+    y = np.asarray(y).astype(int).reshape(-1)
+    s = np.asarray(score, dtype=float).reshape(-1)
+    cuts = np.arange(k - 1, dtype=float) + 0.5
+    lo_all, hi_all = min(float(s.min()), cuts[0]) - 1e-6, max(float(s.max()), cuts[-1]) + 1e-6
+    best = qwk_matrix(y[None], apply_cutpoints(s, cuts)[None], k)[0]
+    for _ in range(rounds):
+        moved = False
+        for i in range(k - 1):
+            lo = cuts[i - 1] if i else lo_all
+            hi = cuts[i + 1] if i < k - 2 else hi_all
+            grid = np.linspace(lo, hi, steps)[1:-1]
+            trial = np.repeat(cuts[None], len(grid), 0)
+            trial[:, i] = grid
+            g = np.stack([apply_cutpoints(s, c) for c in trial])
+            q = np.nan_to_num(qwk_matrix(np.repeat(y[None], len(grid), 0), g, k), nan=-np.inf)
+            j = int(np.argmax(q))
+            if q[j] > best + 1e-12:
+                best, cuts, moved = float(q[j]), trial[j], True
+        if not moved:
+            break
+    return cuts

@@ -143,6 +143,9 @@ def landmark_npz(train: list, val: list, test: list, names: list[str], size: int
     return out
 
 
+MIN_EPOCH_SAMPLES = 64
+
+
 def fit_landmark_localiser(
     train: list,
     val: list,
@@ -164,12 +167,17 @@ def fit_landmark_localiser(
     from ..train.cell import run_cell
 
     out = Path(out)
-    data = landmark_npz(train, val or train, test or train, names, size, out.parent / f".{out.name}-landmarks.npz")
+    # a handful of images (the RA2 examples: two hands per patient) is repeated to at least MIN_EPOCH_SAMPLES per
+    # epoch, each copy augmented afresh, so that an epoch is several optimizer steps rather than one
+    reps = max(1, -(-MIN_EPOCH_SAMPLES // max(1, len(train))))
+    data = landmark_npz(
+        train * reps, val or train, test or train, names, size, out.parent / f".{out.name}-landmarks.npz"
+    )
     cfg = TrainConfig(
         data=str(data),
         model="unet",
         epochs=epochs,
-        batch_size=min(16, len(train)),
+        batch_size=min(16, len(train) * reps),
         image_size=size,
         lr=1e-3,
         augment="scale=0.85-1.15,rotate=15,translate=0.08",

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..config import TrainConfig
 from ..errors import SmallmedError
+from ..metrics.regression import qwk_matrix
 
 # recipe -> (TrainConfig settings, starts from the bone-age source). One change at a time from "base".
 RECIPES: dict[str, tuple[dict, bool]] = {
@@ -117,19 +118,6 @@ def graded(label: np.ndarray, score: np.ndarray, grade: np.ndarray) -> dict:
     return graded_metrics(label, score, grade)
 
 
-def qwk_matrix(y: np.ndarray, g: np.ndarray, k: int = 5) -> np.ndarray:
-    """Quadratic weighted kappa of many resamples at once: ``y``, ``g`` are [R, N] integer grades 0..k-1;
-    the same formula as scikit-learn's ``cohen_kappa_score(weights="quadratic")`` (NaN where undefined)."""
-    r, n = y.shape
-    cm: np.ndarray = np.zeros((r, k * k))  # flat counts, reshaped to [R, k, k] below
-    np.add.at(cm, (np.repeat(np.arange(r), n), (y * k + g).ravel()), 1.0)
-    cm = cm.reshape(r, k, k)
-    w = (np.arange(k)[:, None] - np.arange(k)[None, :]) ** 2
-    expected = cm.sum(2)[:, :, None] * cm.sum(1)[:, None, :] / n
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 1 - (w * cm).sum((1, 2)) / (w * expected).sum((1, 2))
-
-
 def paired_bootstrap(label, a: dict, b: dict, *, n: int = 2000, seed: int = 0) -> dict:
     """Paired bootstrap over test images of the differences a - b in MAE of the grade and in QWK
     (one set of resampled indices for both; each side's predictions averaged over its seeds first)."""
@@ -193,13 +181,13 @@ def val_mae(run: str | Path) -> float:
 # ------------------------------------------------------------------------------------------- flip TTA, ensembles
 
 
-def flip_scores(runs: list, images: np.ndarray) -> np.ndarray:
-    """The expected grade (score) of every image from the runs as one ensemble with horizontal-flip TTA
-    (:class:`smallmed.train.ensemble.Ensemble`: the mean over members and both views)."""
+def scores(runs: list, images: np.ndarray, tta: str = "none") -> np.ndarray:
+    """The expected grade (score) of every image from the runs as one ensemble, with ``tta="flip"``
+    horizontal-flip TTA (:class:`smallmed.train.ensemble.Ensemble`: the mean over members and views)."""
     from ..data.dataset import Split
     from ..train.ensemble import Ensemble
 
-    ens = Ensemble.load(runs, tta="flip", device="cpu")
+    ens = Ensemble.load(runs, tta=tta, device="cpu")
     split = Split(images[..., None] if images.ndim == 3 else images, np.zeros(len(images), np.int64))
     kept, _ = ens.kept(lambda run: split)
     if ens.task.kind == "regression":
@@ -207,6 +195,25 @@ def flip_scores(runs: list, images: np.ndarray) -> np.ndarray:
     if ens.task.kind == "ordinal":
         return kept.sum(1)
     return kept @ np.arange(kept.shape[1])
+
+
+def flip_scores(runs: list, images: np.ndarray) -> np.ndarray:
+    return scores(runs, images, "flip")
+
+
+def val_scores(run: Path, images: np.ndarray) -> np.ndarray | None:
+    """A finished run's scores of the validation knees (cached in ``val_scores.npy``); None without its
+    checkpoint (a run folder copied without ``best.pt``)."""
+    cache = Path(run) / "val_scores.npy"
+    if cache.exists():
+        return np.load(cache)
+    if not (Path(run) / "best.pt").exists():
+        return None
+    from ..io import atomic_write_file
+
+    v = scores([run], images).astype(np.float32)
+    atomic_write_file(cache, lambda f: np.save(f, v))
+    return v
 
 
 # ------------------------------------------------------------------------------------------------------ report
@@ -337,10 +344,66 @@ def _ensemble_lines(size: int, ensemble: dict, label: np.ndarray, ref: dict, row
     return lines
 
 
+def _cutpoint_lines(size: int, table: dict, val: tuple[np.ndarray, np.ndarray] | None, summ: dict) -> list[str]:
+    """Each recipe's grades from cut-points fitted on the validation knees (maximum validation QWK), against
+    rounding the same scores: the test split reads the fitted grades once."""
+    from ..metrics.regression import apply_cutpoints, fit_cutpoints
+
+    if val is None:
+        return []
+    vimg, vlab = val
+    k = GRADES[1] - GRADES[0] + 1
+    lines: list[str] = []
+    for r, runs in table.items():
+        got = [val_scores(x["run"], vimg) for x in runs]
+        vs = [v for v in got if v is not None]
+        if len(vs) < len(got):
+            continue
+        per_seed, cuts_all = [], []
+        for x, v in zip(runs, vs):
+            cuts = fit_cutpoints(vlab, v, k)
+            p = x["pred"]
+            per_seed.append(graded(p["label"], p["score"], apply_cutpoints(p["score"], cuts)))
+            cuts_all.append(cuts)
+        mean = _mean_pred(runs)
+        cuts = fit_cutpoints(vlab, np.mean(vs, 0), k)  # the seeds' mean score gets its own cut-points
+        cut_pred = {**mean, "grade": apply_cutpoints(mean["score"], cuts).astype(float)}
+        d = paired_bootstrap(mean["label"], cut_pred, mean)
+        summ.setdefault(r, {})["cutpoints"] = {
+            **{m: float(np.mean([q[m] for q in per_seed])) for m in ("acc", "mae_rounded", "qwk", "balanced_acc")},
+            "cuts": [c.tolist() for c in cuts_all],
+            "vs_rounding": d,
+        }
+        lines.append(
+            f"| {r} | {len(runs)} | {'; '.join(' '.join(f'{c:.2f}' for c in cc) for cc in cuts_all)} | "
+            + " | ".join(_fmt([q[m] for q in per_seed]) for m in ("acc", "mae_rounded", "qwk", "balanced_acc"))
+            + f" | {_ci(d['mae'])}, {_ci(d['qwk'])} |"
+        )
+    if not lines:
+        return []
+    return [
+        "",
+        f"Grades from cut-points fitted on the {len(vlab)} validation knees at {size} px (the 4 cut-points between "
+        "grades that maximise each run's validation QWK, instead of rounding at 0.5, 1.5, ...; the test split "
+        "reads the fitted grades once):",
+        "",
+        "| recipe | seeds | cut-points (per seed) | accuracy | MAE (grade) | QWK | balanced acc. | "
+        "cut-points - rounding: ΔMAE, ΔQWK (test knees) |",
+        "|---|---|---|---|---|---|---|---|",
+        *lines,
+    ]
+
+
 def knee_section(
-    study, out: Path, train_labels: np.ndarray, ensemble: dict | None
+    study,
+    out: Path,
+    train_labels: np.ndarray,
+    ensemble: dict | None,
+    val_knees: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[list[str], list[dict], dict]:
-    """Markdown lines, CSV rows and a summary of the knee runs finished so far (missing ones are listed)."""
+    """Markdown lines, CSV rows and a summary of the knee runs finished so far (missing ones are listed);
+    with ``val_knees`` (the validation knees' images and grades at the largest size) also each recipe's grades from
+    cut-points fitted on validation."""
     lines: list[str] = []
     rows: list[dict] = []
     summary: dict = {"sizes": {}}
@@ -386,6 +449,7 @@ def knee_section(
                 f"Hand source against from scratch at {size} px (r18-hands - r18, paired over the test knees, "
                 f"predictions averaged over seeds): ΔMAE {_ci(vs['mae'])}, ΔQWK {_ci(vs['qwk'])}.",
             ]
+        lines += _cutpoint_lines(size, table, val_knees, summ)
         plot_confusions(table, out / f"confusion_knee{size}.png", size)
         lines += ["", f"Confusion matrices (first seed of each recipe): `confusion_knee{size}.png`.", ""]
     at_cap = sum(1 for x in done if x["best"] >= x["cap"])
