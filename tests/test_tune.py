@@ -137,12 +137,29 @@ def test_a_budget_covers_the_final_runs(tmp_path, monkeypatch):
     import smallmed.tune as tune_mod
 
     data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
-    # a run measured at 1,000 s: one final seed of two recipes (2,000 s) fills a 30-minute budget at once
+    # a run measured at 1,000 s: seed 1 of two recipes (2,000 s; seed 0 is the trials' own) fills 30 minutes at once
     monkeypatch.setattr(tune_mod, "run_seconds", lambda study, folds: 1000.0)
-    text = tune_mod.tune(_tc(data, budget_s=1800, final_seeds=1, ensemble=0), tmp_path / "b").read_text()
+    text = tune_mod.tune(_tc(data, budget_s=1800, final_seeds=2, ensemble=0), tmp_path / "b").read_text()
     assert [r["state"] for r in _trials(tmp_path / "b")] == ["COMPLETE"]  # trial 0 only: it measures the cost
     assert "budget 30 min" in text
-    assert (tmp_path / "b" / "final" / "tuned" / "s0" / "metrics.json").exists()
+    assert (tmp_path / "b" / "final" / "tuned" / "s1" / "metrics.json").exists()
+
+
+def test_a_final_run_that_a_trial_already_trained_only_reads_the_test_split(tmp_path):
+    from smallmed.tune import DEFAULT_SPACE, tune
+
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 20), size=16)
+    space = {"lr": DEFAULT_SPACE["lr"], "augment": ["flip", "trivial"]}  # the strong recipe's own values inside
+    text = tune(_tc(data, trials=1, final_seeds=2, ensemble=0, space=space), tmp_path / "r").read_text()
+    (trial,) = _trials(tmp_path / "r")  # trial 0, the starting recipe, is the best
+    final = tmp_path / "r" / "final"
+    trial_hist = (tmp_path / "r" / trial["run"] / "history.csv").read_text()
+    assert (final / "tuned" / "s0" / "history.csv").read_text() == trial_hist  # the same epochs, not trained again
+    assert "starts from trial 0" in (final / "tuned" / "s0" / "train.log").read_text()
+    m = __import__("json").loads((final / "tuned" / "s0" / "metrics.json").read_text())
+    assert "auc" in m["test"] and m["data"]["counts"]["test"]["images"] == 20  # the test split, read at the end
+    assert "starts from trial" not in (final / "tuned" / "s1" / "train.log").read_text()  # another seed: trained
+    assert "same runs give both rows" in text and not (final / "start").exists()
 
 
 def test_a_trial_running_past_the_deadline_is_stopped_as_pruned():

@@ -11,8 +11,9 @@ the search's starting recipe, each with the same seeds, so the report says how m
 adds.
 
 A budget (``budget_s``) bounds the whole command: the search stops, and a running trial is stopped as
-pruned (after an epoch; a cross-validated trial between folds), early enough for the final runs at their
-measured cost (the median finished trial). With ``backend='ray'`` the budget bounds the search only (Ray
+pruned (after an epoch; a cross-validated trial between folds), early enough for the final runs still to
+train at their measured cost (the median finished trial); a final run that a trial already trained starts
+from its checkpoints and only reads the test split. With ``backend='ray'`` the budget bounds the search only (Ray
 Tune's ``time_budget_s``, counted again after a restore), and the final runs come after it. The best
 trials' models (or the best trial's fold models) are also averaged on the test split, inference only.
 
@@ -371,8 +372,14 @@ def run_seconds(study, folds: int) -> float:
 
 
 def final_cost(tc: TuneConfig, study, folds: int) -> float:
-    """Seconds the end of the search will take: the best and the starting recipe with each final seed."""
-    return 2 * tc.final_seeds * run_seconds(study, folds)
+    """Seconds the end of the search will take: the best and the starting recipe with each final seed, less
+    the runs a finished trial already trained (on the official split, with the trials' seed: only their test
+    split is left to read), plus one epoch, since a trial past the deadline stops at the end of an epoch."""
+    run = run_seconds(study, folds)
+    trial_seed = int(tc.base.get("seed", TrainConfig().seed))
+    to_train = [s for s in range(tc.final_seeds) if folds or s != trial_seed]
+    epochs = int(tc.base.get("epochs", TrainConfig().epochs)) or 1
+    return 2 * len(to_train) * run + run / epochs
 
 
 def _in_space(spec, v) -> bool:
@@ -408,7 +415,7 @@ def _finish(tc: TuneConfig, out: Path, study, folds: int) -> Path:
     atomic_write_text(out / "best.yaml", dump_yaml(TrainConfig.from_dict({**tuned, "out": "runs/tuned"}).to_dict()))
     start = next((t for t in done if t.user_attrs.get("start")), None)
     t0 = time.time()
-    final = _final_runs(tc, out, tuned)
+    final = _final_runs(tc, out, tuned, study)
     ens = _ensemble(tc, out, done, best, folds)
     _plots(study, out)
     return _report(tc, out, study, best, start, final, folds, ens, time.time() - t0)
@@ -474,21 +481,71 @@ def _plots(study, out: Path) -> None:
             log.info("tune: %s not drawn (%s)", name, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
 
 
-def _final_runs(tc: TuneConfig, out: Path, tuned: dict) -> dict:
-    """The best recipe and the starting one, same seeds, official train/val split; the test split read once each."""
+def _final_runs(tc: TuneConfig, out: Path, tuned: dict, study=None) -> dict:
+    """The best recipe and the starting one, same seeds, official train/val split; the test split read once each.
+    A run that a finished trial already trained (the same settings and seed on the official split) starts from
+    that trial's folder, so only its test split is read; when the search chose the starting recipe, its runs
+    serve both rows."""
     from .studies.runner import run_grid
 
-    cells, keys = [], []
+    cells: list[TrainConfig] = []
+    keys: list[tuple[str, int]] = []
+    same = _comparable(TrainConfig.from_dict(tuned).to_dict()) == _comparable(TrainConfig.from_dict(tc.base).to_dict())
     for name, recipe in (("tuned", tuned), ("start", tc.base)):
         for s in range(tc.final_seeds):
-            cells.append(
-                TrainConfig.from_dict(
-                    {**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"), "progress": False}
-                )
+            if name == "start" and same:
+                continue
+            cell = TrainConfig.from_dict(
+                {**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"), "progress": False}
             )
+            if study is not None:
+                _start_from_trial(out, study, cell)
+            cells.append(cell)
             keys.append((name, s))
-    results = run_grid(cells) if cells else []
-    return {k: m for k, m in zip(keys, results)}
+    results = {k: m for k, m in zip(keys, run_grid(cells) if cells else [])}
+    if same:
+        results.update({("start", s): results[("tuned", s)] for s in range(tc.final_seeds)})
+    return results
+
+
+def _comparable(cfg: dict) -> dict:
+    """A run's settings that change its result (``holdout`` only chooses which split the end reads)."""
+    from .studies.settings import NEUTRAL_KEYS
+
+    plain = json.loads(json.dumps(cfg, default=str))
+    return {k: v for k, v in plain.items() if k not in NEUTRAL_KEYS | {"holdout"}}
+
+
+def _start_from_trial(out: Path, study, cell: TrainConfig) -> None:
+    """Seed the final run's folder with a finished trial's checkpoints when that trial trained exactly this run:
+    the copy's config reads the test split, and resuming it trains nothing and evaluates once."""
+    import shutil
+
+    import optuna
+
+    dest = Path(cell.out or "")
+    if dest.exists():
+        return  # finished, or seeded before a kill: resumes as it is
+    want = _comparable(cell.to_dict())
+    for t in study.trials:
+        run = out / str(t.user_attrs.get("run", ""))
+        if t.state != optuna.trial.TrialState.COMPLETE or not (run / "metrics.json").exists():
+            continue
+        if _comparable(load_yaml(run / "config.yaml")) != want:
+            continue
+        tmp = dest.parent / f".{dest.name}.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for f in ("history.csv", "last.pt", "best.pt", "train.log"):
+            if (run / f).exists():
+                shutil.copy2(run / f, tmp / f)
+        atomic_write_text(tmp / "config.yaml", dump_yaml(cell.to_dict()))
+        with open(tmp / "train.log", "a") as fh:  # the copied trial's log, then what this folder is
+            fh.write(f"tune: this final run starts from trial {t.number}'s checkpoints ({run.relative_to(out)})\n")
+        tmp.rename(dest)
+        log.info("tune: final run %s starts from trial %d's checkpoints (the same settings and seed)", dest, t.number)
+        return
 
 
 def _final_lines(tc: TuneConfig, final: dict) -> list[str]:
@@ -513,6 +570,8 @@ def _final_lines(tc: TuneConfig, final: dict) -> list[str]:
         f"Paired by seed, tuned - start: {fmt_paired(paired(tv, sv))}. What the search adds is this "
         "difference; the search chose on validation only. The final model is the run folder `final/tuned/s0`.",
     ]
+    if all(final[("tuned", s)] is final[("start", s)] for s in seeds):
+        lines += ["", "The search chose the starting recipe: the same runs give both rows."]
     return lines
 
 
