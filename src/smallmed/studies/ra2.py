@@ -682,13 +682,14 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     if quick != study.localiser_kinds:
         state["loc"] = localisation(study, out, study.localiser_kinds)
         report()
-    # then the spread: bone age's other seeds (minutes) and the main recipes' other seeds, before the
-    # one-seed recipes at the smaller sizes (the seed's DenseNet at 64 px: about 10 minutes per epoch)
+    # the one-seed recipes at the smaller sizes (the seed's DenseNet at 64 px, about 10 minutes per epoch: the
+    # scorer's default is chosen between it and the ResNet-18), then the spread: bone age's and the main
+    # recipes' other seeds
+    grid(stages[2])
+    report()
     grid(boneage_cells(study, out, study.boneage_seeds[1:]))
     report()
     grid(stages[3])
-    report()
-    grid(stages[2])
     report()
     grid(ensemble_cells(study, out, source))
     report()
