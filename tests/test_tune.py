@@ -173,3 +173,18 @@ def test_a_trial_running_past_the_deadline_is_stopped_as_pruned():
     with pytest.raises(optuna.TrialPruned):
         _Report(trial, deadline=0.0).on_epoch_end(1, {"val_loss": 0.9})
     assert trial.user_attrs["stopped"] == "budget"
+
+
+def test_each_trial_says_how_it_ended_and_no_trial_says_test(tmp_path, caplog):
+    import logging
+
+    from smallmed.tune import tune
+
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
+    with caplog.at_level(logging.INFO, logger="smallmed"):
+        tune(_tc(data, trials=2, ensemble=0), tmp_path / "p")
+    lines = [r.getMessage() for r in caplog.records]
+    search = lines[: next(i for i, m in enumerate(lines) if m.startswith("tune: search done"))]
+    assert any(m.startswith("tune: trial 1: lr=") for m in search)
+    assert any(m.startswith("tune: trial 1 validation loss") and "best so far trial" in m for m in search)
+    assert not any(m.startswith("test ") for m in search) and any(m.startswith("validation auc") for m in search)

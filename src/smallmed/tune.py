@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SMALL_VAL = 200  # validation images below which a trial is scored by k-fold cross-validation
+MIN_IMPORTANCE_TRIALS = 5  # parameter importances from fewer finished trials would be noise
 STUDY = "smallmed-tune"
 
 # the default space: the strong recipe's knobs; a YAML file (--space) replaces it. A list is a choice,
@@ -234,6 +235,7 @@ def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = N
 
     def objective(trial) -> float:
         params = sample(trial, tc.space)
+        log.info("tune: trial %d: %s", trial.number, ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
         root = _recipe_dir(out, params)
         trial.set_user_attr("run", str(root.relative_to(out)))
         cells = range(folds) if folds else [None]
@@ -353,9 +355,39 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
         study = _study(tc, out, len(scored))
         study.optimize(_objective(tc, out, folds, deadline if scored else None), n_trials=1, catch=())
         _write_trials(study, out)
+        _log_trial(tc, study, used + time.time() - t0)
     _write_trials(study, out)
     log.info("tune: search done after %.1f min", (used + time.time() - t0) / 60)
     return _finish(tc, out, study, folds)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def _log_trial(tc: TuneConfig, study, used_s: float) -> None:
+    """One line per trial: how it ended, the best so far, the time used."""
+    import optuna
+
+    t = study.trials[-1]
+    if t.state == optuna.trial.TrialState.COMPLETE:
+        how = f"validation loss {t.value:.4f}"
+    elif t.user_attrs.get("stopped") == "budget":
+        how = "stopped by the budget"
+    else:
+        how = f"pruned after epoch {(t.last_step or 0) + 1}" if t.last_step is not None else t.state.name.lower()
+    done = [x for x in study.trials if x.state == optuna.trial.TrialState.COMPLETE]
+    best = min(done, key=lambda x: (x.value, x.number)) if done else None
+    budget = f" of {tc.budget_s / 60:.0f}" if tc.budget_s else ""
+    log.info(
+        "tune: trial %d %s; best so far trial %s%s; %.1f%s min used",
+        t.number,
+        how,
+        best.number if best else "-",
+        f" ({best.value:.4f})" if best else "",
+        used_s / 60,
+        budget,
+    )
 
 
 def run_seconds(study, folds: int) -> float:
@@ -374,12 +406,14 @@ def run_seconds(study, folds: int) -> float:
 def final_cost(tc: TuneConfig, study, folds: int) -> float:
     """Seconds the end of the search will take: the best and the starting recipe with each final seed, less
     the runs a finished trial already trained (on the official split, with the trials' seed: only their test
-    split is left to read), plus one epoch, since a trial past the deadline stops at the end of an epoch."""
+    split is left to read), plus two epochs: a trial past the deadline stops at the end of an epoch, and the
+    end reads the test split, averages the ensemble and draws the plots."""
     run = run_seconds(study, folds)
     trial_seed = int(tc.base.get("seed", TrainConfig().seed))
     to_train = [s for s in range(tc.final_seeds) if folds or s != trial_seed]
     epochs = int(tc.base.get("epochs", TrainConfig().epochs)) or 1
-    return 2 * len(to_train) * run + run / epochs
+    # one epoch for the trial that ends past the deadline, one for reading the test split, the ensemble, plots
+    return 2 * len(to_train) * run + 2 * run / epochs
 
 
 def _in_space(spec, v) -> bool:
@@ -441,6 +475,8 @@ def _ensemble(tc: TuneConfig, out: Path, done: list, best, folds: int) -> dict |
             if len(members) == tc.ensemble:
                 break
         what = f"the best {len(members)} trials' models"
+        if len(members) < 2:
+            return None  # one model is the final run itself
     path = out / "ensemble" / "metrics.json"
     names = [str(m.relative_to(out)) for m in members]
     if path.exists():
@@ -560,7 +596,8 @@ def _final_lines(tc: TuneConfig, final: dict) -> list[str]:
     sv = [final[("start", s)]["test"][metric] for s in seeds]
     lines += [
         "",
-        f"## Test split, read once per run ({tc.final_seeds} seeds each, the official train/val split)",
+        f"## Test split, read once per run ({tc.final_seeds} seed{'s' if tc.final_seeds != 1 else ''} each, "
+        "the official train/val split)",
         "",
         f"| recipe | test {metric} per seed | mean [95% t-CI] |",
         "|---|---|---|",
@@ -616,7 +653,10 @@ def _report(
     ]
     for k, v in best.params.items():
         lines.append(f"| {k} | {v:.4g} | {tc.space[k]} |" if isinstance(v, float) else f"| {k} | {v} | {tc.space[k]} |")
+    n_done = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
     try:
+        if n_done < MIN_IMPORTANCE_TRIALS:
+            raise ValueError(f"{n_done} finished trial(s); at least {MIN_IMPORTANCE_TRIALS} are needed to say anything")
         imp = optuna.importance.get_param_importances(study)
         lines += [
             "",
@@ -626,6 +666,7 @@ def _report(
         ]
     except Exception as e:  # too few trials, or one value everywhere
         lines += ["", f"Importances not computed ({str(e).splitlines()[0][:120]})."]
+    lines += _budget_lines(tc, study, best, folds, n_done)
     if final:
         lines += _final_lines(tc, final)
     if ens:
@@ -644,6 +685,33 @@ def _report(
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _budget_lines(tc: TuneConfig, study, best, folds: int, n_done: int) -> list[str]:
+    """What the budget left out: a trial it stopped that was already better on validation, and, when few trials
+    finished, how many the budget holds at the measured cost of one."""
+    lines: list[str] = []
+    for t in study.trials:
+        vals = t.intermediate_values
+        if t.user_attrs.get("stopped") != "budget" or not vals or min(vals.values()) >= best.value:
+            continue
+        step = "fold" if folds else "epoch"
+        lines += [
+            "",
+            f"Trial {t.number} ({', '.join(f'{k}={_short(v)}' for k, v in t.params.items())}) was stopped by the "
+            f"budget after {step} {max(vals) + 1} with validation loss {min(vals.values()):.4f}, already below the "
+            "best finished trial's: a larger budget would likely have chosen it.",
+        ]
+    per = run_seconds(study, folds) * max(folds, 1)
+    if tc.budget_s and n_done < MIN_IMPORTANCE_TRIALS and per:
+        lines += [
+            "",
+            f"Only {n_done} trial(s) finished: a full trial took {per / 60:.1f} min here, so "
+            f"{tc.budget_s / 60:.0f} min hold about {tc.budget_s / per:.1f}. A search over {len(tc.space)} "
+            f"settings wants 20 or more trials (about {20 * per / 3600:.1f} h here, less where pruning cuts trials "
+            "short), or shorter trials: `--set epochs=N` or `--set fraction=0.25`.",
+        ]
+    return lines
 
 
 def load_space(path: str | Path) -> dict:

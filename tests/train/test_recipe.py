@@ -144,3 +144,18 @@ def test_old_run_configs_with_idle_settings_still_load():
 
     with pytest.raises(SmallmedError, match="rank_ratio"):
         TrainConfig(conv="dpc", rank_ratio=0.0625)
+
+
+def test_the_validation_loss_has_no_label_smoothing():
+    """A smoothed loss has a floor that grows with the smoothing: validation (best epoch, a search's objective)
+    reads the plain cross-entropy, so runs with different smoothing compare on one scale."""
+    import torch.nn.functional as F
+
+    from smallmed.train.tasks import ClassificationTask
+
+    out, y = torch.randn(32, 3), torch.randint(0, 3, (32,))
+    smooth = ClassificationTask(kind="multiclass", class_names=["a", "b", "c"], label_smoothing=0.2)
+    plain = ClassificationTask(kind="multiclass", class_names=["a", "b", "c"])
+    assert smooth.loss(out, y) > smooth.eval_loss(out, y) + 1e-3  # training still smooths
+    assert torch.allclose(smooth.eval_loss(out, y), F.cross_entropy(out, y))
+    assert torch.allclose(plain.eval_loss(out, y), plain.loss(out, y))

@@ -208,5 +208,7 @@ class _Predict:
     def loss(self, out, y):
         return torch.zeros(())
 
+    eval_loss = loss
+
     def collect(self, out):
         return self.task.collect(out)

@@ -79,6 +79,8 @@ class Scoring(Protocol):
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
 
+    def eval_loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+
     def collect(self, outputs: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -99,7 +101,7 @@ def run_loader(
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), to_device(y, device)
             out = model(x).float()
-            total += task.loss(out, y).item() * len(x)
+            total += task.eval_loss(out, y).item() * len(x)  # without training-only terms (label smoothing)
             n += len(x)
             kept.append(task.collect(out).cpu())
             ys.append(to_device(y, "cpu"))
@@ -689,7 +691,8 @@ def _finish(setup: Setup, run_dir: Path, model: nn.Module, history: list[dict], 
     write_run_report(run_dir)
     write_model_card(run_dir)
     head = test.get(task.headline, float("nan"))
-    log.info("test %s %.4f  (best epoch %d)  -> %s", task.headline, head, best_epoch + 1, run_dir)
+    read = "validation" if cfg.holdout == "val" or cfg.cv_folds else "test"  # a search's trial never reads test
+    log.info("%s %s %.4f  (best epoch %d)  -> %s", read, task.headline, head, best_epoch + 1, run_dir)
     return metrics
 
 

@@ -123,6 +123,11 @@ class Task:
                 "use --augment flip or terms such as scale=0.9-1.1,rotate=10."
             )
 
+    def eval_loss(self, outputs, targets):
+        """The loss validation reads (the best epoch, early stopping, a search's objective): the training loss
+        without its training-only regularisers."""
+        return self.loss(outputs, targets)
+
     def loss_weights(self, labels: np.ndarray):
         """``balance='weights'``: the task's per-class loss weights from the training labels."""
         raise SmallmedError(
@@ -211,6 +216,14 @@ class ClassificationTask(Task):
         w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
         # targets: class indices, or class probabilities after MixUp / CutMix
         return F.cross_entropy(outputs.float(), targets, weight=w, label_smoothing=self.label_smoothing)
+
+    def eval_loss(self, outputs, targets):
+        # label smoothing is a training regulariser: the smoothed loss has a floor that grows with the smoothing,
+        # so runs (or a search's trials) with different smoothing could not be compared on it
+        if not self.label_smoothing or self.kind == "multilabel":
+            return self.loss(outputs, targets)
+        w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
+        return F.cross_entropy(outputs.float(), targets, weight=w)
 
     def collect(self, outputs):
         o = outputs.float()
