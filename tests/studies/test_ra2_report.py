@@ -65,3 +65,24 @@ def test_cutpoints_fitted_on_validation_fix_a_biased_scorer(tmp_path):
     (run / "val_scores.npy").unlink()
     lines, _, summary = knee_section(study, tmp_path, np.ones(1000), None, (np.zeros((200, 8, 8)), vlab))
     assert "cutpoints" not in summary["sizes"][32]["r18"] and "cut-points" not in "\n".join(lines)
+
+
+def test_the_default_localiser_is_the_cheapest_unless_another_is_clearly_better_on_adult_hands():
+    from smallmed.studies.ra2 import PRESETS, _default_localiser_lines
+
+    study = PRESETS["full"]  # localiser_kinds: unet first, then keypoint-rcnn
+
+    def loc(unet_adult, rcnn_adult):
+        return {
+            "hands_test": {
+                "by_kind": {
+                    "unet": {"frac_error": 0.018, "seconds": 300.0},
+                    "keypoint-rcnn": {"frac_error": 0.014, "seconds": 4600.0},
+                }
+            },
+            "hands_ra2": {"localiser": {"frac_error": unet_adult}, "keypoint-rcnn": {"frac_error": rcnn_adult}},
+        }
+
+    assert "Default localiser: the U-Net" in _default_localiser_lines(study, loc(0.0237, 0.0236))[0]
+    assert "Default localiser: the Keypoint R-CNN" in _default_localiser_lines(study, loc(0.0237, 0.015))[0]
+    assert _default_localiser_lines(study, {"hands_test": {}, "hands_ra2": {}}) == []
