@@ -354,10 +354,12 @@ def _cutpoint_lines(size: int, table: dict, val: tuple[np.ndarray, np.ndarray] |
     vimg, vlab = val
     k = GRADES[1] - GRADES[0] + 1
     lines: list[str] = []
+    skipped: list[str] = []  # a run whose checkpoint is gone (kept: its predictions; lost: best.pt) has no val scores
     for r, runs in table.items():
         got = [val_scores(x["run"], vimg) for x in runs]
         vs = [v for v in got if v is not None]
         if len(vs) < len(got):
+            skipped.append(r)
             continue
         per_seed, cuts_all = [], []
         for x, v in zip(runs, vs):
@@ -391,6 +393,15 @@ def _cutpoint_lines(size: int, table: dict, val: tuple[np.ndarray, np.ndarray] |
         "cut-points - rounding: ΔMAE, ΔQWK (test knees) |",
         "|---|---|---|---|---|---|---|---|",
         *lines,
+        *(
+            [
+                "",
+                f"Not in this table: {', '.join(skipped)} (a run's checkpoint was not kept, so its validation "
+                "scores cannot be computed; its test predictions are in the table above).",
+            ]
+            if skipped
+            else []
+        ),
     ]
 
 
