@@ -188,3 +188,19 @@ def test_each_trial_says_how_it_ended_and_no_trial_says_test(tmp_path, caplog):
     assert any(m.startswith("tune: trial 1: lr=") for m in search)
     assert any(m.startswith("tune: trial 1 validation loss") and "best so far trial" in m for m in search)
     assert not any(m.startswith("test ") for m in search) and any(m.startswith("validation auc") for m in search)
+
+
+def test_the_reserve_counts_the_starting_recipe_when_no_trial_ran_it(monkeypatch):
+    from types import SimpleNamespace
+
+    import smallmed.tune as tune_mod
+
+    monkeypatch.setattr(tune_mod, "run_seconds", lambda study, folds: 600.0)
+    tc = SimpleNamespace(base={"seed": 0, "epochs": 10}, final_seeds=1)
+    trial0 = SimpleNamespace(user_attrs={"start": True})
+    # the best and the start were both trials at seed 0: only two epochs are kept back
+    assert tune_mod.final_cost(tc, SimpleNamespace(trials=[trial0]), 0) == 120.0
+    # trial 0 could not run the start (a value outside the space): its final run trains
+    assert tune_mod.final_cost(tc, SimpleNamespace(trials=[SimpleNamespace(user_attrs={})]), 0) == 720.0
+    # cross-validated trials trained no final run
+    assert tune_mod.final_cost(tc, SimpleNamespace(trials=[trial0]), 5) == 1320.0

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 
 SMALL_VAL = 200  # validation images below which a trial is scored by k-fold cross-validation
 MIN_IMPORTANCE_TRIALS = 5  # parameter importances from fewer finished trials would be noise
+# what trials are compared on: the best validation loss without training-only label smoothing (class weights from
+# balance='weights' stay in it: balance is not in the default space; a space that searches it compares weighted losses)
+VAL_LOSS = "cross-entropy without label smoothing"
 STUDY = "smallmed-tune"
 
 # the default space: the strong recipe's knobs; a YAML file (--space) replaces it. A list is a choice,
@@ -238,6 +241,7 @@ def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = N
         log.info("tune: trial %d: %s", trial.number, ", ".join(f"{k}={_short(v)}" for k, v in params.items()))
         root = _recipe_dir(out, params)
         trial.set_user_attr("run", str(root.relative_to(out)))
+        trial.set_user_attr("folds", folds)
         cells = range(folds) if folds else [None]
         losses = []
         for i, k in enumerate(cells):
@@ -255,14 +259,14 @@ def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = N
                     cb.on_epoch_end(j, {"val_loss": float(row["val_loss"])})
             m = run_cell(cfg.to_dict(), callbacks=[cb] if cb else [])
             losses.append(float(m["val"]["val_loss"]))
-            if folds and i < len(cells) - 1:
-                over_budget(trial)
-            if folds:  # pruned on the running mean over folds
+            if folds:  # pruned on the running mean over folds; reported before a budget stop, so the report sees it
                 trial.report(sum(losses) / len(losses), i)
                 if trial.should_prune():
                     import optuna
 
                     raise optuna.TrialPruned()
+                if i < len(cells) - 1:
+                    over_budget(trial)
         return sum(losses) / len(losses)
 
     return objective
@@ -297,6 +301,8 @@ def _settings_check(tc: TuneConfig, out: Path) -> None:
         "seed": tc.seed,
         "cv": tc.cv,
         "pruner": tc.pruner,
+        # trials are compared on this loss; a search begun when it was defined otherwise is refused, not mixed in
+        "objective": VAL_LOSS,
         **({"backend": tc.backend} if tc.backend != "process" else {}),
     }
     path = out / "tune.json"
@@ -375,7 +381,8 @@ def _log_trial(tc: TuneConfig, study, used_s: float) -> None:
     elif t.user_attrs.get("stopped") == "budget":
         how = "stopped by the budget"
     else:
-        how = f"pruned after epoch {(t.last_step or 0) + 1}" if t.last_step is not None else t.state.name.lower()
+        step = "fold" if t.user_attrs.get("folds") else "epoch"
+        how = f"pruned after {step} {(t.last_step or 0) + 1}" if t.last_step is not None else t.state.name.lower()
     done = [x for x in study.trials if x.state == optuna.trial.TrialState.COMPLETE]
     best = min(done, key=lambda x: (x.value, x.number)) if done else None
     budget = f" of {tc.budget_s / 60:.0f}" if tc.budget_s else ""
@@ -410,10 +417,13 @@ def final_cost(tc: TuneConfig, study, folds: int) -> float:
     end reads the test split, averages the ensemble and draws the plots."""
     run = run_seconds(study, folds)
     trial_seed = int(tc.base.get("seed", TrainConfig().seed))
-    to_train = [s for s in range(tc.final_seeds) if folds or s != trial_seed]
+    start_is_a_trial = any(t.user_attrs.get("start") for t in study.trials)  # trial 0 ran the starting recipe
+    n = 0
+    for recipe_is_a_trial in (True, start_is_a_trial):  # the best recipe is always a finished trial
+        n += sum(1 for s in range(tc.final_seeds) if folds or not recipe_is_a_trial or s != trial_seed)
     epochs = int(tc.base.get("epochs", TrainConfig().epochs)) or 1
     # one epoch for the trial that ends past the deadline, one for reading the test split, the ensemble, plots
-    return 2 * len(to_train) * run + 2 * run / epochs
+    return n * run + 2 * run / epochs
 
 
 def _in_space(spec, v) -> bool:

@@ -386,11 +386,13 @@ def _cutpoint_lines(size: int, table: dict, val: tuple[np.ndarray, np.ndarray] |
     return [
         "",
         f"Grades from cut-points fitted on the {len(vlab)} validation knees at {size} px (the 4 cut-points between "
-        "grades that maximise each run's validation QWK, instead of rounding at 0.5, 1.5, ...; the test split "
+        "grades that maximise each run's validation QWK, applied to its score, the expected grade for the "
+        "classification and ordinal heads; compared with each recipe's own grades: rounding for regression, argmax "
+        "or the CORN count for the heads; the validation knees also chose the best epoch; the test split "
         "reads the fitted grades once):",
         "",
         "| recipe | seeds | cut-points (per seed) | accuracy | MAE (grade) | QWK | balanced acc. | "
-        "cut-points - rounding: ΔMAE, ΔQWK (test knees) |",
+        "cut-points - own grades: ΔMAE, ΔQWK (test knees) |",
         "|---|---|---|---|---|---|---|---|",
         *lines,
         *(
