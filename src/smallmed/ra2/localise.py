@@ -187,7 +187,7 @@ def fit_landmark_localiser(
         select_epoch="val_loss" if val else "last",
         out=str(out),
     )
-    from ..studies.settings import check_cell
+    from ..train.cell import check_cell
 
     check_cell(cfg.to_dict())  # a folder trained with other settings is refused, never silently reused
     return run_cell(cfg.to_dict())

@@ -17,28 +17,20 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-import yaml
-
 from ..errors import SettingsChangedError, SmallmedError
+from ..train.cell import NEUTRAL_KEYS, _diff, check_cell  # noqa: F401  (check_cell: its home for studies)
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 # fields that choose which cells exist, not how a cell is trained
 GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits"}
-# TrainConfig fields that do not change a cell's result
-NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "extra", "figures", "log", "mlflow_uri"}
 
 
 def _plain(obj) -> dict:
     # a settings object is a dataclass instance or a dict; is_dataclass also accepts the class itself, never passed here
     data = dataclasses.asdict(cast("DataclassInstance", obj)) if dataclasses.is_dataclass(obj) else obj
     return json.loads(json.dumps(data, default=str))
-
-
-def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
-    keys = sorted((set(saved) | set(now)) - ignore)
-    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
 def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
@@ -67,28 +59,3 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
             )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_path, json.dumps(now, indent=2) + "\n")
-
-
-def check_cell(cfg_dict: dict) -> None:
-    """Refuse to reuse a cell folder whose ``config.yaml`` differs in anything that changes its result."""
-    path = Path(cfg_dict["out"]) / "config.yaml"
-    if not path.exists():
-        return
-    from ..config import TrainConfig
-
-    saved = yaml.safe_load(path.read_text()) or {}
-    # a field added to smallmed after the cell ran had its default then
-    defaults = TrainConfig().to_dict()
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    now = json.loads(json.dumps(cfg_dict, default=str))
-    saved = json.loads(json.dumps(saved, default=str))
-    from ..config import applies
-
-    # a setting with no effect in this cell (rank_ratio of a plain conv) cannot make two cells differ
-    idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
-    diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
-    if diffs:
-        raise SmallmedError(
-            f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
-            f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out."
-        )

@@ -12,6 +12,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import yaml
+
 from ..config import TrainConfig
 from ..errors import SmallmedError
 from .loop import fit, resume
@@ -56,3 +58,35 @@ def cell_log(out: Path):
         lg.removeHandler(handler)
         handler.close()
         lg.setLevel(old)
+
+
+# TrainConfig fields that do not change a cell's result
+NEUTRAL_KEYS = {"out", "progress", "num_workers", "device", "eval_batch_size", "extra", "figures", "log", "mlflow_uri"}
+
+
+def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
+    keys = sorted((set(saved) | set(now)) - ignore)
+    return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
+
+
+def check_cell(cfg_dict: dict) -> None:
+    """Refuse to reuse a cell folder whose ``config.yaml`` differs in anything that changes its result."""
+    path = Path(cfg_dict["out"]) / "config.yaml"
+    if not path.exists():
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    # a field added to smallmed after the cell ran had its default then
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    now = json.loads(json.dumps(cfg_dict, default=str))
+    saved = json.loads(json.dumps(saved, default=str))
+    from ..config import applies
+
+    # a setting with no effect in this cell (rank_ratio of a plain conv) cannot make two cells differ
+    idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
+    diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
+    if diffs:
+        raise SmallmedError(
+            f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); pass --fresh to start the study over or choose another --out."
+        )
