@@ -527,16 +527,17 @@ def _plots(study, out: Path) -> None:
             log.info("tune: %s not drawn (%s)", name, str(e).splitlines()[0][:120] if str(e) else type(e).__name__)
 
 
-def _final_runs(tc: TuneConfig, out: Path, tuned: dict, study=None) -> dict:
+def _final_runs(tc: TuneConfig, out: Path, tuned: dict, study) -> dict:
     """The best recipe and the starting one, same seeds, official train/val split; the test split read once each.
     A run that a finished trial already trained (the same settings and seed on the official split) starts from
     that trial's folder, so only its test split is read; when the search chose the starting recipe, its runs
     serve both rows."""
     from .studies.runner import run_grid
+    from .train.cell import config_diffs
 
     cells: list[TrainConfig] = []
     keys: list[tuple[str, int]] = []
-    same = _comparable(TrainConfig.from_dict(tuned).to_dict()) == _comparable(TrainConfig.from_dict(tc.base).to_dict())
+    same = not config_diffs(TrainConfig.from_dict(tc.base).to_dict(), TrainConfig.from_dict(tuned).to_dict())
     for name, recipe in (("tuned", tuned), ("start", tc.base)):
         for s in range(tc.final_seeds):
             if name == "start" and same:
@@ -544,22 +545,13 @@ def _final_runs(tc: TuneConfig, out: Path, tuned: dict, study=None) -> dict:
             cell = TrainConfig.from_dict(
                 {**recipe, "seed": s, "out": str(out / "final" / name / f"s{s}"), "progress": False}
             )
-            if study is not None:
-                _start_from_trial(out, study, cell)
+            _start_from_trial(out, study, cell)
             cells.append(cell)
             keys.append((name, s))
     results = {k: m for k, m in zip(keys, run_grid(cells) if cells else [])}
     if same:
         results.update({("start", s): results[("tuned", s)] for s in range(tc.final_seeds)})
     return results
-
-
-def _comparable(cfg: dict) -> dict:
-    """A run's settings that change its result (``holdout`` only chooses which split the end reads)."""
-    from .studies.settings import NEUTRAL_KEYS
-
-    plain = json.loads(json.dumps(cfg, default=str))
-    return {k: v for k, v in plain.items() if k not in NEUTRAL_KEYS | {"holdout"}}
 
 
 def _start_from_trial(out: Path, study, cell: TrainConfig) -> None:
@@ -569,15 +561,18 @@ def _start_from_trial(out: Path, study, cell: TrainConfig) -> None:
 
     import optuna
 
+    from .train.cell import config_diffs
+
     dest = Path(cell.out or "")
     if dest.exists():
         return  # finished, or seeded before a kill: resumes as it is
-    want = _comparable(cell.to_dict())
+    want = cell.to_dict()
     for t in study.trials:
         run = out / str(t.user_attrs.get("run", ""))
         if t.state != optuna.trial.TrialState.COMPLETE or not (run / "metrics.json").exists():
             continue
-        if _comparable(load_yaml(run / "config.yaml")) != want:
+        # holdout only chooses which split the end reads: the trial read validation, the final run reads test
+        if config_diffs(load_yaml(run / "config.yaml"), want, ignore={"holdout"}):
             continue
         tmp = dest.parent / f".{dest.name}.partial"
         if tmp.exists():

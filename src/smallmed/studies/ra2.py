@@ -909,33 +909,45 @@ def _ci_text(d: dict) -> str:
     return f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
-def default_localiser_kind(study: RA2Study, loc: dict) -> str:
-    """The default localiser (the end-to-end runs use it): the cheapest to train unless another is at least 10 %
-    lower in error on the adult RA2 hands (the hands the pipeline is for); the first kind when there is one."""
+LOCALISER_NAMES = {"unet": "U-Net", "keypoint-rcnn": "Keypoint R-CNN", "mean_shape": "mean shape"}
+
+
+def _localiser_errors(study: RA2Study, loc: dict) -> tuple[dict, dict] | None:
+    """({kind: pediatric test metrics with training seconds}, {kind: adult RA2 hand metrics}) when more than one
+    localiser kind was measured on both; None otherwise."""
     kinds = loc["hands_test"].get("by_kind", {})
     adult = {k: loc["hands_ra2"].get("localiser" if k == study.localiser_kinds[0] else k) for k in kinds}
     if len(kinds) < 2 or any(v is None for v in adult.values()):
+        return None
+    return kinds, adult
+
+
+def default_localiser_kind(study: RA2Study, loc: dict) -> str:
+    """The default localiser (the end-to-end runs use it): the cheapest to train unless another is at least 10 %
+    lower in error on the adult RA2 hands (the hands the pipeline is for); the first kind when there is one."""
+    both = _localiser_errors(study, loc)
+    if both is None:
         return study.localiser_kinds[0]
+    kinds, adult = both
     cheap = min(kinds, key=lambda k: kinds[k]["seconds"])
     pick = min(adult, key=lambda k: adult[k]["frac_error"])
     return pick if adult[pick]["frac_error"] <= 0.9 * adult[cheap]["frac_error"] else cheap
 
 
 def _default_localiser_lines(study: RA2Study, loc: dict) -> list[str]:
-    kinds = loc["hands_test"].get("by_kind", {})
-    adult = {k: loc["hands_ra2"].get("localiser" if k == study.localiser_kinds[0] else k) for k in kinds}
-    if len(kinds) < 2 or any(v is None for v in adult.values()):
+    both = _localiser_errors(study, loc)
+    if both is None:
         return []
-    name = {"unet": "U-Net", "keypoint-rcnn": "Keypoint R-CNN"}
+    kinds, adult = both
     pick = default_localiser_kind(study, loc)
     desc = "; ".join(
-        f"{name.get(k, k)} {adult[k]['frac_error'] * 100:.2f} % on the adult hands, {kinds[k]['frac_error'] * 100:.2f} % "
-        f"on the pediatric test hands, {kinds[k]['seconds'] / 60:.0f} min of training"
+        f"{LOCALISER_NAMES.get(k, k)} {adult[k]['frac_error'] * 100:.2f} % on the adult hands, "
+        f"{kinds[k]['frac_error'] * 100:.2f} % on the pediatric test hands, {kinds[k]['seconds'] / 60:.0f} min of training"
         for k in kinds
     )
     return [
-        f"- Default localiser: the {name.get(pick, pick)} ({desc}). The rule: the cheapest to train unless another "
-        "is at least 10 % lower in error on the adult RA2 hands."
+        f"- Default localiser: the {LOCALISER_NAMES.get(pick, pick)} ({desc}). The rule: the cheapest to train unless "
+        "another is at least 10 % lower in error on the adult RA2 hands."
     ]
 
 
@@ -953,9 +965,7 @@ def _localisation_lines(study: RA2Study, loc: dict) -> list[str]:
     ]
     ht = loc["hands_test"]
     ci = ht["ci95"]["px_error"]
-    name = {"unet": "U-Net", "keypoint-rcnn": "Keypoint R-CNN", "localiser": "U-Net", "mean_shape": "mean shape"}
-    if study.localiser_kinds[0] != "unet":
-        name["localiser"] = name[study.localiser_kinds[0]]
+    name = {**LOCALISER_NAMES, "localiser": LOCALISER_NAMES[study.localiser_kinds[0]]}
     lines.append(
         f"| hand set test split (34 pediatric hands, {ht['image_px']} px) | {name['localiser']} | "
         f"{ht['localiser']['px_error']:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] | {ht['localiser']['frac_error']:.4f} | "

@@ -69,22 +69,27 @@ def _diff(saved: dict, now: dict, ignore: set) -> list[str]:
     return [f"{k}: saved {saved.get(k)!r}, now {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)]
 
 
+def config_diffs(saved: dict, now: dict, ignore: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """``key: saved ..., now ...`` for each setting that changes a run's result and differs between a saved
+    config and this one (neutral keys, ``ignore`` and settings idle in ``now`` left out)."""
+    from ..config import applies
+
+    # a field added to smallmed after the run had its default then
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    now = json.loads(json.dumps(now, default=str))
+    saved = json.loads(json.dumps(saved, default=str))
+    # a setting with no effect in this run (rank_ratio of a plain conv) cannot make two runs differ
+    idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
+    return _diff(saved, now, NEUTRAL_KEYS | idle | set(ignore))
+
+
 def check_cell(cfg_dict: dict) -> None:
     """Refuse to reuse a cell folder whose ``config.yaml`` differs in anything that changes its result."""
     path = Path(cfg_dict["out"]) / "config.yaml"
     if not path.exists():
         return
-    saved = yaml.safe_load(path.read_text()) or {}
-    # a field added to smallmed after the cell ran had its default then
-    defaults = TrainConfig().to_dict()
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    now = json.loads(json.dumps(cfg_dict, default=str))
-    saved = json.loads(json.dumps(saved, default=str))
-    from ..config import applies
-
-    # a setting with no effect in this cell (rank_ratio of a plain conv) cannot make two cells differ
-    idle = {k for k, (other, values) in applies().items() if now.get(other) not in values}
-    diffs = _diff(saved, now, NEUTRAL_KEYS | idle)
+    diffs = config_diffs(yaml.safe_load(path.read_text()) or {}, cfg_dict)
     if diffs:
         raise SmallmedError(
             f"{path.parent}: this cell was trained with other settings ({'; '.join(diffs[:4])}"

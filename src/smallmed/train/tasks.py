@@ -211,19 +211,19 @@ class ClassificationTask(Task):
         return len(self.class_names)
 
     def loss(self, outputs, targets):
-        if self.kind == "multilabel":
-            return F.binary_cross_entropy_with_logits(outputs.float(), targets)
-        w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
-        # targets: class indices, or class probabilities after MixUp / CutMix
-        return F.cross_entropy(outputs.float(), targets, weight=w, label_smoothing=self.label_smoothing)
+        return self._cross_entropy(outputs, targets, self.label_smoothing)
 
     def eval_loss(self, outputs, targets):
         # label smoothing is a training regulariser: the smoothed loss has a floor that grows with the smoothing,
         # so runs (or a search's trials) with different smoothing could not be compared on it
-        if not self.label_smoothing or self.kind == "multilabel":
-            return self.loss(outputs, targets)
+        return self._cross_entropy(outputs, targets, 0.0)
+
+    def _cross_entropy(self, outputs, targets, smoothing: float):
+        if self.kind == "multilabel":
+            return F.binary_cross_entropy_with_logits(outputs.float(), targets)
         w = None if self.weights is None else torch.tensor(self.weights, dtype=torch.float32, device=outputs.device)
-        return F.cross_entropy(outputs.float(), targets, weight=w)
+        # targets: class indices, or class probabilities after MixUp / CutMix
+        return F.cross_entropy(outputs.float(), targets, weight=w, label_smoothing=smoothing)
 
     def collect(self, outputs):
         o = outputs.float()
