@@ -70,6 +70,10 @@ class RA2Study(Checked):
         "base", choices=("best", *RECIPES), help="recipe of the CV fold ensemble; best: lowest validation MAE"
     )
     ensemble_seeds: int = setting(0, ge=0, le=1000, help="0: every seed")
+    ensemble_size: int = setting(0, ge=0, le=1024, help="knee size of the fold ensemble (0: the largest)")
+    spread_sizes: tuple[int, ...] = setting(
+        (), ge=8, le=1024, help="sizes at which the main recipes' other seeds run (empty: every size)"
+    )
     tta: bool = setting(False, help="also score the ensemble with horizontal-flip test-time augmentation")
     boneage_size: int = setting(0, ge=0, le=1024, help="bone age in months (RSNA hands) at this size; 0: not run")
     boneage_epochs: int = setting(12, ge=1, le=10**4)
@@ -107,6 +111,10 @@ PRESETS = {
         one_seed=("r18-hands-ordinal", "r18-hands-cls", "r18-hands-lora", "r18-hands-svd", "base", "v1"),
         ensemble="best",
         ensemble_seeds=1,
+        # measured: a 96 px ResNet-18 run takes about 65 minutes (16 epochs of ~230 s), a 64 px one about 10;
+        # the other seeds and the 5-fold ensemble at 96 px (about 9 CPU-hours more) were cut to fit
+        ensemble_size=64,
+        spread_sizes=(64,),
         tta=True,
         boneage_size=100,
         boneage_epochs=12,
@@ -476,27 +484,37 @@ def knee_stages(study: RA2Study, out: Path, source: str | None) -> list[list[Tra
     top = max(study.knee_sizes)
     s2 = [knee_cell(study, out, r, top, first, source) for r in rest if top in _sizes(study, r)]
     s2b = [knee_cell(study, out, r, z, first, source) for r in rest for z in _sizes(study, r) if z != top]
-    s3 = [knee_cell(study, out, r, z, s, source) for s in study.seeds[1:] for r in main for z in _sizes(study, r)]
+    s3 = [
+        knee_cell(study, out, r, z, s, source)
+        for s in study.seeds[1:]
+        for r in main
+        for z in _sizes(study, r)
+        if not study.spread_sizes or z in study.spread_sizes
+    ]
     return [s1, s2, s2b, s3]
+
+
+def ensemble_size(study: RA2Study) -> int:
+    return study.ensemble_size or max(study.knee_sizes)
 
 
 def ensemble_recipe(study: RA2Study, out: Path) -> str:
     """The ensemble's recipe; ``best`` is the lowest mean validation MAE among the recipes finished at the
-    largest size (never a test number), chosen once and recorded in ``ensemble_choice.json``."""
+    ensemble's size (never a test number), chosen once and recorded in ``ensemble_choice.json``."""
     if study.ensemble != "best":
         return study.ensemble
     path = out / "ensemble_choice.json"
     if path.exists():
         return json.loads(path.read_text())["recipe"]
-    size = max(study.knee_sizes)
+    size = ensemble_size(study)
     scores = {}
     for r in study.variants:
-        runs = [out / "runs" / f"knee{size}" / r / f"s{s}" for s in _seeds(study, r)]
+        runs = [out / "runs" / f"knee{size}" / r / f"s{s}" for s in _seeds(study, r, size)]
         done = [x for x in runs if (x / "metrics.json").exists()]
         if done:
             scores[r] = float(np.mean([val_mae(x) for x in done]))
     if not scores:
-        raise SmallmedError("no finished recipe at the largest size to choose the ensemble's recipe from.")
+        raise SmallmedError(f"no finished recipe at {size} px to choose the ensemble's recipe from.")
     best = min(scores, key=scores.__getitem__)
     atomic_write_text(path, json.dumps({"recipe": best, "size": size, "val_mae": scores}, indent=2) + "\n")
     return best
@@ -505,7 +523,7 @@ def ensemble_recipe(study: RA2Study, out: Path) -> str:
 def ensemble_cells(study: RA2Study, out: Path, source: str | None) -> list[TrainConfig]:
     recipe = ensemble_recipe(study, out)
     _, folds = _knee_subset(study, out)
-    size = max(_sizes(study, recipe))
+    size = ensemble_size(study)
     seeds = study.seeds[: study.ensemble_seeds] if study.ensemble_seeds else study.seeds
     cells = []
     for s in seeds:
@@ -647,6 +665,15 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
         raise SmallmedError("the RA2 study needs at least one seed and 2 folds.")
     if not study.knee_sizes or min(study.knee_sizes) < 8:
         raise SmallmedError(f"knee_sizes={list(study.knee_sizes)}: expected one or more sizes of at least 8 px.")
+    odd = [
+        z
+        for z in (*study.spread_sizes, *([study.ensemble_size] if study.ensemble_size else []))
+        if z not in study.knee_sizes
+    ]
+    if odd:
+        raise SmallmedError(
+            f"spread_sizes / ensemble_size {odd}: expected sizes from knee_sizes={list(study.knee_sizes)}."
+        )
     for name in (study.hands, study.knee, study.examples):
         _path(study, name)  # every input is found before anything runs
     from .settings import check_settings
@@ -666,38 +693,71 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
             hand_source(study)
         return run_grid(cells)
 
+    # localisation results recorded by an earlier invocation are reused: they need no model weights, which a
+    # study folder copied elsewhere (or checked in without its weights) no longer has
+    recorded = _recorded(out)
+    state["adult"] = recorded.get("adult") if study.adult_epochs else None
     if any((cell_dir(c) / "metrics.json").exists() for st in stages for c in st):
+        state["loc"] = _recorded_localisation(recorded, ("unet",))
         report()  # what earlier invocations finished, before anything new runs
     grid(stages[0])
     grid(boneage_cells(study, out, study.boneage_seeds[:1]))  # no source needed: runs while it is still cold
     report()
     # the U-Net first (minutes); the Keypoint R-CNN (about an hour on 2 cores) after the largest knee size's recipes
     quick = ("unet",) if "unet" in study.localiser_kinds else study.localiser_kinds
-    state["loc"] = localisation(study, out, quick)
-    if study.adult_epochs:
+    state["loc"] = _recorded_localisation(recorded, quick) or localisation(study, out, quick)
+    if study.adult_epochs and not state["adult"]:
         state["adult"] = adult_localisation(study, out, state["loc"]["localiser_runs"]["unet"])
     report()
     grid(stages[1])
     report()
     if quick != study.localiser_kinds:
-        state["loc"] = localisation(study, out, study.localiser_kinds)
+        state["loc"] = _recorded_localisation(recorded, study.localiser_kinds) or localisation(
+            study, out, study.localiser_kinds
+        )
         report()
     # the one-seed recipes at the smaller sizes (the seed's DenseNet at 64 px, about 10 minutes per epoch: the
-    # scorer's default is chosen between it and the ResNet-18), then the spread: bone age's and the main
-    # recipes' other seeds
+    # scorer's default is chosen between it and the ResNet-18), then the spread (the main recipes' other seeds),
+    # the fold ensemble, bone age's other seeds
     grid(stages[2])
-    report()
-    grid(boneage_cells(study, out, study.boneage_seeds[1:]))
     report()
     grid(stages[3])
     report()
     grid(ensemble_cells(study, out, source))
     report()
+    grid(boneage_cells(study, out, study.boneage_seeds[1:]))
+    report()
     loc = state["loc"]
-    state["e2e"] = end_to_end(
-        study, out, loc["localiser_runs"].get(default_localiser_kind(study, loc), loc["localiser_run"])
-    )
+    kind = default_localiser_kind(study, loc)
+    state["e2e"] = end_to_end(study, out, _with_weights(study, out, kind, loc["localiser_runs"][kind]))
     return report()
+
+
+def _recorded(out: Path) -> dict:
+    """``results.json`` of an earlier invocation (empty when there is none or it is unreadable)."""
+    try:
+        return json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _recorded_localisation(recorded: dict, kinds: tuple[str, ...]) -> dict | None:
+    """The recorded localisation results when they cover ``kinds`` (they were measured with this study's
+    settings: ``check_settings`` refused any other)."""
+    loc = recorded.get("localisation")
+    if loc and set(kinds) <= set(loc.get("localiser_runs", {})):
+        return loc
+    return None
+
+
+def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> str:
+    """The localiser run folder, its U-Net trained again (same recipe and seed) when only its results are left."""
+    if kind != "unet" or (Path(run) / "best.pt").exists():
+        return run
+    log.warning("the U-Net localiser in %s has no weights (only its results were kept): training it again", run)
+    (Path(run) / "metrics.json").replace(Path(run) / "metrics.stale.json")
+    _train_localisers(study, out, out / "data" / "hand10.npz", ("unet",))
+    return run
 
 
 def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
@@ -724,7 +784,7 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
         "recipe": recipe,
         "folds": study.folds,
         "seeds": list(seeds),
-        "size": max(_sizes(study, recipe)),
+        "size": ensemble_size(study),
         "seconds": sum(json.loads((r / "metrics.json").read_text())["wall_seconds"] for r in runs),
         "plain": {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)},
     }

@@ -64,8 +64,12 @@ def _sizes(study, recipe: str) -> tuple[int, ...]:
     return (min(study.knee_sizes),) if _is_densenet(recipe) and study.densenet_epochs else tuple(study.knee_sizes)
 
 
-def _seeds(study, recipe: str) -> tuple[int, ...]:
-    return tuple(study.seeds[:1]) if recipe in study.one_seed else tuple(study.seeds)
+def _seeds(study, recipe: str, size: int | None = None) -> tuple[int, ...]:
+    """The seeds a recipe runs with (at ``size``: the other seeds only at the study's spread sizes)."""
+    spread = getattr(study, "spread_sizes", ())
+    if recipe in study.one_seed or (size is not None and spread and size not in spread):
+        return tuple(study.seeds[:1])
+    return tuple(study.seeds)
 
 
 def check_recipes(names) -> None:
@@ -261,7 +265,7 @@ def _finished_runs(study, out: Path, size: int, missing: list[str]) -> dict[str,
     for r in study.variants:
         if size not in _sizes(study, r):
             continue
-        for s in _seeds(study, r):
+        for s in _seeds(study, r, size):
             run = out / "runs" / f"knee{size}" / r / f"s{s}"
             if not (run / "metrics.json").exists():
                 missing.append(f"{r} at {size} px seed {s}")
