@@ -86,3 +86,54 @@ def test_the_default_localiser_is_the_cheapest_unless_another_is_clearly_better_
     assert "Default localiser: the U-Net" in _default_localiser_lines(study, loc(0.0237, 0.0236))[0]
     assert "Default localiser: the Keypoint R-CNN" in _default_localiser_lines(study, loc(0.0237, 0.015))[0]
     assert _default_localiser_lines(study, {"hands_test": {}, "hands_ra2": {}}) == []
+
+
+def test_other_seeds_and_the_ensemble_run_only_at_the_sizes_asked(tmp_path):
+    """``spread_sizes`` keeps the main recipes' other seeds to those sizes (the rest is not listed as missing),
+    ``ensemble_size`` puts the fold ensemble and its recipe choice there; a study folder run without these
+    settings accepts them (they only choose cells), and sizes outside ``knee_sizes`` are refused."""
+    import pytest
+
+    from smallmed.errors import SmallmedError
+    from smallmed.studies.ra2 import ensemble_recipe, ensemble_size, knee_stages, run_ra2_study
+    from smallmed.studies.settings import check_settings
+
+    base = dataclasses.replace(
+        configure("ra2", "quick"),
+        knee_sizes=(48, 32),
+        variants=("r18", "base"),
+        seeds=(0, 1, 2),
+        one_seed=(),
+        ensemble="best",
+    )
+    study = dataclasses.replace(base, spread_sizes=(32,), ensemble_size=32)
+    (tmp_path / "data").mkdir()
+    for name in ["knee_subset", *(f"knee_fold{k}" for k in range(study.folds))]:
+        np.savez(tmp_path / "data" / f"{name}.npz", train_labels=np.zeros(4))
+    stages = knee_stages(study, tmp_path, None)
+    assert {(c.image_size, c.seed) for c in stages[0]} == {(48, 0), (32, 0)}
+    assert {(c.image_size, c.seed) for c in stages[3]} == {(32, 1), (32, 2)}
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 5, 50).astype(float)
+    for r, v in (("r18", 0.9), ("base", 0.6)):  # r18 better at 48 px, base at 32 px: the choice is at 32
+        _run(tmp_path / "runs" / "knee48" / r / "s0", label, label, val_mae=1.5 - v)
+        for s in (0, 1, 2):
+            _run(tmp_path / "runs" / "knee32" / r / f"s{s}", label, label, val_mae=v)
+    assert ensemble_size(study) == 32 and ensemble_recipe(study, tmp_path) == "base"
+    _, _, summary = knee_section(study, tmp_path, np.ones(100), None)
+    assert summary["missing"] == []  # no seed 1 or 2 at 48 px is owed
+    out = tmp_path / "s"
+    check_settings(out, base)
+    check_settings(out, study)  # a grid field: finished cells stay valid
+    with pytest.raises(SmallmedError, match=r"spread_sizes / ensemble_size \[64\]"):
+        run_ra2_study(dataclasses.replace(study, spread_sizes=(64,)), tmp_path / "t")
+
+
+def test_a_resumed_study_reuses_recorded_localisation_without_weights():
+    from smallmed.studies.ra2 import _recorded_localisation
+
+    rec = {"localisation": {"localiser_runs": {"unet": "a", "keypoint-rcnn": "b"}, "hands_test": {}}}
+    assert _recorded_localisation(rec, ("unet",)) is rec["localisation"]
+    assert _recorded_localisation(rec, ("unet", "keypoint-rcnn")) is rec["localisation"]
+    assert _recorded_localisation({"localisation": {"localiser_runs": {"unet": "a"}}}, ("keypoint-rcnn",)) is None
+    assert _recorded_localisation({}, ("unet",)) is None

@@ -245,3 +245,31 @@ def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path, uni
     got = [{k: v.replace(str(out), "OUT") for k, v in r.items()} for r in _results(out / "results.csv")]
     want = [{k: v.replace(str(ref), "OUT") for k, v in r.items()} for r in _results(ref / "results.csv")]
     assert got == want, hold
+
+
+@pytest.mark.parametrize("how", ["oserror", "torch"])
+def test_a_full_disk_gives_one_sentence_and_keeps_the_old_file(tmp_path, how):
+    """ENOSPC while writing (directly, or as torch.save reports it: a RuntimeError raised while handling
+    the OSError) names the file; the previous version stays whole and no temporary file is left."""
+    import errno
+
+    from smallmed.errors import SmallmedError
+    from smallmed.io import atomic_save, atomic_write_file
+
+    target = tmp_path / "best.pt"
+    atomic_save({"epoch": 1}, target)
+    before = target.read_bytes()
+
+    def full(f):
+        f.write(b"partial")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            if how == "torch":
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+            raise
+
+    with pytest.raises(SmallmedError, match=r"best\.pt: could not be written \(No space left on device\)"):
+        atomic_write_file(target, full)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
