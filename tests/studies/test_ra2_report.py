@@ -137,3 +137,24 @@ def test_a_resumed_study_reuses_recorded_localisation_without_weights():
     assert _recorded_localisation(rec, ("unet", "keypoint-rcnn")) is rec["localisation"]
     assert _recorded_localisation({"localisation": {"localiser_runs": {"unet": "a"}}}, ("keypoint-rcnn",)) is None
     assert _recorded_localisation({}, ("unet",)) is None
+
+
+def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, monkeypatch):
+    """Only results left (a study folder checked in without weights): the U-Net is trained again with its
+    recipe, its old metrics kept aside; a run with weights, or a Keypoint R-CNN, is used as it is."""
+    from smallmed.studies import ra2
+
+    calls = []
+    monkeypatch.setattr(ra2, "_hand10", lambda study, out: out / "data" / "hand10.npz")
+    monkeypatch.setattr(ra2, "_train_localisers", lambda study, out, data, kinds: calls.append((data.name, kinds)))
+    run = tmp_path / "runs" / "localiser-hands"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text("{}")
+    study = configure("ra2", "quick")
+    assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == str(run) and calls == []
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == str(run)
+    assert calls == [("hand10.npz", ("unet",))] and (run / "metrics.stale.json").exists()
+    assert not (run / "metrics.json").exists()
+    (run / "best.pt").write_bytes(b"")
+    ra2._with_weights(study, tmp_path, "unet", str(run))
+    assert len(calls) == 1

@@ -208,17 +208,25 @@ def _ra2_example_errors(study: RA2Study, runs: dict, first: str, shape: dict) ->
     return rows, frows
 
 
+def _hand10(study: RA2Study, out: Path) -> Path:
+    """The 10 RA2 hand joints of the pediatric keypoint set (written once into the study folder)."""
+    from ..ra2.localise import hand_keypoints_npz
+
+    data = out / "data" / "hand10.npz"
+    if not data.exists():
+        hand_keypoints_npz(_path(study, study.hands), data)
+    return data
+
+
 def localisation(study: RA2Study, out: Path, kinds: tuple[str, ...] | None = None) -> dict:
     """The localisers (``kinds``, default the study's) on the pediatric test hands against the training mean
     shape, then on the RA2 patients."""
     from ..data.keypoints import load_keypoints
     from ..metrics.keypoints import keypoint_errors
     from ..ra2.joints import HAND21
-    from ..ra2.localise import hand_keypoints_npz, mean_shape
+    from ..ra2.localise import mean_shape
 
-    data = out / "data" / "hand10.npz"
-    if not data.exists():
-        hand_keypoints_npz(_path(study, study.hands), data)
+    data = _hand10(study, out)
     runs, metrics = _train_localisers(study, out, data, kinds or study.localiser_kinds)
     ds = load_keypoints(data)
     names = list(HAND21)
@@ -755,8 +763,9 @@ def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> str:
     if kind != "unet" or (Path(run) / "best.pt").exists():
         return run
     log.warning("the U-Net localiser in %s has no weights (only its results were kept): training it again", run)
-    (Path(run) / "metrics.json").replace(Path(run) / "metrics.stale.json")
-    _train_localisers(study, out, out / "data" / "hand10.npz", ("unet",))
+    if (Path(run) / "metrics.json").exists():
+        (Path(run) / "metrics.json").replace(Path(run) / "metrics.stale.json")
+    _train_localisers(study, out, _hand10(study, out), ("unet",))
     return run
 
 
