@@ -141,7 +141,7 @@ def test_a_resumed_study_reuses_recorded_localisation_without_weights():
 
 def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, monkeypatch):
     """Only results left (a study folder checked in without weights): the U-Net is trained again with its
-    recipe, its old metrics kept aside; a run with weights, or a Keypoint R-CNN, is used as it is."""
+    recipe; a run with weights, or a Keypoint R-CNN, is used as it is."""
     from smallmed.studies import ra2
 
     calls = []
@@ -153,8 +153,7 @@ def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, mon
     study = configure("ra2", "quick")
     assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == str(run) and calls == []
     assert ra2._with_weights(study, tmp_path, "unet", str(run)) == str(run)
-    assert calls == [("hand10.npz", ("unet",))] and (run / "metrics.stale.json").exists()
-    assert not (run / "metrics.json").exists()
+    assert calls == [("hand10.npz", ("unet",))] and not (run / "metrics.json").exists()
     (run / "best.pt").write_bytes(b"")
     ra2._with_weights(study, tmp_path, "unet", str(run))
     assert len(calls) == 1

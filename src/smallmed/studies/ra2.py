@@ -763,8 +763,7 @@ def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> str:
     if kind != "unet" or (Path(run) / "best.pt").exists():
         return run
     log.warning("the U-Net localiser in %s has no weights (only its results were kept): training it again", run)
-    if (Path(run) / "metrics.json").exists():
-        (Path(run) / "metrics.json").replace(Path(run) / "metrics.stale.json")
+    (Path(run) / "metrics.json").unlink(missing_ok=True)  # the run starts over in its folder
     _train_localisers(study, out, _hand10(study, out), ("unet",))
     return run
 
