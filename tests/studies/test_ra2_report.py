@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -141,19 +142,28 @@ def test_a_resumed_study_reuses_recorded_localisation_without_weights():
 
 def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, monkeypatch):
     """Only results left (a study folder checked in without weights): the U-Net is trained again with its
-    recipe; a run with weights, or a Keypoint R-CNN, is used as it is."""
+    recipe in a sibling folder (the recorded run is left as it was), once; a run with weights, or a Keypoint
+    R-CNN, is used as it is."""
     from smallmed.studies import ra2
 
     calls = []
+
+    def fake_grid(cfgs):
+        calls.append(cfgs[0])
+        (Path(cfgs[0].out) / "best.pt").parent.mkdir(parents=True, exist_ok=True)
+        (Path(cfgs[0].out) / "best.pt").write_bytes(b"")
+
     monkeypatch.setattr(ra2, "_hand10", lambda study, out: out / "data" / "hand10.npz")
-    monkeypatch.setattr(ra2, "_train_localisers", lambda study, out, data, kinds: calls.append((data.name, kinds)))
+    monkeypatch.setattr(ra2, "run_grid", fake_grid)
     run = tmp_path / "runs" / "localiser-hands"
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     study = configure("ra2", "quick")
     assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == str(run) and calls == []
-    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == str(run)
-    assert calls == [("hand10.npz", ("unet",))] and not (run / "metrics.json").exists()
+    again = str(run) + "-retrained"
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == again
+    assert [(c.model, c.out, c.epochs) for c in calls] == [("unet", again, study.localiser_epochs)]
+    assert (run / "metrics.json").read_text() == "{}"
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == again and len(calls) == 1
     (run / "best.pt").write_bytes(b"")
-    ra2._with_weights(study, tmp_path, "unet", str(run))
-    assert len(calls) == 1
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == str(run)
