@@ -150,6 +150,11 @@ class TrainConfig:
     )
     early_stop: int = setting(0, ge=0, le=1000, help="stop after this many epochs without val-loss improvement")
     select_epoch: Literal["val_loss", "last"] = setting("val_loss", help="the epoch kept")
+    bn_stats: Literal["running", "recompute"] = setting(
+        "running",
+        help="recompute: BatchNorm statistics recomputed on the training images before each validation (precise "
+        "BN, Wu & Johnson 2021), for sets so small that the running averages lag the weights",
+    )
     factor: float = setting(0.1, gt=0, lt=1, applies=("scheduler", ("plateau", "step")), help="lr *= factor")
     step_size: int | None = setting(
         None, ge=1, le=10**6, applies=("scheduler", ("step",)), help="epochs between decays (default: half)"

@@ -3,6 +3,8 @@ MixUp / CutMix, an EMA of the weights, TrivialAugmentWide, zero-padding small im
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -159,3 +161,27 @@ def test_the_validation_loss_has_no_label_smoothing():
     assert smooth.loss(out, y) > smooth.eval_loss(out, y) + 1e-3  # training still smooths
     assert torch.allclose(smooth.eval_loss(out, y), F.cross_entropy(out, y))
     assert torch.allclose(plain.eval_loss(out, y), plain.loss(out, y))
+
+
+def test_recomputed_batchnorm_statistics_are_the_ones_saved(tiny_cfg):
+    """bn_stats="recompute": the saved model's BatchNorm statistics are the average over the training images
+    (computing them again changes nothing), where the running averages of the steps are not."""
+    from smallmed import fit
+    from smallmed.io import load_checkpoint
+    from smallmed.train.inference import load_run
+    from smallmed.train.setup import prepare
+
+    def stats_again(run) -> tuple[dict, dict]:
+        loaded = load_run(run, "cpu")
+        before = {k: v.clone() for k, v in loaded.model.state_dict().items() if "running_" in k}
+        setup = prepare(loaded.config)
+        torch.optim.swa_utils.update_bn(setup.loader("train", train=False), loaded.model)
+        after = {k: v for k, v in loaded.model.state_dict().items() if "running_" in k}
+        return before, after
+
+    for mode, same in (("recompute", True), ("running", False)):
+        cfg = tiny_cfg(epochs=1, bn_stats=mode, out=str(Path(tiny_cfg().out).parent / mode), augment="flip")
+        fit(cfg)
+        assert load_checkpoint(f"{cfg.out}/best.pt")["config"]["bn_stats"] == mode
+        before, after = stats_again(cfg.out)
+        assert before and all(torch.allclose(before[k], after[k], atol=1e-5) for k in before) == same, mode

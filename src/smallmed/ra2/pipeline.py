@@ -297,6 +297,7 @@ def _fold_run(sc, f: int, tr: list, ho: list, data: tuple, scores_csv, out: Path
         seed=cfg.seed + f,
         progress=False,
         select_epoch="last" if fixed else "val_loss",
+        bn_stats="recompute" if fixed else "running",  # a few steps of one patient: running averages lag
         weights=cfg.init,
         out=str(out / sc.name / f"fold{f}"),
     )

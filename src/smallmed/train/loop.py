@@ -471,6 +471,10 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
         trained = _train_epoch(setup, model, train_model, st, epoch, callbacks, ranks, check)
         # with an EMA the averaged weights are the model that is validated, chosen and saved
         evaluated = st.ema.module if st.ema is not None else model
+        if cfg.bn_stats == "recompute":
+            # precise BN: the running averages of a few fast-moving steps describe no weights the model has;
+            # torch's update_bn averages each layer's statistics over the training images (no augmentation)
+            torch.optim.swa_utils.update_bn(setup.loader("train", train=False), evaluated, device)
         row = _validate(setup, model, evaluated, val_loader, st, epoch, trained, check)
         st.history.append(row)
         # select_epoch="last": a fixed number of epochs; validation is only watched, never chooses
