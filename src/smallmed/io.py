@@ -10,6 +10,7 @@ imported inside those functions so the command line starts without it.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
@@ -19,9 +20,13 @@ from typing import Any
 
 from .errors import SmallmedError
 
+# a write that failed for want of room or a working disk: the file is named in one sentence, not a traceback
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
 
 def _atomic(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         try:
@@ -32,11 +37,10 @@ def _atomic(path: Path, write) -> None:
         except (OSError, RuntimeError) as e:
             # torch.save reports a failed write as a RuntimeError raised while handling the OSError
             cause = e if isinstance(e, OSError) else e.__context__
-            if not isinstance(cause, OSError):
+            if not isinstance(cause, OSError) or cause.errno not in _WRITE_ERRNOS:
                 raise
-            raise SmallmedError(
-                f"{path}: could not be written ({cause.strerror or cause}); the file was left as it was."
-            ) from None
+            kept = "the previous version was kept" if existed else "nothing was written"
+            raise SmallmedError(f"{path}: could not be written ({cause.strerror or cause}); {kept}.") from e
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what the user's umask gives a new file
         os.replace(tmp, path)
     finally:

@@ -125,25 +125,73 @@ def test_other_seeds_and_the_ensemble_run_only_at_the_sizes_asked(tmp_path):
     assert summary["missing"] == []  # no seed 1 or 2 at 48 px is owed
     out = tmp_path / "s"
     check_settings(out, base)
-    check_settings(out, study)  # a grid field: finished cells stay valid
-    with pytest.raises(SmallmedError, match=r"spread_sizes / ensemble_size \[64\]"):
+    check_settings(out, dataclasses.replace(base, spread_sizes=(32,)))  # a grid field: finished cells stay valid
+    with pytest.raises(SmallmedError, match="ensemble_size: saved 0, now 32"):  # the folds would change size
+        check_settings(out, study)
+    with pytest.raises(SmallmedError, match=r"spread_sizes=\[64\]: expected sizes from knee_sizes=\[48, 32\]"):
         run_ra2_study(dataclasses.replace(study, spread_sizes=(64,)), tmp_path / "t")
+    with pytest.raises(SmallmedError, match=r"ensemble_size=64: expected 0 or a size from knee_sizes"):
+        run_ra2_study(dataclasses.replace(study, ensemble_size=64), tmp_path / "t")
+    # the choice recorded at one size is not silently reused at another
+    with pytest.raises(SmallmedError, match="chosen at 32 px, not at ensemble_size=48"):
+        ensemble_recipe(dataclasses.replace(study, ensemble_size=48), tmp_path)
+    # a DenseNet capped to the smallest size: its ensemble runs there unless told otherwise
+    capped = dataclasses.replace(base, densenet_epochs=1, ensemble="base")
+    assert ensemble_size(capped, "base") == 32 and ensemble_size(capped) == 48
+    with pytest.raises(SmallmedError, match="the ensemble's recipe base runs at 32 px only"):
+        run_ra2_study(dataclasses.replace(capped, ensemble_size=48), tmp_path / "t")
 
 
-def test_a_resumed_study_reuses_recorded_localisation_without_weights():
-    from smallmed.studies.ra2 import _recorded_localisation
+def test_a_resumed_study_reuses_recorded_localisation_without_weights(tmp_path, monkeypatch):
+    """Recorded localisation and adult results are reused (no localiser is trained or opened), their run folders
+    found under the study folder wherever it now is; a study without them localises."""
+    from smallmed.studies import ra2
 
-    rec = {"localisation": {"localiser_runs": {"unet": "a", "keypoint-rcnn": "b"}, "hands_test": {}}}
-    assert _recorded_localisation(rec, ("unet",)) is rec["localisation"]
-    assert _recorded_localisation(rec, ("unet", "keypoint-rcnn")) is rec["localisation"]
-    assert _recorded_localisation({"localisation": {"localiser_runs": {"unet": "a"}}}, ("keypoint-rcnn",)) is None
-    assert _recorded_localisation({}, ("unet",)) is None
+    rec = {
+        "localisation": {
+            "localiser_runs": {"unet": "/elsewhere/runs/localiser-hands", "keypoint-rcnn": "/elsewhere/runs/rcnn"},
+            "localiser_run": "/elsewhere/runs/localiser-hands",
+            "hands_test": {},
+        }
+    }
+    got = ra2._recorded_localisation(rec, ("unet",), tmp_path)
+    assert got["localiser_runs"] == {
+        "unet": str(tmp_path / "runs/localiser-hands"),
+        "keypoint-rcnn": str(tmp_path / "runs/rcnn"),
+    }
+    assert got["localiser_run"] == str(tmp_path / "runs/localiser-hands")
+    assert ra2._recorded_localisation(rec, ("unet", "keypoint-rcnn"), tmp_path) is not None
+    only_unet = {"localisation": {"localiser_runs": {"unet": "a"}, "localiser_run": "a"}}
+    assert ra2._recorded_localisation(only_unet, ("keypoint-rcnn",), tmp_path) is None
+    assert ra2._recorded_localisation({}, ("unet",), tmp_path) is None
+
+    # the study's resume path: with the record, localisation never runs
+    study = dataclasses.replace(configure("ra2", "quick"), localiser_kinds=("unet",), adult_epochs=0, boneage_size=0)
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps(rec))
+    calls: list[str] = []
+    monkeypatch.setattr(ra2, "_path", lambda study, name: tmp_path)
+    monkeypatch.setattr(ra2, "hand_source_path", lambda study: None)
+    monkeypatch.setattr(ra2, "knee_stages", lambda study, out, source: [[], [], [], []])
+    monkeypatch.setattr(ra2, "ensemble_cells", lambda study, out, source: [])
+    monkeypatch.setattr(ra2, "run_grid", lambda cells: [])
+    monkeypatch.setattr(ra2, "localisation", lambda *a, **k: calls.append("localisation"))
+    monkeypatch.setattr(ra2, "write_report", lambda study, out, state, sec: calls.append(state["loc"]["localiser_run"]))
+    monkeypatch.setattr(ra2, "_e2e_localiser", lambda study, out, loc, recorded: {"run": loc["localiser_run"]})
+    monkeypatch.setattr(ra2, "end_to_end", lambda study, out, run: calls.append(f"e2e {Path(run).name}") or {})
+    ra2.run_ra2_study(study, out)
+    assert "localisation" not in calls and "e2e localiser-hands" in calls
+    assert set(calls) - {"e2e localiser-hands"} == {str(out / "runs/localiser-hands")}
 
 
 def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, monkeypatch):
     """Only results left (a study folder checked in without weights): the U-Net is trained again with its
     recipe in a sibling folder (the recorded run is left as it was), once; a run with weights, or a Keypoint
     R-CNN, is used as it is."""
+    import pytest
+
+    from smallmed.errors import SmallmedError
     from smallmed.studies import ra2
 
     calls = []
@@ -159,11 +207,13 @@ def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, mon
     run.mkdir(parents=True)
     (run / "metrics.json").write_text("{}")
     study = configure("ra2", "quick")
-    assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == str(run) and calls == []
+    with pytest.raises(SmallmedError, match="Keypoint R-CNN localiser's weights were not kept"):
+        ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run))
     again = str(run) + "-retrained"
-    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == again
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == (again, True)
     assert [(c.model, c.out, c.epochs) for c in calls] == [("unet", again, study.localiser_epochs)]
     assert (run / "metrics.json").read_text() == "{}"
-    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == again and len(calls) == 1
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == (again, False) and len(calls) == 1
     (run / "best.pt").write_bytes(b"")
-    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == str(run)
+    assert ra2._with_weights(study, tmp_path, "unet", str(run)) == (str(run), False)
+    assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == (str(run), False)

@@ -250,7 +250,8 @@ def test_study_killed_at_three_moments_resumes_to_the_same_results(tmp_path, uni
 @pytest.mark.parametrize("how", ["oserror", "torch"])
 def test_a_full_disk_gives_one_sentence_and_keeps_the_old_file(tmp_path, how):
     """ENOSPC while writing (directly, or as torch.save reports it: a RuntimeError raised while handling
-    the OSError) names the file; the previous version stays whole and no temporary file is left."""
+    the OSError) names the file; the previous version stays whole and no temporary file is left. Any other
+    error inside the writer is not dressed up as a write failure."""
     import errno
 
     from smallmed.errors import SmallmedError
@@ -260,16 +261,23 @@ def test_a_full_disk_gives_one_sentence_and_keeps_the_old_file(tmp_path, how):
     atomic_save({"epoch": 1}, target)
     before = target.read_bytes()
 
-    def full(f):
-        f.write(b"partial")
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            if how == "torch":
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
-            raise
+    def failing(code):
+        def write(f):
+            f.write(b"partial")
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError:
+                if how == "torch":
+                    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+                raise
 
-    with pytest.raises(SmallmedError, match=r"best\.pt: could not be written \(No space left on device\)"):
-        atomic_write_file(target, full)
+        return write
+
+    with pytest.raises(SmallmedError, match=r"best\.pt: could not be written \(No space left on device\); the prev"):
+        atomic_write_file(target, failing(errno.ENOSPC))
+    with pytest.raises(SmallmedError, match=r"new\.pt: could not be written .*; nothing was written\."):
+        atomic_write_file(tmp_path / "new.pt", failing(errno.ENOSPC))
+    with pytest.raises(RuntimeError if how == "torch" else FileNotFoundError):
+        atomic_write_file(target, failing(errno.ENOENT))
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]

@@ -507,7 +507,7 @@ def knee_stages(study: RA2Study, out: Path, source: str | None) -> list[list[Tra
     rest = [r for r in study.variants if r in study.one_seed]
     first = study.seeds[0]
     s1 = [knee_cell(study, out, r, z, first, source) for r in main for z in _sizes(study, r)]
-    # the one-seed recipes at the largest size first (the ensemble's recipe is chosen there), then the smaller sizes
+    # the one-seed recipes at the largest size first, then the smaller sizes
     top = max(study.knee_sizes)
     s2 = [knee_cell(study, out, r, top, first, source) for r in rest if top in _sizes(study, r)]
     s2b = [knee_cell(study, out, r, z, first, source) for r in rest for z in _sizes(study, r) if z != top]
@@ -521,8 +521,9 @@ def knee_stages(study: RA2Study, out: Path, source: str | None) -> list[list[Tra
     return [s1, s2, s2b, s3]
 
 
-def ensemble_size(study: RA2Study) -> int:
-    return study.ensemble_size or max(study.knee_sizes)
+def ensemble_size(study: RA2Study, recipe: str | None = None) -> int:
+    """The fold ensemble's knee size: ``ensemble_size``, else the largest size its recipe runs at."""
+    return study.ensemble_size or max(_sizes(study, recipe) if recipe else study.knee_sizes)
 
 
 def ensemble_recipe(study: RA2Study, out: Path) -> str:
@@ -531,9 +532,15 @@ def ensemble_recipe(study: RA2Study, out: Path) -> str:
     if study.ensemble != "best":
         return study.ensemble
     path = out / "ensemble_choice.json"
-    if path.exists():
-        return json.loads(path.read_text())["recipe"]
     size = ensemble_size(study)
+    if path.exists():
+        chosen = json.loads(path.read_text())
+        if chosen.get("size", size) != size:
+            raise SmallmedError(
+                f"{path}: the ensemble's recipe was chosen at {chosen['size']} px, not at ensemble_size={size}; "
+                "rerun with the saved settings or choose another --out."
+            )
+        return chosen["recipe"]
     scores = {}
     for r in study.variants:
         runs = [out / "runs" / f"knee{size}" / r / f"s{s}" for s in _seeds(study, r, size)]
@@ -550,7 +557,7 @@ def ensemble_recipe(study: RA2Study, out: Path) -> str:
 def ensemble_cells(study: RA2Study, out: Path, source: str | None) -> list[TrainConfig]:
     recipe = ensemble_recipe(study, out)
     _, folds = _knee_subset(study, out)
-    size = ensemble_size(study)
+    size = ensemble_size(study, recipe)
     seeds = study.seeds[: study.ensemble_seeds] if study.ensemble_seeds else study.seeds
     cells = []
     for s in seeds:
@@ -692,14 +699,17 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
         raise SmallmedError("the RA2 study needs at least one seed and 2 folds.")
     if not study.knee_sizes or min(study.knee_sizes) < 8:
         raise SmallmedError(f"knee_sizes={list(study.knee_sizes)}: expected one or more sizes of at least 8 px.")
-    odd = [
-        z
-        for z in (*study.spread_sizes, *([study.ensemble_size] if study.ensemble_size else []))
-        if z not in study.knee_sizes
-    ]
+    odd = [z for z in study.spread_sizes if z not in study.knee_sizes]
     if odd:
+        raise SmallmedError(f"spread_sizes={odd}: expected sizes from knee_sizes={list(study.knee_sizes)}.")
+    if study.ensemble_size and study.ensemble_size not in study.knee_sizes:
         raise SmallmedError(
-            f"spread_sizes / ensemble_size {odd}: expected sizes from knee_sizes={list(study.knee_sizes)}."
+            f"ensemble_size={study.ensemble_size}: expected 0 or a size from knee_sizes={list(study.knee_sizes)}."
+        )
+    if study.ensemble != "best" and ensemble_size(study, study.ensemble) not in _sizes(study, study.ensemble):
+        raise SmallmedError(
+            f"ensemble_size={study.ensemble_size}: the ensemble's recipe {study.ensemble} runs at "
+            f"{', '.join(f'{z} px' for z in _sizes(study, study.ensemble))} only."
         )
     for name in (study.hands, study.knee, study.examples):
         _path(study, name)  # every input is found before anything runs
@@ -723,23 +733,23 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     # localisation results recorded by an earlier invocation are reused: they need no model weights, which a
     # study folder copied elsewhere (or checked in without its weights) no longer has
     recorded = _recorded(out)
+    quick = ("unet",) if "unet" in study.localiser_kinds else study.localiser_kinds
     state["adult"] = recorded.get("adult") if study.adult_epochs else None
+    state["loc"] = _recorded_localisation(recorded, quick, out)
     if any((cell_dir(c) / "metrics.json").exists() for st in stages for c in st):
-        state["loc"] = _recorded_localisation(recorded, ("unet",))
         report()  # what earlier invocations finished, before anything new runs
     grid(stages[0])
     grid(boneage_cells(study, out, study.boneage_seeds[:1]))  # no source needed: runs while it is still cold
     report()
     # the U-Net first (minutes); the Keypoint R-CNN (about an hour on 2 cores) after the largest knee size's recipes
-    quick = ("unet",) if "unet" in study.localiser_kinds else study.localiser_kinds
-    state["loc"] = _recorded_localisation(recorded, quick) or localisation(study, out, quick)
+    state["loc"] = state["loc"] or localisation(study, out, quick)
     if study.adult_epochs and not state["adult"]:
         state["adult"] = adult_localisation(study, out, state["loc"]["localiser_runs"]["unet"])
     report()
     grid(stages[1])
     report()
     if quick != study.localiser_kinds:
-        state["loc"] = _recorded_localisation(recorded, study.localiser_kinds) or localisation(
+        state["loc"] = _recorded_localisation(recorded, study.localiser_kinds, out) or localisation(
             study, out, study.localiser_kinds
         )
         report()
@@ -754,13 +764,29 @@ def run_ra2_study(study: RA2Study, out: str | Path, *, fresh: bool = False) -> P
     report()
     grid(boneage_cells(study, out, study.boneage_seeds[1:]))
     report()
-    loc = state["loc"]
-    kind = default_localiser_kind(study, loc)
-    run = _with_weights(study, out, kind, loc["localiser_runs"][kind])
-    if run != loc["localiser_runs"][kind]:  # trained again: its errors beside the recorded run's
-        state["e2e_localiser"] = recorded.get("e2e_localiser") or localiser_summary(study, out, run)
-    state["e2e"] = end_to_end(study, out, run)
+    state["e2e_localiser"] = _e2e_localiser(study, out, state["loc"], recorded)
+    state["e2e"] = end_to_end(study, out, state["e2e_localiser"]["run"])
     return report()
+
+
+def _e2e_localiser(study: RA2Study, out: Path, loc: dict, recorded: dict) -> dict:
+    """The localiser of the end-to-end stage: the default kind's run, or its U-Net trained again when only its
+    results were kept (then with its own errors: two trainings of one recipe differ). A finished end-to-end
+    stage keeps the localiser it recorded."""
+    kind = default_localiser_kind(study, loc)
+    done = recorded.get("e2e_localiser")
+    if done and "kind" in done and recorded.get("end_to_end") and _e2e_finished(out):
+        return {**done, "run": str(out / "runs" / Path(done["run"]).name)}
+    run, _ = _with_weights(study, out, kind, loc["localiser_runs"][kind])
+    res = {"run": run, "kind": kind, "retrained": run != loc["localiser_runs"][kind]}
+    if res["retrained"]:
+        res.update(localiser_summary(study, out, run))
+    return res
+
+
+def _e2e_finished(out: Path) -> bool:
+    held = [d for d in (out / "e2e").glob("without-*") if d.is_dir()]
+    return bool(held) and all((d / "pred.csv").exists() for d in held)
 
 
 def _recorded(out: Path) -> dict:
@@ -771,31 +797,40 @@ def _recorded(out: Path) -> dict:
         return {}
 
 
-def _recorded_localisation(recorded: dict, kinds: tuple[str, ...]) -> dict | None:
+def _recorded_localisation(recorded: dict, kinds: tuple[str, ...], out: Path) -> dict | None:
     """The recorded localisation results when they cover ``kinds`` (they were measured with this study's
-    settings: ``check_settings`` refused any other)."""
+    settings: ``check_settings`` refused any other), their run folders found under ``out`` (the study folder
+    may have moved since)."""
     loc = recorded.get("localisation")
-    if loc and set(kinds) <= set(loc.get("localiser_runs", {})):
-        return loc
-    return None
+    if not loc or not set(kinds) <= set(loc.get("localiser_runs", {})):
+        return None
+    runs = {k: str(out / "runs" / Path(r).name) for k, r in loc["localiser_runs"].items()}
+    return {**loc, "localiser_runs": runs, "localiser_run": str(out / "runs" / Path(loc["localiser_run"]).name)}
 
 
-def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> str:
-    """A localiser run folder with weights: ``run`` itself, or (a U-Net of which only the results were kept)
-    the same recipe trained again in ``<run>-retrained``, leaving the recorded run as it is."""
+def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> tuple[str, bool]:
+    """A localiser run folder with weights and whether it was trained here: ``run`` itself, or (a U-Net of
+    which only the results were kept) the same recipe trained again in ``<run>-retrained``, leaving the recorded
+    run as it is. A Keypoint R-CNN without weights is refused (about an hour to train again)."""
     from ..ra2.localise import unet_localiser_config
 
-    if kind != "unet" or (Path(run) / "best.pt").exists():
-        return run
-    again = Path(run).with_name(Path(run).name + "-retrained")
-    if not (again / "best.pt").exists():
-        log.warning("the U-Net localiser in %s has no weights (only its results were kept): training it again", run)
-        (again / "metrics.json").unlink(missing_ok=True)  # a run without weights starts over in its folder
-        cfg = unet_localiser_config(
-            _hand10(study, out), again, epochs=study.localiser_epochs, image_size=study.localiser_size
+    if (Path(run) / "best.pt").exists():
+        return run, False
+    if kind != "unet":
+        raise SmallmedError(
+            f"{run}: the {LOCALISER_NAMES.get(kind, kind)} localiser's weights were not kept; train it again with "
+            "`smallmed ra2 localiser` into that folder, or set localiser_kinds to unet."
         )
-        run_grid([cfg])
-    return str(again)
+    again = Path(run).with_name(Path(run).name + "-retrained")
+    if (again / "best.pt").exists():
+        return str(again), False
+    log.warning("the U-Net localiser in %s has no weights (only its results were kept): training it again", run)
+    (again / "metrics.json").unlink(missing_ok=True)  # a run without weights starts over in its folder
+    cfg = unet_localiser_config(
+        _hand10(study, out), again, epochs=study.localiser_epochs, image_size=study.localiser_size
+    )
+    run_grid([cfg])
+    return str(again), True
 
 
 def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
@@ -822,7 +857,7 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
         "recipe": recipe,
         "folds": study.folds,
         "seeds": list(seeds),
-        "size": ensemble_size(study),
+        "size": ensemble_size(study, recipe),
         "seconds": sum(json.loads((r / "metrics.json").read_text())["wall_seconds"] for r in runs),
         "plain": {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)},
     }
@@ -1121,12 +1156,13 @@ def _localisation_lines(study: RA2Study, loc: dict) -> list[str]:
 def _e2e_lines(study: RA2Study, e2e: dict, localiser: dict | None = None) -> list[str]:
     from ..ra2.pipeline import RA2Config
 
-    where = "the U-Net of (a)"
-    if localiser:
+    kind = (localiser or {}).get("kind", "unet")
+    where = f"the {LOCALISER_NAMES.get(kind, kind)} of (a)"
+    if localiser and localiser.get("retrained"):
         where = (
-            f"the U-Net of (a) trained again with the same recipe, since its weights were not kept "
-            f"(`{Path(localiser['run']).name}`: {100 * localiser['hands_test_frac']:.2f} % of the width on the "
-            f"pediatric test hands and {100 * localiser['hands_ra2_frac']:.2f} % on the adult RA2 hands, against "
+            f"the {LOCALISER_NAMES.get(kind, kind)} of (a) trained again with the same recipe, since its weights were "
+            f"not kept (`{Path(localiser['run']).name}`: {100 * localiser['hands_test_frac']:.2f} % of the width on "
+            f"the pediatric test hands and {100 * localiser['hands_ra2_frac']:.2f} % on the adult RA2 hands, against "
             "the recorded run's numbers in (a): the spread between two trainings of one recipe)"
         )
     lines: list[str] = []

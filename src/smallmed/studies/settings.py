@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 # fields that choose which cells exist, not how a cell is trained
-GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes", "ensemble_size"}
+GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes"}
 
 
 def _plain(obj) -> dict:
