@@ -1172,8 +1172,10 @@ def _e2e_lines(study: RA2Study, e2e: dict, localiser: dict | None = None) -> lis
         f"Leave one patient out: the three scorers ({RA2Config.model}, {study.crop} px crops, {study.e2e_epochs} "
         f"epochs, one model each) train on the other patient's 4 radiographs and scores; hand joints are located by "
         f"{where} (the three wrist points, which the 21-point set lacks, and the feet by the other patient's mean "
-        "shape). Far too little data to learn damage: this checks that the pipeline runs on real adult images and "
-        "reports what it gets, not a quality claim; the columns in brackets predict no damage.",
+        "shape). With one training patient each scorer trains a fixed number of epochs and recomputes its BatchNorm "
+        "statistics on its training crops before each validation (precise BN: the running averages of so few steps "
+        "lag the weights). Far too little data to learn damage: this checks that the pipeline runs on real adult "
+        "images and reports what it gets, not a quality claim; the columns in brackets predict no damage.",
         "",
         "| held-out patient | true total | predicted total | |error| | erosion MAE (if all 0) | narrowing MAE (if all 0) |",
         "|---|---|---|---|---|---|",
