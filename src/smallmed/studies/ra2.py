@@ -873,6 +873,24 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     return res
 
 
+def _seed_plan(study: RA2Study) -> str:
+    """Which recipes run with which seeds, at which sizes (what was cut to fit is said, not hidden)."""
+    main = [r for r in study.variants if r not in study.one_seed]
+    seeds = ", ".join(str(x) for x in study.seeds)
+    where = (
+        f" at {', '.join(f'{z} px' for z in study.spread_sizes)} (seed {study.seeds[0]} only at the other sizes, "
+        "to fit the compute plan)"
+        if study.spread_sizes and set(study.spread_sizes) != set(study.knee_sizes)
+        else ""
+    )
+    rest = [r for r in study.variants if r in study.one_seed]
+    return (
+        f"Seeds: {', '.join(main) or 'no recipe'} with seeds {seeds}{where}"
+        + (f"; {', '.join(rest)} with seed {study.seeds[0]}" if rest else "")
+        + "."
+    )
+
+
 def _knee_protocol(study: RA2Study) -> list[str]:
     """The knee section's heading and the protocol its table was measured with."""
     n_sizes = ", ".join(f"{z} px" for z in sorted(study.knee_sizes, reverse=True))
@@ -898,6 +916,8 @@ def _knee_protocol(study: RA2Study) -> list[str]:
         "study's cached source); 'classification' = softmax over the 5 grades (grade = argmax, score = expected grade); "
         "'ordinal' = CORN (Shi et al. 2023, coral-pytorch; grade = count of P(y>k) > 0.5, score = their sum); LoRA rank 4 "
         "and SVD follow the SVD study's protocol (1 epoch head only, batch 32 here).",
+        "",
+        _seed_plan(study),
         "",
         "Cells: mean over seeds, with a 95 % t-interval from 3 seeds (one seed: the value). Accuracy, QWK (quadratic "
         "weighted kappa, scikit-learn) and balanced accuracy are of the integer grade; 'MAE (grade)' is comparable to "
