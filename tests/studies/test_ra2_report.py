@@ -217,3 +217,35 @@ def test_the_end_to_end_stage_retrains_a_unet_left_without_weights(tmp_path, mon
     (run / "best.pt").write_bytes(b"")
     assert ra2._with_weights(study, tmp_path, "unet", str(run)) == (str(run), False)
     assert ra2._with_weights(study, tmp_path, "keypoint-rcnn", str(run)) == (str(run), False)
+
+
+def test_an_ensemble_of_heads_averages_probabilities_not_grades(tmp_path):
+    """Fold models with a classification head are combined by their mean probabilities (argmax), an ordinal
+    head by its mean P(y > k) (the CORN count): rounding the mean expected grade would turn a classifier
+    into a regressor."""
+    from smallmed.studies.ra2_scoring import read_predictions, seed_mean
+
+    def write(name, header, rows):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "test_predictions.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+        return read_predictions(d)
+
+    # both members put most mass on grade 0 and the rest on grade 4: expected grade ~1.6, argmax 0
+    cls = [
+        write(f"c{k}", "index,label,pred,p_0,p_1,p_2,p_3,p_4,score", [f"0,0,0,{p0},0,0,0,{1 - p0},{4 * (1 - p0)}"])
+        for k, p0 in enumerate((0.6, 0.55))
+    ]
+    got = seed_mean(cls)
+    assert got["grade"].tolist() == [0.0] and np.rint(got["score"]).tolist() == [2.0]
+    ordinal = [
+        write(
+            f"o{k}",
+            "index,label,pred,score,p_gt_0,p_gt_1,p_gt_2,p_gt_3",
+            [f"0,2,{g},{sum(ps)},{','.join(map(str, ps))}"],
+        )
+        for k, (g, ps) in enumerate(((2, (0.9, 0.6, 0.2, 0.1)), (1, (0.8, 0.45, 0.3, 0.2))))
+    ]
+    assert seed_mean(ordinal)["grade"].tolist() == [2.0]  # mean P(y>1) = 0.525 > 0.5
+    reg = [write("r", "index,label,pred", ["0,1,1.6"])]
+    assert seed_mean(reg)["grade"].tolist() == [2.0]

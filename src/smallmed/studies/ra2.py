@@ -836,7 +836,7 @@ def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> tuple[str,
 def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     """The fold ensemble's test predictions (mean score of the fold models, seeds averaged), with and
     without horizontal-flip TTA; None until every fold model has finished."""
-    from .ra2_scoring import GRADES, flip_scores, read_predictions
+    from .ra2_scoring import predict_graded, read_predictions, seed_mean
 
     path = out / "ensemble_choice.json"
     recipe = (
@@ -851,25 +851,25 @@ def ensemble_predictions(study: RA2Study, out: Path) -> dict | None:
     if not all((r / "metrics.json").exists() for r in runs):
         return None
     preds = [read_predictions(r) for r in runs]
-    label = preds[0]["label"]
-    score = np.mean([p["score"] for p in preds], 0)
+    plain = seed_mean(preds)  # the members' probabilities averaged where the head gives them
     res = {
         "recipe": recipe,
         "folds": study.folds,
         "seeds": list(seeds),
         "size": ensemble_size(study, recipe),
         "seconds": sum(json.loads((r / "metrics.json").read_text())["wall_seconds"] for r in runs),
-        "plain": {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)},
+        "plain": plain,
     }
     if study.tta:
-        cache = out / "ensemble_flip_scores.npy"
+        cache = out / "ensemble_flip.npy"  # rows: score, grade
         if cache.exists():
             flip = np.load(cache)
         else:
             test = np.load(out / "data" / "knee_subset.npz")["test_images"]
-            flip = flip_scores(runs, test)
+            got = predict_graded(runs, test, "flip")
+            flip = np.stack([got["score"], got["grade"]])
             _atomic(cache, lambda f: np.save(f, flip))
-        res["flip"] = {"label": label, "score": flip, "grade": np.clip(np.rint(flip), *GRADES)}
+        res["flip"] = {"label": plain["label"], "score": flip[0], "grade": flip[1]}
     return res
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -100,7 +101,7 @@ def recipe_config(
 # ------------------------------------------------------------------------------------------------ reading runs
 
 
-def read_predictions(run: str | Path, low: float = GRADES[0], high: float = GRADES[1]) -> dict[str, np.ndarray]:
+def read_predictions(run: str | Path, low: float = GRADES[0], high: float = GRADES[1]) -> dict[str, Any]:
     """{"label", "score", "grade"} of a graded run's ``test_predictions.csv``, read by column name:
     regression runs give a score (graded by rounding within the range); classification and ordinal
     runs give a grade and their expected grade as the score."""
@@ -112,8 +113,24 @@ def read_predictions(run: str | Path, low: float = GRADES[0], high: float = GRAD
     label = np.array([float(r["label"]) for r in rows])
     pred = np.array([float(r["pred"]) for r in rows])
     if "score" in rows[0]:
-        return {"label": label, "score": np.array([float(r["score"]) for r in rows]), "grade": pred}
+        out: dict[str, Any] = {"label": label, "score": np.array([float(r["score"]) for r in rows]), "grade": pred}
+        for head, prefix in (("classification", "p_"), ("ordinal", "p_gt_")):
+            cols = [c for c in rows[0] if c.startswith(prefix) and c[len(prefix) :].isdigit()]
+            if cols:  # the head's probabilities: an ensemble averages these, not the grades
+                out["probs"] = np.array([[float(r[c]) for c in cols] for r in rows])
+                out["head"] = head
+        return out
     return {"label": label, "score": pred, "grade": np.clip(np.rint(pred), low, high)}
+
+
+def grade_of(head: str | None, probs: np.ndarray | None, score: np.ndarray) -> np.ndarray:
+    """The grade as each head gives it: argmax of the class probabilities, the count of P(y > k) > 0.5 for
+    the ordinal head (CORN), the rounded, clipped score for regression."""
+    if head == "classification" and probs is not None:
+        return probs.argmax(1).astype(float)
+    if head == "ordinal" and probs is not None:
+        return (probs > 0.5).sum(1).astype(float)
+    return np.clip(np.rint(score), *GRADES)
 
 
 def graded(label: np.ndarray, score: np.ndarray, grade: np.ndarray) -> dict:
@@ -150,11 +167,14 @@ def paired_bootstrap(label, a: dict, b: dict, *, n: int = 2000, seed: int = 0) -
 
 
 def seed_mean(preds: list[dict]) -> dict:
-    """Predictions of several seeds (or fold models) as one: the mean score; the grade re-derived from the
-    mean score for regression-like columns and from the rounded mean expected grade otherwise."""
+    """Predictions of several seeds (or fold models) as one: the mean score, and the grade from the mean
+    probabilities where the heads give them (argmax, or the CORN count), else from the rounded mean score."""
     label = preds[0]["label"]
     score = np.mean([p["score"] for p in preds], axis=0)
-    return {"label": label, "score": score, "grade": np.clip(np.rint(score), *GRADES)}
+    heads = {p.get("head") for p in preds}
+    head = heads.pop() if len(heads) == 1 else None
+    probs = np.mean([p["probs"] for p in preds], axis=0) if head else None
+    return {"label": label, "score": score, "grade": grade_of(head, probs, score)}
 
 
 def constant(label: np.ndarray, value: float) -> dict:
@@ -185,9 +205,10 @@ def val_mae(run: str | Path) -> float:
 # ------------------------------------------------------------------------------------------- flip TTA, ensembles
 
 
-def scores(runs: list, images: np.ndarray, tta: str = "none") -> np.ndarray:
-    """The expected grade (score) of every image from the runs as one ensemble, with ``tta="flip"``
-    horizontal-flip TTA (:class:`smallmed.train.ensemble.Ensemble`: the mean over members and views)."""
+def predict_graded(runs: list, images: np.ndarray, tta: str = "none") -> dict[str, np.ndarray]:
+    """Score (expected grade) and grade of every image from the runs as one ensemble, with ``tta="flip"``
+    horizontal-flip TTA (:class:`smallmed.train.ensemble.Ensemble`: the mean of the members' and views'
+    outputs: probabilities for the classification and ordinal heads, the score for regression)."""
     from ..data.dataset import Split
     from ..train.ensemble import Ensemble
 
@@ -195,14 +216,17 @@ def scores(runs: list, images: np.ndarray, tta: str = "none") -> np.ndarray:
     split = Split(images[..., None] if images.ndim == 3 else images, np.zeros(len(images), np.int64))
     kept, _ = ens.kept(lambda run: split)
     if ens.task.kind == "regression":
-        return kept.reshape(-1)
+        score = kept.reshape(-1)
+        return {"score": score, "grade": grade_of(None, None, score)}
     if ens.task.kind == "ordinal":
-        return kept.sum(1)
-    return kept @ np.arange(kept.shape[1])
+        return {"score": kept.sum(1), "grade": grade_of("ordinal", kept, kept.sum(1))}
+    score = kept @ np.arange(kept.shape[1])
+    return {"score": score, "grade": grade_of("classification", kept, score)}
 
 
-def flip_scores(runs: list, images: np.ndarray) -> np.ndarray:
-    return scores(runs, images, "flip")
+def scores(runs: list, images: np.ndarray, tta: str = "none") -> np.ndarray:
+    """The expected grade (score) of every image from the runs as one ensemble (see :func:`predict_graded`)."""
+    return predict_graded(runs, images, tta)["score"]
 
 
 def val_scores(run: Path, images: np.ndarray) -> np.ndarray | None:
@@ -449,6 +473,17 @@ def knee_section(
             lines.append(line)
         if ensemble and ensemble.get("size") == size:
             lines += _ensemble_lines(size, ensemble, label, ref, rows, summ)
+            single = table.get(ensemble["recipe"])
+            if single:  # what the folds and the flips add over the recipe's own run(s) on all training knees
+                lines += [""]
+                for key, name in (("plain", "ensemble"), ("flip", "ensemble + flip TTA")):
+                    if key in ensemble:
+                        vs = paired_bootstrap(label, ensemble[key], _mean_pred(single))
+                        summ[name]["vs_single"] = vs
+                        lines.append(
+                            f"{name} - {ensemble['recipe']} ({len(single)} run(s) on all training knees), paired over "
+                            f"the test knees: ΔMAE {_ci(vs['mae'])}, ΔQWK {_ci(vs['qwk'])}."
+                        )
         finite = {r: v for r, v in val.items() if np.isfinite(v)}
         best_name = min(finite, key=finite.__getitem__) if finite else None
         if "base" in table and best_name and best_name != "base":
