@@ -590,4 +590,7 @@ def boneage_section(study, out: Path) -> tuple[list[str], dict]:
         "comparison.",
         "",
     ]
+    missing = [f"seed {s}" for s, r in zip(study.boneage_seeds, runs) if r not in done]
+    if missing:
+        lines += [f"Not run yet (the same command resumes): bone age {', '.join(missing)}.", ""]
     return lines, {"mae": float(np.mean(maes)), "mean_age_mae": const, "seeds": len(done)}
