@@ -153,7 +153,8 @@ class TrainConfig:
     bn_stats: Literal["running", "recompute"] = setting(
         "running",
         help="recompute: BatchNorm statistics recomputed on the training images before each validation (precise "
-        "BN, Wu & Johnson 2021), for sets so small that the running averages lag the weights",
+        "BN, Wu & Johnson 2021; layers a method froze keep theirs), for sets so small that the running averages "
+        "lag the weights",
     )
     factor: float = setting(0.1, gt=0, lt=1, applies=("scheduler", ("plateau", "step")), help="lr *= factor")
     step_size: int | None = setting(

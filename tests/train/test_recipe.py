@@ -185,3 +185,8 @@ def test_recomputed_batchnorm_statistics_are_the_ones_saved(tiny_cfg):
         assert load_checkpoint(f"{cfg.out}/best.pt")["config"]["bn_stats"] == mode
         before, after = stats_again(cfg.out)
         assert before and all(torch.allclose(before[k], after[k], atol=1e-5) for k in before) == same, mode
+    # a model without BatchNorm has nothing to recompute: refused, not ignored
+    from smallmed.errors import SmallmedError
+
+    with pytest.raises(SmallmedError, match="bn_stats='recompute': model='small_cnn' has no BatchNorm layer"):
+        fit(tiny_cfg(epochs=1, bn_stats="recompute", norm="none", out=str(Path(tiny_cfg().out).parent / "nobn")))

@@ -776,7 +776,7 @@ def _e2e_localiser(study: RA2Study, out: Path, loc: dict, recorded: dict) -> dic
     kind = default_localiser_kind(study, loc)
     done = recorded.get("e2e_localiser")
     if done and "kind" in done and recorded.get("end_to_end") and _e2e_finished(out):
-        return {**done, "run": str(out / "runs" / Path(done["run"]).name)}
+        return {**done, "run": _under(out, done["run"])}
     run, _ = _with_weights(study, out, kind, loc["localiser_runs"][kind])
     res = {"run": run, "kind": kind, "retrained": run != loc["localiser_runs"][kind]}
     if res["retrained"]:
@@ -804,8 +804,13 @@ def _recorded_localisation(recorded: dict, kinds: tuple[str, ...], out: Path) ->
     loc = recorded.get("localisation")
     if not loc or not set(kinds) <= set(loc.get("localiser_runs", {})):
         return None
-    runs = {k: str(out / "runs" / Path(r).name) for k, r in loc["localiser_runs"].items()}
-    return {**loc, "localiser_runs": runs, "localiser_run": str(out / "runs" / Path(loc["localiser_run"]).name)}
+    runs = {k: _under(out, r) for k, r in loc["localiser_runs"].items()}
+    return {**loc, "localiser_runs": runs, "localiser_run": _under(out, loc["localiser_run"])}
+
+
+def _under(out: Path, run: str) -> str:
+    """A recorded run folder found under the study folder ``out`` (which may have moved since)."""
+    return str(out / "runs" / Path(run).name)
 
 
 def _with_weights(study: RA2Study, out: Path, kind: str, run: str) -> tuple[str, bool]:

@@ -444,6 +444,8 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
     _loss_weights(setup)
     if not resuming:
         task.init_head(model, getattr(setup.train_split, "labels", None))
+    if cfg.bn_stats == "recompute" and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise SmallmedError(f"bn_stats='recompute': model={cfg.model!r} has no BatchNorm layer to recompute.")
     st = _init_state(setup, model, run_dir, resuming)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -472,9 +474,7 @@ def _fit(setup: Setup, run_dir: Path, resuming: bool, callbacks: list, ranks: _R
         # with an EMA the averaged weights are the model that is validated, chosen and saved
         evaluated = st.ema.module if st.ema is not None else model
         if cfg.bn_stats == "recompute":
-            # precise BN: the running averages of a few fast-moving steps describe no weights the model has;
-            # torch's update_bn averages each layer's statistics over the training images (no augmentation)
-            torch.optim.swa_utils.update_bn(setup.loader("train", train=False), evaluated, device)
+            _recompute_bn(setup, model, evaluated)
         row = _validate(setup, model, evaluated, val_loader, st, epoch, trained, check)
         st.history.append(row)
         # select_epoch="last": a fixed number of epochs; validation is only watched, never chooses
@@ -572,6 +572,32 @@ def _train_epoch(
         "trainable_params": trainable,
         "t0": t0,
     }
+
+
+@torch.no_grad()
+def _recompute_bn(setup: Setup, model: nn.Module, evaluated: nn.Module) -> None:
+    """Precise BN: each BatchNorm layer that trained this epoch (not one whose statistics a method froze) gets
+    the plain average of its batch statistics over the training images (no augmentation), as torch's
+    ``update_bn`` computes them; the running averages of a few fast-moving steps describe no weights the
+    model has."""
+    bn = nn.modules.batchnorm._BatchNorm
+    live = {n for n, m in model.named_modules() if isinstance(m, bn) and m.training}
+    layers = [m for n, m in evaluated.named_modules() if n in live and isinstance(m, bn) and m.track_running_stats]
+    if not layers:
+        return
+    modes = {m: m.training for m in evaluated.modules()}
+    evaluated.eval()
+    momenta = {}
+    for m in layers:
+        m.train()
+        m.reset_running_stats()
+        momenta[m], m.momentum = m.momentum, None  # None: a cumulative (plain) average over the batches
+    for x, _ in setup.loader("train", train=False):
+        evaluated(x.to(setup.device, non_blocking=True))
+    for mod, mode in modes.items():
+        mod.train(mode)
+    for m, momentum in momenta.items():
+        m.momentum = momentum
 
 
 def _validate(
