@@ -190,3 +190,22 @@ def test_recomputed_batchnorm_statistics_are_the_ones_saved(tiny_cfg):
 
     with pytest.raises(SmallmedError, match="bn_stats='recompute': model='small_cnn' has no BatchNorm layer"):
         fit(tiny_cfg(epochs=1, bn_stats="recompute", norm="none", out=str(Path(tiny_cfg().out).parent / "nobn")))
+
+
+def test_precise_bn_leaves_the_statistics_a_method_froze(tiny_cfg):
+    """A BatchNorm layer in eval mode after the epoch (its statistics frozen by the method) keeps them; the
+    layers that trained get new ones; every module's mode is as it was."""
+    from smallmed.train.loop import _recompute_bn
+    from smallmed.train.setup import prepare
+
+    setup = prepare(tiny_cfg(bn_stats="recompute"))
+    model = setup.model.train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) >= 2
+    bns[0].eval()  # as freeze_bn_stats leaves a frozen layer
+    before = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
+    _recompute_bn(setup, model, model)
+    assert torch.equal(bns[0].running_mean, before[0][0]) and torch.equal(bns[0].running_var, before[0][1])
+    assert not torch.equal(bns[1].running_mean, before[1][0])
+    assert [m.training for m in bns] == [False] + [True] * (len(bns) - 1)
+    assert all(m.momentum == 0.1 for m in bns)
