@@ -170,9 +170,14 @@ def run_medmnist_study(
     run_grid([grid[j] for j in order], workers=workers, backend=backend)
     report = write_report(study, out, time.time() - t0)
     if study.tune_budget_m:
+        # every set's search first (each its budget of the whole machine), then the tuned recipes' seeds
+        finals = []
         for i, data in enumerate(study.data):
-            run_grid(_tune(study, out, data, i), workers=workers, backend=backend)
+            finals += _tune(study, out, data, i)
             report = write_report(study, out, time.time() - t0)
+        order = sorted(range(len(finals)), key=lambda j: (finals[j].seed != study.seeds[0], j))
+        run_grid([finals[j] for j in order], workers=workers, backend=backend)
+        report = write_report(study, out, time.time() - t0)
     return report
 
 
@@ -250,7 +255,7 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
         cmd = (
             _command(data, recipe, epochs, study.model, fraction)
             if recipe != "tuned"
-            else f"smallmed train --config {out / 'tune' / name / 'best.yaml'} --seed S"
+            else f"smallmed train --config tune/{name}/best.yaml --seed S"
         )
         lines.append(
             f"| {recipe} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(bal)} | {len(got)}/{len(ms)} | "

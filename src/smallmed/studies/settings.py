@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 # fields that choose which cells exist, not how a cell is trained
-GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes"}
+# (tune_budget_m: a search per set adds the tuned rows; the recipes' runs stay as they were)
+GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes", "tune_budget_m"}
 
 
 def _plain(obj) -> dict:
