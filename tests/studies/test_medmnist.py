@@ -44,3 +44,44 @@ def test_the_tuned_row_trains_the_searchs_best_recipe_with_the_same_seeds(tmp_pa
     assert (tmp_path / "s" / "tune" / "pneumoniamnist" / "best.yaml").exists()
     assert "| tuned | " in text and "tune/pneumoniamnist/best.yaml --seed S" in text
     assert (tmp_path / "s" / "runs" / "pneumoniamnist" / "tuned" / "s0" / "metrics.json").exists()
+    # what the search did, from its trials.csv, beside the row
+    assert re.search(
+        r"- tuned: `smallmed tune` from the strong recipe, budget 0.01 min on train/val only "
+        r"\(`tune/pneumoniamnist/`\): 1 trials \(1 complete\), \d+ min of trials; chose the starting recipe",
+        text,
+    )
+    assert "- tuned - strong, test AUC, paired by seed: " in text
+
+
+def test_a_run_on_another_device_is_named_beside_its_seconds_per_epoch(tmp_path):
+    import json
+
+    from smallmed.studies.medmnist import write_report
+
+    data = make_medmnist(tmp_path / "pneumoniamnist.npz", n=(48, 16, 16))
+    study = MedMNISTStudy(data=(str(data),), model="small_cnn", seeds=(0,), epochs=(1,), recipes=("strong",))
+    out = tmp_path / "s"
+    run_study(
+        "medmnist", "quick", out=out, data=study.data, model="small_cnn", seeds=(0,), epochs=(1,), recipes=("strong",)
+    )
+    assert "(cuda)" not in write_report(study, out, 0.0).read_text()
+    m = out / "runs" / "pneumoniamnist" / "strong" / "s0" / "metrics.json"
+    m.write_text(json.dumps({**json.loads(m.read_text()), "device": "cuda:0"}))
+    assert re.search(r"\| 1/1 \| \d+\.\d \(cuda\) \|", write_report(study, out, 0.0).read_text())
+
+
+def test_the_search_is_placed_against_the_seed_range_of_the_best_hand_recipe():
+    from smallmed.studies.medmnist import _spread_line
+
+    def runs(*aucs):
+        return [{"test": {"auc": a}} for a in aucs]
+
+    done = {"baseline": runs(0.70, 0.72, 0.74), "strong": runs(0.74, 0.75, 0.76), "tuned": runs(0.75, 0.76, 0.77)}
+    line = _spread_line(done, ["baseline", "strong", "tuned"])[0]
+    assert "tuned mean test AUC 0.7600 (3 seed(s)) is within the seed range [0.7400, 0.7600]" in line
+    assert "best hand recipe (strong," in line
+    done["tuned"] = runs(0.60, 0.61, 0.62)
+    assert " is below the seed range" in _spread_line(done, ["baseline", "strong", "tuned"])[0]
+    done["strong"] = runs(0.74, 0.75)  # fewer than 3 seeds of a hand recipe: it is not a spread
+    assert "best hand recipe (baseline," in _spread_line(done, ["baseline", "strong", "tuned"])[0]
+    assert _spread_line({"strong": runs(0.7, 0.7, 0.7), "tuned": []}, ["strong", "tuned"]) == []

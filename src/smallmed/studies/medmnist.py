@@ -189,16 +189,53 @@ def _runs(out: Path, data: str, recipe: str, seeds) -> list[dict | None]:
     return res
 
 
-def _epoch_seconds(out: Path, data: str, recipe: str, seeds) -> float | None:
-    """Median seconds of one epoch over the finished runs (robust to a run paused or sharing the CPU)."""
+def _epoch_seconds(out: Path, data: str, recipe: str, seeds) -> str:
+    """Median seconds of one epoch over the finished runs (robust to a run paused or sharing the CPU), with
+    the device where any run was not on the CPU; empty when no run has finished."""
     import csv
 
-    secs = []
+    secs, devices = [], set()
     for s in seeds:
-        p = out / "runs" / data_name(data) / recipe / f"s{s}" / "history.csv"
-        if p.exists():
-            secs += [float(r["seconds"]) for r in csv.DictReader(open(p)) if r.get("seconds")]
-    return statistics.median(secs) if secs else None
+        run = out / "runs" / data_name(data) / recipe / f"s{s}"
+        if (run / "history.csv").exists() and (run / "metrics.json").exists():
+            secs += [float(r["seconds"]) for r in csv.DictReader(open(run / "history.csv")) if r.get("seconds")]
+            devices.add(str(json.loads((run / "metrics.json").read_text()).get("device", "cpu")).split(":")[0])
+    if not secs:
+        return ""
+    where = "" if devices <= {"cpu"} else f" ({', '.join(sorted(devices))})"
+    return f"{statistics.median(secs):.{0 if where == '' else 1}f}{where}"
+
+
+def _tune_lines(out: Path, name: str, budget_m: float) -> list[str]:
+    """What the search of one set did, from its ``trials.csv``: trials by state, search minutes, the chosen
+    trial and how its recipe differs from the start (trial 0)."""
+    import csv
+
+    path = out / "tune" / name / "trials.csv"
+    if not path.exists():
+        return [f"- tuned: the search ({budget_m:g} min) has not finished yet."]
+    rows = list(csv.DictReader(open(path)))
+    states: dict[str, int] = {}
+    for r in rows:
+        states[r["state"].lower()] = states.get(r["state"].lower(), 0) + 1
+    minutes = sum(float(r["seconds"]) for r in rows if r["seconds"]) / 60
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["value"]]
+    if not done:
+        return [f"- tuned: no trial of the search finished ({', '.join(f'{n} {k}' for k, n in states.items())})."]
+    best = min(done, key=lambda r: (float(r["value"]), int(r["number"])))
+    start = next((r for r in rows if r["number"] == "0"), None)
+    params = [k for k in best if k.startswith("param_")]
+    changed = [f"{k[6:]}={best[k]}" for k in params if start is not None and best[k] != start[k]]
+    chose = (
+        "the starting recipe (trial 0, strong)"
+        if not changed
+        else f"trial {best['number']}: {', '.join(changed)} (the rest as strong)"
+    )
+    return [
+        f"- tuned: `smallmed tune` from the strong recipe, budget {budget_m:g} min on train/val only "
+        f"(`tune/{name}/`): {len(rows)} trials ({', '.join(f'{n} {k}' for k, n in states.items())}), "
+        f"{minutes:.0f} min of trials; chose {chose}, validation loss {float(best['value']):.4f}."
+    ]
 
 
 def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
@@ -232,6 +269,25 @@ def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
     return path
 
 
+def _spread_line(done: dict[str, list[dict | None]], recipes: list[str]) -> list[str]:
+    """Whether the tuned recipe's mean test AUC lies within (or above) the seed spread of the best recipe
+    found by hand (the hand recipe with the higher mean test AUC: a statement, no choice rests on it)."""
+    hand = [r for r in recipes if r != "tuned" and sum(1 for m in done[r] if m) >= 3]
+    tuned = [m["test"]["auc"] for m in done.get("tuned", []) if m]
+    if not hand or not tuned:
+        return []
+    best = max(hand, key=lambda r: statistics.mean(m["test"]["auc"] for m in done[r] if m))
+    aucs = [m["test"]["auc"] for m in done[best] if m]
+    ci = mean_ci(aucs, bounds=RATE)
+    lo, hi = min(aucs), max(aucs)
+    t = statistics.mean(tuned)
+    where = "above" if t > hi else "within" if t >= lo else "below"
+    return [
+        f"- Search vs hand: tuned mean test AUC {t:.4f} ({len(tuned)} seed(s)) is {where} the seed range "
+        f"[{lo:.4f}, {hi:.4f}] of the best hand recipe ({best}, {fmt_ci(ci)})."
+    ]
+
+
 def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: list[str], rows: list) -> list[str]:
     """One data set's table (recipes, then the published rows), its paired lines and its goal line; the
     finished runs are appended to ``rows``."""
@@ -258,8 +314,7 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
             else f"smallmed train --config tune/{name}/best.yaml --seed S"
         )
         lines.append(
-            f"| {recipe} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(bal)} | {len(got)}/{len(ms)} | "
-            f"{'' if sec is None else f'{sec:.0f}'} | `{cmd}` |"
+            f"| {recipe} | {fmt_ci(auc)} | {fmt_ci(acc)} | {fmt_ci(bal)} | {len(got)}/{len(ms)} | {sec} | `{cmd}` |"
         )
         rows += [
             {
@@ -280,12 +335,16 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
         shown = ["" if v is None else f"{v:.3f}" for v in (pub_auc, pub_acc)]
         lines.append(f"| {label} | {shown[0]} | {shown[1]} | | published | | |")
     lines.append("")
-    ref = recipes[0]  # paired by seed against the first recipe (the baseline when present)
-    for recipe in recipes[1:]:
-        pairs = [(a, b) for a, b in zip(done[recipe], done[ref]) if a and b]
+    ref = recipes[0]  # paired by seed against the first recipe (the baseline when present); tuned also
+    for recipe, against in [(r, ref) for r in recipes[1:]] + (  # against strong, where its search started
+        [("tuned", "strong")] if "tuned" in recipes and "strong" in recipes and ref != "strong" else []
+    ):
+        pairs = [(a, b) for a, b in zip(done[recipe], done[against]) if a and b]
         for metric, label in (("auc", "AUC"), ("acc", "accuracy")) if pairs else ():
             pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
-            lines.append(f"- {recipe} - {ref}, test {label}, paired by seed: {fmt_paired(pr)}.")
+            lines.append(f"- {recipe} - {against}, test {label}, paired by seed: {fmt_paired(pr)}.")
+    if "tuned" in recipes:
+        lines += _tune_lines(out, name, study.tune_budget_m) + _spread_line(done, recipes)
     goal = GOALS.get(name)
     if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
         parts = []
