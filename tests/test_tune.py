@@ -133,6 +133,26 @@ def test_the_ensemble_averages_the_best_trials_and_plots_are_drawn(tmp_path):
     assert (tmp_path / "e" / "history.png").stat().st_size > 1000
 
 
+def test_a_resumed_search_counts_its_own_seconds_not_the_time_the_machine_was_off(tmp_path, monkeypatch):
+    import sqlite3
+
+    import optuna
+
+    import smallmed.tune as tune_mod
+
+    monkeypatch.setattr(tune_mod, "run_seconds", lambda study, folds: 1.0)
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
+    tune_mod.tune(_tc(data, trials=1, budget_s=600), tmp_path / "s")
+    study = optuna.load_study(study_name=tune_mod.STUDY, storage=f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    assert 0 < study.user_attrs["search_seconds"] < 600
+    study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)})  # killed while running...
+    with sqlite3.connect(tmp_path / "s" / "study.db") as db:  # ... a day ago, and the machine was off since
+        db.execute("UPDATE trials SET datetime_start = datetime('now', '-1 day') WHERE state = 'RUNNING'")
+    tune_mod.tune(_tc(data, trials=2, budget_s=600), tmp_path / "s")
+    states = [r["state"] for r in _trials(tmp_path / "s")]
+    assert states.count("COMPLETE") == 2 and states.count("FAIL") == 1  # the budget was not spent by the downtime
+
+
 def test_a_budget_covers_the_final_runs(tmp_path, monkeypatch):
     import smallmed.tune as tune_mod
 

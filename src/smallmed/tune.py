@@ -345,7 +345,12 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
         # the starting recipe is trial 0 (marked when every searched setting of it lies in the space)
         study.enqueue_trial(start, user_attrs={"start": len(start) == len(tc.space)})
     t0 = time.time()
-    used = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
+    # the search's own seconds so far, recorded after each trial: a resumed search neither counts the time the
+    # machine was off (a killed trial's duration runs to the resume) nor starts again once its budget is spent
+    used = study.user_attrs.get("search_seconds")
+    if used is None:  # a search begun before the seconds were recorded
+        done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        used = sum((t.duration.total_seconds() for t in study.trials if t.duration and t.state in done), 0.0)
     while True:
         scored = [t for t in study.trials if t.state.is_finished() and t.state != optuna.trial.TrialState.FAIL]
         if tc.trials and len(scored) >= tc.trials:
@@ -360,6 +365,7 @@ def tune(tc: TuneConfig, out: str | Path) -> Path:
                 break
         study = _study(tc, out, len(scored))
         study.optimize(_objective(tc, out, folds, deadline if scored else None), n_trials=1, catch=())
+        study.set_user_attr("search_seconds", used + time.time() - t0)
         _write_trials(study, out)
         _log_trial(tc, study, used + time.time() - t0)
     _write_trials(study, out)
@@ -684,12 +690,21 @@ def _report(
         ]
     lines += [
         "",
-        f"Reproduce: `smallmed train --config {out / 'best.yaml'} --out runs/tuned`. Browse the search: "
-        f"`optuna-dashboard sqlite:///{out / 'study.db'}`.",
+        f"Reproduce: `smallmed train --config {_shown(out / 'best.yaml')} --out runs/tuned`. Browse the search: "
+        f"`optuna-dashboard sqlite:///{_shown(out / 'study.db')}`.",
     ]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to the working folder when it lies below it (a report kept in
+    a repository names no machine's folders), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _budget_lines(tc: TuneConfig, study, best, folds: int, n_done: int) -> list[str]:

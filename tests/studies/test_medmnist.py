@@ -36,21 +36,57 @@ def test_epochs_per_set_must_match_the_sets():
         MedMNISTStudy(data=("a", "b"), epochs=(1, 2, 3))
 
 
-def test_the_tuned_row_trains_the_searchs_best_recipe_with_the_same_seeds(tmp_path):
+def test_a_search_added_to_a_finished_study_keeps_its_runs_and_trains_the_best_recipe(tmp_path):
     pytest.importorskip("optuna")
     data = make_medmnist(tmp_path / "pneumoniamnist.npz", n=(48, 16, 16))
-    kw = dict(data=(str(data),), model="small_cnn", seeds=(0,), epochs=(1,), recipes=("strong",), tune_budget_m=0.01)
+    kw = dict(data=(str(data),), model="small_cnn", seeds=(0,), epochs=(1,), recipes=("baseline", "strong"))
     text = run_study("medmnist", "quick", out=tmp_path / "s", **kw).read_text()
+    assert "| tuned |" not in text and "- tuned:" not in text
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "runs").rglob("metrics.json")}
+    text = run_study("medmnist", "quick", out=tmp_path / "s", tune_budget_m=0.01, **kw).read_text()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the recipes' runs were kept, not trained again
     assert (tmp_path / "s" / "tune" / "pneumoniamnist" / "best.yaml").exists()
     assert "| tuned | " in text and "tune/pneumoniamnist/best.yaml --seed S" in text
     assert (tmp_path / "s" / "runs" / "pneumoniamnist" / "tuned" / "s0" / "metrics.json").exists()
-    # what the search did, from its trials.csv, beside the row
+    # what the search did, from its trials.csv, beside the row; tuned paired with baseline and with strong
     assert re.search(
-        r"- tuned: `smallmed tune` from the strong recipe, budget 0.01 min on train/val only "
-        r"\(`tune/pneumoniamnist/`\): 1 trials \(1 complete\), \d+ min of trials; chose the starting recipe",
+        r"- tuned: `smallmed tune` from the strong recipe, budget 0.01 min, on train/val only "
+        r"\(`tune/pneumoniamnist/`, paths relative to the study folder\): 1 trial\(s\) \(1 complete\), \d+ min in "
+        r"finished or pruned trials; chose trial 0, the starting recipe \(strong\): mean validation loss over 5 "
+        r"folds of train\+val \d\.\d{4}\.",
         text,
     )
+    assert "- tuned - baseline, test AUC, paired by seed: " in text
     assert "- tuned - strong, test AUC, paired by seed: " in text
+    # a finished search is not run again; its budget is not changed once set
+    mtime = (tmp_path / "s" / "tune" / "pneumoniamnist" / "study.db").stat().st_mtime_ns
+    run_study("medmnist", "quick", out=tmp_path / "s", tune_budget_m=0.01, **kw)
+    assert (tmp_path / "s" / "tune" / "pneumoniamnist" / "study.db").stat().st_mtime_ns == mtime
+    with pytest.raises(SmallmedError, match=r"tune_budget_m: saved 0\.01, now 0\.02"):
+        run_study("medmnist", "quick", out=tmp_path / "s", tune_budget_m=0.02, **kw)
+
+
+def test_the_search_line_says_a_search_under_way_is_not_finished(tmp_path):
+    from smallmed.studies.medmnist import _tune_lines
+
+    assert _tune_lines(tmp_path, "x", 60, 0) == ["- tuned: the search (60 min) has not begun."]
+    (tmp_path / "tune" / "x").mkdir(parents=True)
+    (tmp_path / "tune" / "x" / "trials.csv").write_text(
+        "number,state,value,seconds,param_lr,run\n0,COMPLETE,0.5,60.0,0.001,t/a\n1,RUNNING,,,0.0004,t/b\n"
+    )
+    assert _tune_lines(tmp_path, "x", 60, 5) == [
+        "- tuned: the search (60 min) is under way: 2 trial(s) (1 complete, 1 running) so far."
+    ]
+    (tmp_path / "tune" / "x" / "best.yaml").write_text("lr: 0.0004\n")
+    (tmp_path / "tune" / "x" / "trials.csv").write_text(
+        "number,state,value,seconds,param_lr,run\n0,FAIL,,86400.0,0.001,t/a\n1,COMPLETE,0.5,60.0,0.001,t/a\n"
+        "2,COMPLETE,0.4,120.0,0.0004,t/b\n3,PRUNED,0.6,60.0,0.002,t/c\n"
+    )
+    line = _tune_lines(tmp_path, "x", 60, 5)[0]
+    assert "4 trial(s) (2 complete, 1 fail, 1 pruned), 4 min in finished or pruned trials" in line
+    assert (
+        "chose trial 2, lr=0.0004 (the rest as strong): mean validation loss over 5 folds of train+val 0.4000." in line
+    )
 
 
 def test_a_run_on_another_device_is_named_beside_its_seconds_per_epoch(tmp_path):

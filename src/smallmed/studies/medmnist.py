@@ -136,14 +136,30 @@ def cells(study: MedMNISTStudy, out: Path) -> list[TrainConfig]:
     return grid
 
 
-def _tune(study: MedMNISTStudy, out: Path, data: str, i: int) -> list[TrainConfig]:
-    """The search from the strong recipe on train/val only; returns its best recipe's runs, one per seed."""
-    from ..tune import TuneConfig, tune
+def _search_config(study: MedMNISTStudy, data: str, i: int):
+    """The search of one set: from the strong recipe, the study's budget, no final runs of its own."""
+    from ..tune import TuneConfig
 
     base = recipe_config(study, data, "strong", _epochs(study, i), _fraction(study, data))
     base.pop("out", None)
+    return TuneConfig(base=base, budget_s=study.tune_budget_m * 60, seed=0, final_seeds=0)
+
+
+def _search_folds(study: MedMNISTStudy, data: str, i: int) -> int:
+    """The folds each trial of the set's search is scored on (0: the official validation split)."""
+    from ..tune import _folds
+
+    tc = _search_config(study, data, i)
+    return _folds(tc, TrainConfig.from_dict(tc.base))
+
+
+def _tune(study: MedMNISTStudy, out: Path, data: str, i: int) -> list[TrainConfig]:
+    """The search from the strong recipe on train/val only; returns its best recipe's runs, one per seed."""
+    from ..tune import tune
+
     folder = out / "tune" / data_name(data)
-    tune(TuneConfig(base=base, budget_s=study.tune_budget_m * 60, seed=0, final_seeds=0), folder)
+    if not (folder / "best.yaml").exists():  # a finished search is not resumed
+        tune(_search_config(study, data, i), folder)
     tuned = load_yaml(folder / "best.yaml")
     return [
         TrainConfig.from_dict({**tuned, "seed": s, "out": str(out / "runs" / data_name(data) / "tuned" / f"s{s}")})
@@ -206,35 +222,34 @@ def _epoch_seconds(out: Path, data: str, recipe: str, seeds) -> str:
     return f"{statistics.median(secs):.{0 if where == '' else 1}f}{where}"
 
 
-def _tune_lines(out: Path, name: str, budget_m: float) -> list[str]:
-    """What the search of one set did, from its ``trials.csv``: trials by state, search minutes, the chosen
-    trial and how its recipe differs from the start (trial 0)."""
+def _tune_lines(out: Path, name: str, budget_m: float, folds: int) -> list[str]:
+    """What the search of one set did, from its ``trials.csv``: trials by state, minutes of the finished
+    trials, the chosen trial and how its recipe differs from the start; a search without ``best.yaml`` is
+    still under way (or not begun)."""
     import csv
 
-    path = out / "tune" / name / "trials.csv"
-    if not path.exists():
-        return [f"- tuned: the search ({budget_m:g} min) has not finished yet."]
-    rows = list(csv.DictReader(open(path)))
+    folder = out / "tune" / name
+    rows = list(csv.DictReader(open(folder / "trials.csv"))) if (folder / "trials.csv").exists() else []
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"].lower()] = states.get(r["state"].lower(), 0) + 1
-    minutes = sum(float(r["seconds"]) for r in rows if r["seconds"]) / 60
+    counted = f"{len(rows)} trial(s) ({', '.join(f'{states[k]} {k}' for k in sorted(states))})"
+    if not (folder / "best.yaml").exists():
+        if not rows:
+            return [f"- tuned: the search ({budget_m:g} min) has not begun."]
+        return [f"- tuned: the search ({budget_m:g} min) is under way: {counted} so far."]
+    # a trial killed and queued again is marked failed: its seconds include the time the machine was off
+    minutes = sum(float(r["seconds"]) for r in rows if r["seconds"] and r["state"] in ("COMPLETE", "PRUNED")) / 60
     done = [r for r in rows if r["state"] == "COMPLETE" and r["value"]]
-    if not done:
-        return [f"- tuned: no trial of the search finished ({', '.join(f'{n} {k}' for k, n in states.items())})."]
     best = min(done, key=lambda r: (float(r["value"]), int(r["number"])))
-    start = next((r for r in rows if r["number"] == "0"), None)
-    params = [k for k in best if k.startswith("param_")]
-    changed = [f"{k[6:]}={best[k]}" for k in params if start is not None and best[k] != start[k]]
-    chose = (
-        "the starting recipe (trial 0, strong)"
-        if not changed
-        else f"trial {best['number']}: {', '.join(changed)} (the rest as strong)"
-    )
+    start = rows[0]  # trial 0 is the starting recipe (queued again under a later number if it was killed)
+    changed = [f"{k[6:]}={best[k]}" for k in best if k.startswith("param_") and best[k] != start[k]]
+    chose = "the starting recipe (strong)" if not changed else f"{', '.join(changed)} (the rest as strong)"
+    objective = f"mean validation loss over {folds} folds of train+val" if folds else "validation loss"
     return [
-        f"- tuned: `smallmed tune` from the strong recipe, budget {budget_m:g} min on train/val only "
-        f"(`tune/{name}/`): {len(rows)} trials ({', '.join(f'{n} {k}' for k, n in states.items())}), "
-        f"{minutes:.0f} min of trials; chose {chose}, validation loss {float(best['value']):.4f}."
+        f"- tuned: `smallmed tune` from the strong recipe, budget {budget_m:g} min, on train/val only "
+        f"(`tune/{name}/`, paths relative to the study folder): {counted}, {minutes:.0f} min in finished or "
+        f"pruned trials; chose trial {best['number']}, {chose}: {objective} {float(best['value']):.4f}."
     ]
 
 
@@ -344,7 +359,9 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
             pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
             lines.append(f"- {recipe} - {against}, test {label}, paired by seed: {fmt_paired(pr)}.")
     if "tuned" in recipes:
-        lines += _tune_lines(out, name, study.tune_budget_m) + _spread_line(done, recipes)
+        lines += _tune_lines(out, name, study.tune_budget_m, _search_folds(study, data, i)) + _spread_line(
+            done, recipes
+        )
     goal = GOALS.get(name)
     if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
         parts = []

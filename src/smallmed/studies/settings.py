@@ -24,8 +24,10 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 # fields that choose which cells exist, not how a cell is trained
-# (tune_budget_m: a search per set adds the tuned rows; the recipes' runs stay as they were)
-GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes", "tune_budget_m"}
+GRID_FIELDS = {"seeds", "methods", "variants", "norms", "data", "fractions", "splits", "spread_sizes"}
+# fields that may be switched on in a finished study (0 before: a search per set adds the tuned rows and the
+# recipes' runs stay), but not changed once set (a search of another budget could choose another recipe)
+ADDED_FIELDS = {"tune_budget_m"}
 
 
 def _plain(obj) -> dict:
@@ -52,7 +54,7 @@ def check_settings(out: str | Path, study, *, fresh: bool = False) -> None:
         # a field added to smallmed after the study ran had its default then
         defaults = _plain(type(cast("DataclassInstance", study))()) if dataclasses.is_dataclass(study) else {}
         saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-        diffs = _diff(saved, now, GRID_FIELDS)
+        diffs = _diff(saved, now, GRID_FIELDS | {k for k in ADDED_FIELDS if not saved.get(k)})
         if diffs:
             raise SettingsChangedError(
                 f"{out}: its cells were run with other settings ({'; '.join(diffs)}); rerun with the "
