@@ -56,6 +56,11 @@ def test_a_search_added_to_a_finished_study_keeps_its_runs_and_trains_the_best_r
         r"folds of train\+val \d\.\d{4}\.",
         text,
     )
+    assert re.search(
+        r"- The search's ensemble, the best trial's 5 fold models averaged \(inference only, test split "
+        r"read once\): test AUC \d\.\d{4}, accuracy \d\.\d{4}, balanced accuracy \d\.\d{4}\.",
+        text,
+    )
     assert "- tuned - baseline, test AUC, paired by seed: " in text
     assert "- tuned - strong, test AUC, paired by seed: " in text
     # a finished search is not run again; its budget is not changed once set

@@ -246,11 +246,20 @@ def _tune_lines(out: Path, name: str, budget_m: float, folds: int) -> list[str]:
     changed = [f"{k[6:]}={best[k]}" for k in best if k.startswith("param_") and best[k] != start[k]]
     chose = "the starting recipe (strong)" if not changed else f"{', '.join(changed)} (the rest as strong)"
     objective = f"mean validation loss over {folds} folds of train+val" if folds else "validation loss"
-    return [
+    lines = [
         f"- tuned: `smallmed tune` from the strong recipe, budget {budget_m:g} min, on train/val only "
         f"(`tune/{name}/`, paths relative to the study folder): {counted}, {minutes:.0f} min in finished or "
         f"pruned trials; chose trial {best['number']}, {chose}: {objective} {float(best['value']):.4f}."
     ]
+    ens = folder / "ensemble" / "metrics.json"
+    if ens.exists():  # the search's own ensemble (inference only), not a row: one search, no seeds
+        e = json.loads(ens.read_text())
+        t = e["test"]
+        lines.append(
+            f"- The search's ensemble, {e['what']} averaged (inference only, test split read once): test AUC "
+            f"{t['auc']:.4f}, accuracy {t['acc']:.4f}, balanced accuracy {t['balanced_acc']:.4f}."
+        )
+    return lines
 
 
 def write_report(study: MedMNISTStudy, out: Path, seconds: float) -> Path:
