@@ -195,6 +195,24 @@ def test_a_trial_running_past_the_deadline_is_stopped_as_pruned():
     assert trial.user_attrs["stopped"] == "budget"
 
 
+def test_a_cross_validated_trial_past_the_deadline_stops_inside_its_fold(tmp_path):
+    import optuna
+
+    from smallmed.tune import _Deadline, _objective
+
+    data = make_medmnist(tmp_path / "d.npz", n=(48, 24, 24), size=16)
+    trial = optuna.create_study().ask()
+    with pytest.raises(optuna.TrialPruned):
+        _objective(_tc(data, trials=1), tmp_path / "s", folds=2, deadline=0.0)(trial)
+    assert trial.user_attrs["stopped"] == "budget"
+    (fold0,) = (tmp_path / "s").rglob("fold0")
+    assert len((fold0 / "history.csv").read_text().splitlines()) == 1 + 1  # one epoch of two, then stopped
+    assert not list((tmp_path / "s").rglob("fold1"))
+    _Deadline(trial, 0.0, epochs=2, last_fold=True).on_epoch_end(1, {})  # the last epoch of the last fold is kept
+    with pytest.raises(optuna.TrialPruned):
+        _Deadline(trial, 0.0, epochs=2, last_fold=False).on_epoch_end(1, {})
+
+
 def test_each_trial_says_how_it_ended_and_no_trial_says_test(tmp_path, caplog):
     import logging
 

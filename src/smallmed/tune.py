@@ -11,7 +11,7 @@ the search's starting recipe, each with the same seeds, so the report says how m
 adds.
 
 A budget (``budget_s``) bounds the whole command: the search stops, and a running trial is stopped as
-pruned (after an epoch; a cross-validated trial between folds), early enough for the final runs still to
+pruned (after an epoch, in whichever fold of a cross-validated trial), early enough for the final runs still to
 train at their measured cost (the median finished trial); a final run that a trial already trained starts
 from its checkpoints and only reads the test split. With ``backend='ray'`` the budget bounds the search only (Ray
 Tune's ``time_budget_s``, counted again after a restore), and the final runs come after it. The best
@@ -209,6 +209,21 @@ class _Report(Callback):
             raise optuna.TrialPruned()
 
 
+class _Deadline(Callback):
+    """Stops a cross-validated trial's fold after an epoch once the search's time is up (the pruner sees the
+    folds' running mean, not epochs); the last epoch of the last fold is kept, as a trained model."""
+
+    def __init__(self, trial, deadline: float, epochs: int, last_fold: bool) -> None:
+        self.trial, self.deadline, self.epochs, self.last_fold = trial, deadline, epochs, last_fold
+
+    def on_epoch_end(self, epoch: int, row: dict) -> None:
+        import optuna
+
+        if time.time() > self.deadline and not (self.last_fold and epoch + 1 >= self.epochs):
+            self.trial.set_user_attr("stopped", "budget")
+            raise optuna.TrialPruned()
+
+
 def _recipe_dir(out: Path, params: dict) -> Path:
     key = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return out / "trials" / key
@@ -251,8 +266,10 @@ def _objective(tc: TuneConfig, out: Path, folds: int, deadline: float | None = N
                 {**tc.base, **params, **over, "holdout": "val", "out": str(run), "progress": False, "figures": False}
             )
             # a run resumed after a kill first replays its finished epochs to the pruner
-            cb = None if folds else _Report(trial, deadline, cfg.epochs)
-            if cb is not None and (run / "history.csv").exists() and not (run / "metrics.json").exists():
+            cb: Callback | None = None if folds else _Report(trial, deadline, cfg.epochs)
+            if folds and deadline is not None:
+                cb = _Deadline(trial, deadline, cfg.epochs, last_fold=i == len(cells) - 1)
+            if isinstance(cb, _Report) and (run / "history.csv").exists() and not (run / "metrics.json").exists():
                 import csv
 
                 for j, row in enumerate(csv.DictReader(open(run / "history.csv"))):
@@ -631,8 +648,22 @@ def _report(
     states: dict[str, int] = {}  # trial state name -> count
     for t in study.trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
-    search_s = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
+    search_s = study.user_attrs.get("search_seconds")
+    if search_s is None:  # a search begun before its seconds were recorded (or run by Ray)
+        search_s = sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0)
     stopped = sum(1 for t in study.trials if t.user_attrs.get("stopped") == "budget")
+    over_s = search_s + end_s - tc.budget_s
+    first = study.trials[0].duration.total_seconds() if study.trials and study.trials[0].duration else 0.0
+    exceeded = (
+        f", exceeded by {over_s / 60:.1f} min"
+        + (
+            ": trial 0 always runs to its end (it measures the cost) and alone took longer"
+            if first > tc.budget_s
+            else ""
+        )
+        if tc.budget_s and over_s > tc.budget_s * 0.05
+        else ""
+    )
     lines = [
         f"# smallmed tune: {tc.base.get('data')}",
         "",
@@ -640,7 +671,7 @@ def _report(
         f"{', '.join(f'{n} {k.lower()}' for k, n in sorted(states.items()))}; "
         f"search time {search_s / 60:.1f} min, final runs and ensemble {end_s / 60:.1f} min"
         + (
-            f" (budget {tc.budget_s / 60:.0f} min{', exceeded: the final runs alone cost more than the budget left' if search_s + end_s > tc.budget_s * 1.05 else ''}"
+            f" (budget {tc.budget_s / 60:.0f} min{exceeded}"
             f"{'; ' + str(stopped) + ' trial(s) stopped by the budget' if stopped else ''})"
             if tc.budget_s
             else ""
