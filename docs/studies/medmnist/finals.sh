@@ -14,7 +14,7 @@ for set in ${SETS:-retinamnist pneumoniamnist}; do
     $PY -m smallmed.cli train --config docs/studies/medmnist/tune/$set/best.yaml --seed $s \
         --out $R/$set/tuned/s$s --no-progress --no-figures ${EXTRA:-} > $R/$set-s$s.log 2>&1
     echo "$set s$s rc=$? $(( $(date +%s) - t0 )) s"; tail -3 $R/$set-s$s.log
+    tar czf $OUT/runs.tgz -C $R --exclude='*.pt' --exclude='*.safetensors' --exclude='*.png' .  # after each run
   done
 done
-tar czf $OUT/runs.tgz -C $R --exclude='*.pt' --exclude='*.safetensors' --exclude='*.png' .
 ls -la $OUT
