@@ -120,7 +120,7 @@ def test_the_search_is_placed_against_the_seed_range_of_the_best_hand_recipe():
     done = {"baseline": runs(0.70, 0.72, 0.74), "strong": runs(0.74, 0.75, 0.76), "tuned": runs(0.75, 0.76, 0.77)}
     line = _spread_line(done, ["baseline", "strong", "tuned"])[0]
     assert "tuned mean test AUC 0.7600 (3 seed(s)) is within the seed range [0.7400, 0.7600]" in line
-    assert "best hand recipe (strong," in line
+    assert "best hand recipe (strong," in line and "; inside its interval)." in line
     done["tuned"] = runs(0.60, 0.61, 0.62)
     assert " is below the seed range" in _spread_line(done, ["baseline", "strong", "tuned"])[0]
     done["strong"] = runs(0.74, 0.75)  # fewer than 3 seeds of a hand recipe: it is not a spread
