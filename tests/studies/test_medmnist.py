@@ -74,20 +74,22 @@ def test_a_search_added_to_a_finished_study_keeps_its_runs_and_trains_the_best_r
 def test_the_search_line_says_a_search_under_way_is_not_finished(tmp_path):
     from smallmed.studies.medmnist import _tune_lines
 
-    assert _tune_lines(tmp_path, "x", 60, 0) == ["- tuned: the search (60 min) has not begun."]
+    assert _tune_lines(tmp_path, "x", 60) == ["- tuned: the search (60 min) has not begun."]
     (tmp_path / "tune" / "x").mkdir(parents=True)
     (tmp_path / "tune" / "x" / "trials.csv").write_text(
         "number,state,value,seconds,param_lr,run\n0,COMPLETE,0.5,60.0,0.001,t/a\n1,RUNNING,,,0.0004,t/b\n"
     )
-    assert _tune_lines(tmp_path, "x", 60, 5) == [
+    assert _tune_lines(tmp_path, "x", 60) == [
         "- tuned: the search (60 min) is under way: 2 trial(s) (1 complete, 1 running) so far."
     ]
     (tmp_path / "tune" / "x" / "best.yaml").write_text("lr: 0.0004\n")
+    for k in range(5):  # the chosen trial was cross-validated: its fold runs lie in its folder
+        (tmp_path / "tune" / "x" / "t" / "b" / f"fold{k}").mkdir(parents=True)
     (tmp_path / "tune" / "x" / "trials.csv").write_text(
         "number,state,value,seconds,param_lr,run\n0,FAIL,,86400.0,0.001,t/a\n1,COMPLETE,0.5,60.0,0.001,t/a\n"
         "2,COMPLETE,0.4,120.0,0.0004,t/b\n3,PRUNED,0.6,60.0,0.002,t/c\n"
     )
-    line = _tune_lines(tmp_path, "x", 60, 5)[0]
+    line = _tune_lines(tmp_path, "x", 60)[0]
     assert "4 trial(s) (2 complete, 1 fail, 1 pruned), 4 min in finished or pruned trials" in line
     assert (
         "chose trial 2, lr=0.0004 (the rest as strong): mean validation loss over 5 folds of train+val 0.4000." in line

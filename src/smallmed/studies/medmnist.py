@@ -146,14 +146,6 @@ def _search_config(study: MedMNISTStudy, data: str, i: int):
     return TuneConfig(base=base, budget_s=study.tune_budget_m * 60, seed=0, final_seeds=0)
 
 
-def _search_folds(study: MedMNISTStudy, data: str, i: int) -> int:
-    """The folds each trial of the set's search is scored on (0: the official validation split)."""
-    from ..tune import _folds
-
-    tc = _search_config(study, data, i)
-    return _folds(tc, TrainConfig.from_dict(tc.base))
-
-
 def _tune(study: MedMNISTStudy, out: Path, data: str, i: int) -> list[TrainConfig]:
     """The search from the strong recipe on train/val only; returns its best recipe's runs, one per seed."""
     from ..tune import tune
@@ -231,7 +223,7 @@ def _short(text: str) -> str:
         return text
 
 
-def _tune_lines(out: Path, name: str, budget_m: float, folds: int) -> list[str]:
+def _tune_lines(out: Path, name: str, budget_m: float) -> list[str]:
     """What the search of one set did, from its ``trials.csv``: trials by state, minutes of the finished
     trials, the chosen trial and how its recipe differs from the start; a search without ``best.yaml`` is
     still under way (or not begun)."""
@@ -254,6 +246,7 @@ def _tune_lines(out: Path, name: str, budget_m: float, folds: int) -> list[str]:
     start = rows[0]  # trial 0 is the starting recipe (queued again under a later number if it was killed)
     changed = [f"{k[6:]}={_short(best[k])}" for k in best if k.startswith("param_") and best[k] != start[k]]
     chose = "the starting recipe (strong)" if not changed else f"{', '.join(changed)} (the rest as strong)"
+    folds = len(list((folder / best["run"]).glob("fold*")))  # a finished cross-validated trial ran every fold
     objective = f"mean validation loss over {folds} folds of train+val" if folds else "validation loss"
     lines = [
         f"- tuned: `smallmed tune` from the strong recipe, budget {budget_m:g} min, on train/val only "
@@ -378,9 +371,7 @@ def _set_section(study: MedMNISTStudy, out: Path, i: int, data: str, recipes: li
             pr = paired([a["test"][metric] for a, _ in pairs], [b["test"][metric] for _, b in pairs])
             lines.append(f"- {recipe} - {against}, test {label}, paired by seed: {fmt_paired(pr)}.")
     if "tuned" in recipes:
-        lines += _tune_lines(out, name, study.tune_budget_m, _search_folds(study, data, i)) + _spread_line(
-            done, recipes
-        )
+        lines += _tune_lines(out, name, study.tune_budget_m) + _spread_line(done, recipes)
     goal = GOALS.get(name)
     if goal:  # each recipe on its own: picking the best by its test numbers would be a choice made on test
         parts = []
